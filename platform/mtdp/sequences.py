@@ -1,0 +1,230 @@
+"""Protein sequences: FASTA reading, validation, cleaning and truncation.
+
+One source of truth for how every stage (embed, precompute, distil, serve, benchmark) sees a
+sequence: :func:`prepare` validates, cleans (ProtTrans convention) and truncates.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from dataclasses import dataclass, field
+from typing import IO, Iterable, Iterator, Sequence
+
+#: The 20 standard residues plus the ambiguity/rare letters seen in UniProt.
+STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
+#: Letters accepted on input: standard + X (unknown) + B Z U O (ambiguous / rare, mapped to X).
+ACCEPTED_AA = frozenset(STANDARD_AA + "XBZUO")
+#: ProtTrans convention: rare/ambiguous residues become X.
+_RARE_TO_X = str.maketrans({"U": "X", "Z": "X", "O": "X", "B": "X"})
+#: Default truncation length (the paper truncates proteins to 1,000 residues).
+DEFAULT_MAX_LEN = 1000
+#: Hard ceiling on a single record: far beyond any real protein (titin ~35k aa).
+HUGE_SEQUENCE = 100_000
+
+
+class SequenceError(ValueError):
+    """A problem with an input sequence, naming where it is (file, record, id, position)."""
+
+    def __init__(self, message: str, *, source: str | None = None, record: int | None = None,
+                 seq_id: str | None = None, position: int | None = None) -> None:
+        where = []
+        if source is not None:
+            where.append(f"file {source}")
+        if record is not None:
+            where.append(f"record {record}")
+        if seq_id is not None:
+            where.append(f"id {seq_id!r}")
+        if position is not None:
+            where.append(f"position {position}")
+        self.source, self.record, self.seq_id, self.position = source, record, seq_id, position
+        self.reason = message
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+@dataclass
+class Record:
+    """One protein: ``id`` is the first word of the header, ``description`` the rest."""
+
+    id: str
+    sequence: str
+    description: str = ""
+    #: 1-based record number in its source file (for error messages).
+    index: int = 0
+    source: str | None = field(default=None, repr=False)
+
+
+def _open_text(path: str | os.PathLike) -> IO[str]:
+    path = os.fspath(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict")
+    return open(path, "r", encoding="utf-8")
+
+
+def iter_fasta(source: str | os.PathLike | IO[str], *, name: str | None = None) -> Iterator[Record]:
+    """Stream records from a FASTA file (plain or gzip, detected by magic bytes) or text handle.
+
+    Multi-line records are joined; blank lines and ``;`` comment lines are skipped; whitespace
+    and a trailing ``*`` (stop) inside sequences are removed. Letters are NOT validated here
+    (see :func:`prepare`), so a reader never loses records silently.
+
+    Raises:
+        SequenceError: text before the first header, an empty header, a truncated/corrupt gzip
+            or a file that is not UTF-8 text.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        label = name or os.fspath(source)
+        if not os.path.exists(source):
+            raise SequenceError("no such file", source=label)
+        handle: IO[str] = _open_text(source)
+        close = True
+    else:
+        label = name or getattr(source, "name", "<stream>")
+        handle, close = source, False
+    index = 0
+    header: str | None = None
+    chunks: list[str] = []
+    lineno = 0
+    try:
+        for lineno, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line or line.startswith(";"):
+                continue
+            if line.startswith(">"):
+                if header is not None:
+                    yield _make_record(header, chunks, index, label)
+                index += 1
+                header = line[1:].strip()
+                if not header:
+                    raise SequenceError(f"empty header at line {lineno}", source=label, record=index)
+                chunks = []
+            else:
+                if header is None:
+                    raise SequenceError(
+                        f"line {lineno} has sequence data before any '>' header; is this FASTA?",
+                        source=label)
+                chunks.append(line)
+        if header is not None:
+            yield _make_record(header, chunks, index, label)
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        raise SequenceError(f"corrupt or truncated file after line {lineno} ({exc}); "
+                            f"{index} record(s) read before the damage", source=label) from exc
+    except UnicodeDecodeError as exc:
+        raise SequenceError(f"not a text FASTA file (undecodable byte after line {lineno})",
+                            source=label) from exc
+    finally:
+        if close:
+            handle.close()
+
+
+def _make_record(header: str, chunks: list[str], index: int, source: str) -> Record:
+    parts = header.split(None, 1)
+    seq = "".join("".join(c.split()) for c in chunks)
+    if seq.endswith("*"):
+        seq = seq[:-1]
+    return Record(id=parts[0], sequence=seq, description=parts[1] if len(parts) > 1 else "",
+                  index=index, source=source)
+
+
+def read_fasta(source: str | os.PathLike | IO[str], **kwargs) -> list[Record]:
+    """Read a whole FASTA into memory (small files); see :func:`iter_fasta`."""
+    return list(iter_fasta(source, **kwargs))
+
+
+def clean(sequence: str) -> str:
+    """Upper-case and map rare/ambiguous residues ``U Z O B`` to ``X`` (ProtTrans convention)."""
+    return sequence.upper().translate(_RARE_TO_X)
+
+
+def validate(sequence: str, *, seq_id: str | None = None, source: str | None = None,
+             record: int | None = None, max_input_len: int = HUGE_SEQUENCE) -> None:
+    """Raise :class:`SequenceError` if ``sequence`` is empty, huge or has non-amino-acid letters.
+
+    Lower-case letters are accepted (they are upper-cased by :func:`clean`). The error names the
+    first bad character and its 1-based position.
+    """
+    if not sequence:
+        raise SequenceError("empty sequence", source=source, record=record, seq_id=seq_id)
+    if len(sequence) > max_input_len:
+        raise SequenceError(f"sequence of {len(sequence)} residues exceeds the limit of "
+                            f"{max_input_len}", source=source, record=record, seq_id=seq_id)
+    for pos, ch in enumerate(sequence, 1):
+        if ch.upper() not in ACCEPTED_AA:
+            raise SequenceError(
+                f"invalid character {ch!r}: allowed are the amino-acid letters "
+                f"{STANDARD_AA} plus X B Z U O", source=source, record=record, seq_id=seq_id,
+                position=pos)
+
+
+def prepare(sequence: str, *, max_len: int | None = DEFAULT_MAX_LEN, seq_id: str | None = None,
+            source: str | None = None, record: int | None = None) -> str:
+    """Validate, clean and truncate one sequence exactly as every mtdp model sees it.
+
+    Truncation keeps the first ``max_len`` residues (N-terminus), as in the paper; ``None``
+    disables it.
+    """
+    validate(sequence, seq_id=seq_id, source=source, record=record)
+    seq = clean(sequence)
+    if max_len is not None and len(seq) > max_len:
+        seq = seq[:max_len]
+    return seq
+
+
+def prepare_records(records: Iterable[Record], *, max_len: int | None = DEFAULT_MAX_LEN,
+                    on_duplicate: str = "error", on_invalid: str = "error",
+                    rejects: list[SequenceError] | None = None) -> Iterator[Record]:
+    """Validate/clean/truncate a stream of records and check id uniqueness.
+
+    Args:
+        on_duplicate: ``"error"`` (default) raises on a repeated id; ``"keep-first"`` keeps the
+            first occurrence and reports later ones into ``rejects``.
+        on_invalid: ``"error"`` raises on the first invalid record; ``"skip"`` reports it into
+            ``rejects`` (never silently dropped) and goes on.
+        rejects: list that receives one :class:`SequenceError` per skipped record.
+    """
+    if on_duplicate not in ("error", "keep-first"):
+        raise ValueError(f"on_duplicate must be 'error' or 'keep-first', not {on_duplicate!r}")
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
+    seen: dict[str, int] = {}
+    for rec in records:
+        if rec.id in seen:
+            err = SequenceError(f"duplicate id (first seen at record {seen[rec.id]})",
+                                source=rec.source, record=rec.index, seq_id=rec.id)
+            if on_duplicate == "error":
+                raise err
+            if rejects is not None:
+                rejects.append(err)
+            continue
+        try:
+            seq = prepare(rec.sequence, max_len=max_len, seq_id=rec.id, source=rec.source,
+                          record=rec.index)
+        except SequenceError as err:
+            if on_invalid == "error":
+                raise
+            if rejects is not None:
+                rejects.append(err)
+            continue
+        seen[rec.id] = rec.index
+        yield Record(rec.id, seq, rec.description, rec.index, rec.source)
+
+
+def write_fasta(records: Iterable[Record] | Iterable[tuple[str, str]], path: str | os.PathLike,
+                width: int = 60) -> None:
+    """Write records (or ``(id, sequence)`` pairs) as FASTA; ``.gz`` paths are gzip-compressed."""
+    path = os.fspath(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as fh:  # type: ignore[operator]
+        for rec in records:
+            rid, seq, desc = (rec.id, rec.sequence, rec.description) if isinstance(rec, Record) \
+                else (rec[0], rec[1], "")
+            fh.write(f">{rid}{' ' + desc if desc else ''}\n")
+            for i in range(0, len(seq), width):
+                fh.write(seq[i:i + width] + "\n")
+
+
+def records_from_pairs(pairs: Sequence[tuple[str, str]], source: str = "<input>") -> list[Record]:
+    """Wrap ``(id, sequence)`` pairs as :class:`Record` objects numbered from 1."""
+    return [Record(i, s, "", n, source) for n, (i, s) in enumerate(pairs, 1)]
