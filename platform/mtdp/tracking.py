@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 DEFAULT_EXPERIMENT = "mtdp"
+#: Registered-model name under which trained students are published.
+STUDENT_MODEL_NAME = "mtdp-student"
 
 
 def tracking_uri() -> str:
@@ -53,3 +55,17 @@ def download_student(uri: str) -> Path:
         uri = uri[len("mlflow:"):]
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
     return find_student_dir(local)
+
+
+def latest_student_uri(name: str = STUDENT_MODEL_NAME) -> str | None:
+    """``models:/NAME/VERSION`` of the newest registered version of ``name`` in the registry
+    at :func:`tracking_uri`, or ``None`` when none is registered (what ``serve`` defaults to)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    return f"models:/{name}/{newest.version}"
