@@ -156,15 +156,15 @@ class StudentModel(nn.Module):
     # ---- persistence -------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"format": STUDENT_FORMAT, "mtdp_version": __version__,
                 "config": self.config.to_dict()}
         # Write weights first, config last: a directory with config.json is complete.
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(d / WEIGHTS_FILE), metadata={"format": STUDENT_FORMAT})
+        # save_model de-duplicates T5's tied embedding (shared == embed_tokens).
+        save_model(self, str(d / WEIGHTS_FILE), metadata={"format": STUDENT_FORMAT})
         tmp = d / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
         tmp.replace(d / CONFIG_FILE)
@@ -185,7 +185,7 @@ def is_student_dir(path: str | os.PathLike) -> bool:
 def load_student(directory: str | os.PathLike, map_location: str | torch.device = "cpu"
                  ) -> StudentModel:
     """Load a student saved by :meth:`StudentModel.save` (in eval mode)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     d = Path(directory)
     if not is_student_dir(d):
@@ -196,5 +196,5 @@ def load_student(directory: str | os.PathLike, map_location: str | torch.device 
     weights = d / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing")
-    model.load_state_dict(load_file(str(weights), device=str(map_location)))
+    load_model(model, str(weights), strict=True, device=str(map_location))
     return model.eval()
