@@ -1,0 +1,199 @@
+"""Losses and the teacher selector, trained without Ray (fast): on real sequences with one
+informative teacher (a fixed function of amino-acid composition) and one pure-noise teacher,
+the RL selector learns to drop the noise teacher; uniform mode keeps both."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mtdp.distill import (DistillConfig, Distiller, TeacherStats, build_selector, build_student,
+                          make_batch, split_batch)
+from mtdp.losses import IGNORE, kd_loss, mask_tokens, mlm_loss
+from mtdp.selector import TeacherSelector, combine, parse_mode
+from mtdp.sequences import prepare
+from mtdp.teacher_data import Manifest, TeacherEntry, split_of, teacher_column
+from mtdp.tokenizer import MASK_ID, ResidueTokenizer
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def deeploc_sample(data_dir: Path, n: int, max_len: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` DeepLoc 2.0 partition 0–3 proteins (ids, prepared sequences)."""
+    import csv
+
+    ids, seqs = [], []
+    with open(data_dir / "deeploc2" / "swissprot_train_val_5partitions.csv") as fh:
+        for row in csv.DictReader(fh):
+            if int(row["partition"]) < 4:
+                ids.append(row["accession"])
+                seqs.append(prepare(row["sequence"], max_len=max_len))
+                if len(ids) == n:
+                    break
+    return ids, seqs
+
+
+def informative_and_noise(seqs: list[str], dim: int = 32, seed: int = 0
+                          ) -> dict[str, np.ndarray]:
+    """Teacher features: ``informative`` = a fixed linear map of the amino-acid composition
+    (learnable from the sequence); ``noise`` = i.i.d. Gaussian per protein (unlearnable)."""
+    rng = np.random.default_rng(seed)
+    comp = np.array([[s.count(a) / len(s) for a in AA] for s in seqs], dtype=np.float32)
+    comp = (comp - comp.mean(0)) / comp.std(0).clip(1e-6)
+    w = rng.normal(size=(len(AA), dim)).astype(np.float32) / np.sqrt(len(AA))
+    return {"informative": comp @ w, "noise": rng.normal(size=(len(seqs), dim)).astype(np.float32)}
+
+
+def write_dataset(run_dir: Path, ids: list[str], seqs: list[str], teachers: dict[str, np.ndarray],
+                  max_len: int, splits: list[str] | None = None, files: int = 2) -> Manifest:
+    """Write a teacher dataset in the precompute contract (mtdp.teacher_data) directly."""
+    splits = splits or [split_of(i, 0.1) for i in ids]
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    cols = {"id": pa.array(ids), "sequence": pa.array(seqs),
+            "length": pa.array([len(s) for s in seqs], pa.int32()), "split": pa.array(splits)}
+    for name, x in teachers.items():
+        cols[teacher_column(name)] = pa.FixedSizeListArray.from_arrays(
+            pa.array(x.astype(np.float16).ravel(), pa.float16()), x.shape[1])
+    table = pa.table(cols)
+    step = -(-len(ids) // files)
+    for f in range(files):
+        pq.write_table(table.slice(f * step, step), run_dir / "data" / f"part-{f:05d}.parquet")
+    train = np.array([s == "train" for s in splits])
+    entries = [TeacherEntry(name=n, dim=x.shape[1], source="synthetic",
+                            mean=x[train].astype(np.float16).astype(np.float32).mean(0).tolist(),
+                            std=x[train].astype(np.float16).astype(np.float32).std(0).tolist())
+               for n, x in teachers.items()]
+    man = Manifest(teachers=entries, max_len=max_len, rows=len(ids), inputs=["synthetic"],
+                   validation_fraction=0.1,
+                   split_counts={s: splits.count(s) for s in ("train", "validation")})
+    man.save(run_dir)
+    return man
+
+
+# ---- losses ------------------------------------------------------------------------------
+def test_masking_targets_residues_only_and_is_keyed_by_id():
+    tok = ResidueTokenizer()
+    ids, _ = tok.batch_encode(["MKTAYIAKQR" * 5, "ACD"])
+    masked, labels = mask_tokens(ids, seed=3, keys=["a", "b"])
+    target = labels != IGNORE
+    assert target.sum(1).min() >= 1                           # every row has a target
+    assert not target[ids == 0].any() and not target[ids == 1].any()  # never pad / </s>
+    assert (masked[~target] == ids[~target]).all()             # only targets change
+    assert (masked[target] == MASK_ID).float().mean() > 0.5    # mostly the mask id
+    frac = target[0].sum().item() / 50
+    assert 0.02 < frac < 0.4
+    # The same protein gets the same mask wherever it sits in a batch.
+    ids2, _ = tok.batch_encode(["ACD", "MKTAYIAKQR" * 5])
+    m2, l2 = mask_tokens(ids2, seed=3, keys=["b", "a"])
+    assert torch.equal(l2[1, :51], labels[0, :51]) and torch.equal(m2[1, :51], masked[0, :51])
+
+
+def test_mlm_loss_uses_masked_positions_only():
+    logits = torch.zeros(2, 4, 128)
+    labels = torch.full((2, 4), IGNORE)
+    labels[0, 1] = 5
+    logits[0, 1, 5] = 20.0
+    logits[1, :, :] = torch.randn(4, 128)                       # no targets: ignored
+    out = mlm_loss(logits, labels)
+    assert out.shape == (2,) and out[0] < 1e-3 and out[1] == 0
+
+
+def test_kd_loss_variants():
+    t = torch.randn(4, 16)
+    for kind in ("kl", "cosine", "mse"):
+        same = kd_loss(t, t, kind=kind)
+        other = kd_loss(torch.randn(4, 16), t, kind=kind)
+        assert same.shape == (4,) and same.abs().max() < 1e-5 and (other > same).all()
+    # τ² scaling keeps gradients comparable: KL at τ=2 is 4·KL of the softened distributions.
+    s = torch.randn(4, 16)
+    soft = torch.nn.functional.kl_div(torch.log_softmax(s / 2, -1), torch.softmax(t / 2, -1),
+                                      reduction="none").sum(-1)
+    assert torch.allclose(kd_loss(s, t, kind="kl", temperature=2.0), 4 * soft, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown KD loss"):
+        kd_loss(s, t, kind="l1")
+    with pytest.raises(ValueError, match="shape"):
+        kd_loss(s, t[:, :8])
+
+
+def test_modes_and_combine():
+    names = ["a", "b", "c"]
+    assert parse_mode("single:b", names) == ("single", 1)
+    with pytest.raises(ValueError, match="not among"):
+        parse_mode("single:z", names)
+    with pytest.raises(ValueError, match="unknown selector mode"):
+        parse_mode("best", names)
+    kd = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    sel = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(combine(kd, sel), torch.tensor([2.0, 0.0]))  # none selected: no KD
+    pooled, lengths = torch.randn(64, 8), torch.full((64,), 100)
+    for mode, check in [("uniform", lambda s: (s == 1).all()),
+                        ("none", lambda s: (s == 0).all()),
+                        ("single:c", lambda s: (s[:, 2] == 1).all() and (s[:, :2] == 0).all()),
+                        ("random", lambda s: (s.sum(1) == 1).all() and len(set(
+                            s.argmax(1).tolist())) == 3)]:
+        selector = TeacherSelector(names, 8, mode=mode)
+        assert check(selector.select(pooled, torch.rand(64, 3), lengths)), mode
+
+
+def test_token_budget_micro_batches_cover_the_batch(data_dir: Path):
+    ids, seqs = deeploc_sample(data_dir, 16, 200)
+    feats = informative_and_noise(seqs, dim=8)
+    man = Manifest(teachers=[TeacherEntry(n, 8, "x", mean=[0.0] * 8, std=[1.0] * 8)
+                             for n in feats], max_len=200, rows=16)
+    stats = TeacherStats.from_manifest(man)
+    rows = {"id": np.array(ids), "sequence": np.array(seqs),
+            **{teacher_column(n): x for n, x in feats.items()}}
+    batch = make_batch(rows, stats, mlm_prob=0.15, seed=0)
+    micro = split_batch(batch, 1000)
+    assert len(micro) > 1
+    assert sorted(i for m in micro for i in m["ids"]) == sorted(ids)
+    assert all(m["input_ids"].numel() <= 1000 or len(m["ids"]) == 1 for m in micro)
+
+
+# ---- the selector learns ------------------------------------------------------------------
+def _train(mode: str, data_dir: Path, steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    torch.manual_seed(0)
+    ids, seqs = deeploc_sample(data_dir, 700, 64)
+    feats = informative_and_noise(seqs)
+    man = Manifest(teachers=[TeacherEntry(n, x.shape[1], "synthetic", mean=x.mean(0).tolist(),
+                                          std=x.std(0).tolist()) for n, x in feats.items()],
+                   max_len=64, rows=len(ids))
+    stats = TeacherStats.from_manifest(man)
+    cfg = DistillConfig(data="-", selector=mode, batch_size=32, lr=1e-3, warmup_ratio=0.05,
+                        selector_lr=1e-3, selector_warmup_steps=10, dropout=0.0)
+    student = build_student(cfg, stats, 64)
+    distiller = Distiller(student, build_selector(cfg, stats, student.config.d_model), cfg,
+                          total_steps=steps)
+    rows = {"id": np.array(ids), "sequence": np.array(seqs),
+            **{teacher_column(n): x for n, x in feats.items()}}
+    take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
+    distiller.reward_batch = make_batch(take(np.arange(32)), stats, mlm_prob=0.15, seed=7)
+    rng = np.random.default_rng(0)
+    late: list[dict[str, float]] = []
+    for step in range(steps):
+        idx = rng.choice(np.arange(100, len(ids)), 32, replace=False)
+        distiller.train_step(make_batch(take(idx), stats, mlm_prob=0.15, seed=step))
+        rates = distiller.selector.rates()
+        if step >= steps - 20:
+            late.append(rates)
+    final = {k: float(np.mean([r[k] for r in late])) for k in late[0]}
+    ev = distiller.evaluate([make_batch(take(np.arange(32, 100)), stats, mlm_prob=0.15,
+                                        seed=1)])
+    return final, ev
+
+
+def test_rl_selector_drops_the_noise_teacher(data_dir: Path):
+    rates, ev = _train("rl", data_dir, steps=150)
+    print("rl selection rates over the last 20 steps:", rates, ev)
+    assert rates["noise"] < 0.35, rates
+    assert rates["informative"] > 0.85, rates
+    assert rates["informative"] - rates["noise"] > 0.5, rates
+
+
+def test_uniform_mode_keeps_every_teacher(data_dir: Path):
+    rates, _ = _train("uniform", data_dir, steps=30)
+    assert rates == {"informative": 1.0, "noise": 1.0}
