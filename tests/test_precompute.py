@@ -1,0 +1,248 @@
+"""Teacher precompute on Ray Data: contract, equality with the embedding engine, kill/resume,
+malformed input. Real sequences (DeepLoc 1.0 test set), the two tiny random teachers.
+
+Proteins are truncated to 64 residues here to keep the suite fast on 2 shared CPU cores; the
+code path is the one used with the default 1,000.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mtdp.precompute import (FAULTS_ENV, PrecomputeConfig, load_teacher_dataset,
+                             read_teacher_table, run_precompute, teacher_matrix)
+from mtdp.sequences import SequenceError, prepare, read_fasta, write_fasta
+from mtdp.teacher_data import Manifest, ManifestMismatch, data_files, split_of, teacher_column
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHERS = ["tiny-random-esm2", "tiny-random-t5"]
+MAX_LEN = 64
+N_SEQ = 1000
+SHARDS = 6
+
+
+def _cfg(inputs, output, **kw) -> PrecomputeConfig:
+    base = dict(inputs=[str(p) for p in inputs], teachers=TEACHERS, output=str(output),
+                max_len=MAX_LEN, num_shards=SHARDS, batch_tokens=4096, progress=False,
+                track=False)
+    base.update(kw)
+    return PrecomputeConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def real_gz(real_fasta, tmp_path_factory) -> Path:
+    """The first 1,000 real proteins as a gzipped FASTA."""
+    path = tmp_path_factory.mktemp("pc_in") / "deeploc1000.fasta.gz"
+    write_fasta(read_fasta(real_fasta)[:N_SEQ], path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, real_gz, tmp_path_factory):
+    """One uninterrupted, MLflow-tracked run: (config, manifest)."""
+    cfg = _cfg([real_gz], tmp_path_factory.mktemp("pc_ref") / "run", track=True)
+    return cfg, run_precompute(cfg)
+
+
+def test_one_row_per_id_and_embeddings_match_the_teachers(reference, real_gz):
+    from mtdp.teachers import load_teacher
+
+    cfg, manifest = reference
+    records = read_fasta(real_gz)
+    expected = {r.id: prepare(r.sequence, max_len=MAX_LEN) for r in records}
+    table = read_teacher_table(cfg.output)
+    ids = table["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == len(expected) == manifest.rows
+    assert set(ids) == set(expected)
+    assert table["sequence"].to_pylist() == [expected[i] for i in ids]
+    assert table["length"].to_pylist() == [len(expected[i]) for i in ids]
+    assert table["split"].to_pylist() == [split_of(i, cfg.validation_fraction) for i in ids]
+    for name in TEACHERS:
+        col = table.schema.field(teacher_column(name)).type
+        assert pa.types.is_fixed_size_list(col) and col.value_type == pa.float16()
+        stored = teacher_matrix(table, manifest, name)
+        ref = load_teacher(name).embed([expected[i] for i in ids], batch_tokens=4096)
+        assert stored.shape == ref.shape
+        # fp16 storage: relative error 2^-11, plus a little for different batch padding.
+        np.testing.assert_allclose(stored, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+def test_manifest_is_complete_and_tracked(reference):
+    import mlflow
+
+    from mtdp import __version__
+
+    cfg, manifest = reference
+    loaded = Manifest.load(cfg.output)
+    assert loaded.rows == N_SEQ and loaded.max_len == MAX_LEN
+    assert loaded.mtdp_version == __version__
+    assert loaded.split_counts["train"] + loaded.split_counts["validation"] == N_SEQ
+    assert loaded.split_counts["validation"] > 0
+    assert loaded.inputs == [str(Path(cfg.inputs[0]).resolve())]
+    table = read_teacher_table(cfg.output, split="train")
+    assert table.num_rows == loaded.split_counts["train"]
+    for name in TEACHERS:
+        t = loaded.teacher(name)
+        assert t.source == "random-init" and t.pretrained is False
+        assert t.column == teacher_column(name) and len(t.mean) == len(t.std) == t.dim
+        values = teacher_matrix(table, loaded, name).astype(np.float64)
+        np.testing.assert_allclose(t.mean, values.mean(0), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(t.std, values.std(0), rtol=1e-6, atol=1e-7)
+    assert (Path(cfg.output) / "rejects.tsv").read_text().splitlines() == [
+        "id\tsource\trecord\tstage\treason"]
+    run = mlflow.get_run(manifest.extra["mlflow_run_id"])
+    assert run.data.params["teachers"] == ",".join(TEACHERS)
+    assert float(run.data.metrics["rows"]) == N_SEQ
+    for name in TEACHERS:
+        assert run.data.metrics[f"{name}.proteins_per_s"] > 0
+        assert run.data.metrics[f"{name}.tokens_per_s"] > 0
+    arts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    assert "manifest.json" in arts and "rejects.tsv" in arts
+
+
+def test_readers_validate_the_manifest(reference, tmp_path):
+    cfg, manifest = reference
+    ds = load_teacher_dataset(cfg.output, teachers=["tiny-random-t5"], max_len=MAX_LEN)
+    assert ds.count() == N_SEQ
+    assert "t_tiny_random_esm2" not in ds.schema().names
+    with pytest.raises(ManifestMismatch, match="truncated to 64 residues but 1000"):
+        read_teacher_table(cfg.output, max_len=1000)
+    with pytest.raises(ManifestMismatch, match="teacher 'esm2_t6_8M_UR50D' is not in"):
+        load_teacher_dataset(cfg.output, teachers=["esm2_t6_8M_UR50D"])
+    with pytest.raises(FileNotFoundError, match="not a finished teacher dataset"):
+        read_teacher_table(tmp_path)
+    # Rerunning a finished run is a no-op returning the same manifest.
+    mtimes = {f: Path(f).stat().st_mtime_ns for f in data_files(cfg.output)}
+    again = run_precompute(_cfg(cfg.inputs, cfg.output))
+    assert again.rows == manifest.rows
+    assert mtimes == {f: Path(f).stat().st_mtime_ns for f in data_files(cfg.output)}
+
+
+def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path, monkeypatch):
+    ref_cfg, _ = reference
+    out = tmp_path / "run"
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_shards": 2}))
+    with pytest.raises(Exception, match="injected failure after 2 finished shard"):
+        run_precompute(_cfg([real_gz], out))
+    finished = data_files(out)
+    assert 2 <= len(finished) < SHARDS
+    assert not (out / "manifest.json").exists()
+    mtimes = {f: Path(f).stat().st_mtime_ns for f in finished}
+    # Resume; the first teacher call also kills its actor once: Ray must restart and retry it.
+    marker = tmp_path / "actor-crashed"
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"crash_actor_once": str(marker)}))
+    manifest = run_precompute(_cfg([real_gz], out))
+    assert marker.exists()
+    assert {f: Path(f).stat().st_mtime_ns for f in finished} == mtimes  # never rewritten
+    assert manifest.rows == N_SEQ
+    resumed, uninterrupted = read_teacher_table(out), read_teacher_table(ref_cfg.output)
+    assert len(set(resumed["id"].to_pylist())) == resumed.num_rows == N_SEQ
+    assert resumed.equals(uninterrupted)
+    assert Manifest.load(out).teachers == Manifest.load(ref_cfg.output).teachers
+
+
+BAD_FASTA = """\
+>good1 first copy
+MKTAYIAKQRQISFVKSHFSRQ
+>bad_letters
+MKT1AYJ
+>empty
+>good2
+ACDEFGHIKLMNPQRSTVWY
+>good1 second copy
+MKKKKKKKK
+>lower
+mktayiakqr
+"""
+
+
+def test_malformed_input_errors_then_rejects(ray_session, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(BAD_FASTA)
+    extra = tmp_path / "extra.parquet"
+    pq.write_table(pa.table({"id": ["pq1", "pq2"], "sequence": ["MKV", "GGBZ"]}), extra)
+    out = tmp_path / "run"
+    with pytest.raises(SequenceError) as err:
+        run_precompute(_cfg([bad, extra], out, num_shards=2))
+    msg = str(err.value)
+    assert "3 bad input record(s)" in msg and "2 invalid, 1 duplicate" in msg
+    assert f"file {bad}, record 2, id 'bad_letters', position 4: invalid character '1'" in msg
+    assert "--on-invalid skip" in msg and "--on-duplicate keep-first" in msg
+    problems = (out / "input-problems.tsv").read_text()
+    assert "empty sequence" in problems and "duplicate id (first seen in file" in problems
+    assert not data_files(out)
+
+    # Same directory, lenient policies: nothing had been embedded, so the run starts over.
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"unembeddable_ids": ["good2"]}))
+    manifest = run_precompute(_cfg([bad, extra], out, num_shards=2, on_invalid="skip",
+                                   on_duplicate="keep-first"))
+    table = read_teacher_table(out)
+    assert table["id"].to_pylist() == ["good1", "lower", "pq1", "pq2"]
+    assert dict(zip(table["id"].to_pylist(), table["sequence"].to_pylist())) == {
+        "good1": "MKTAYIAKQRQISFVKSHFSRQ", "lower": "MKTAYIAKQR", "pq1": "MKV", "pq2": "GGXX"}
+    assert manifest.rows == 4 and manifest.extra["rejected"] == 4
+    rejects = [line.split("\t") for line in (out / "rejects.tsv").read_text().splitlines()[1:]]
+    by_id = {r[0]: (r[3], r[4]) for r in rejects}
+    assert set(by_id) == {"bad_letters", "empty", "good1", "good2"}
+    assert by_id["bad_letters"][0] == "invalid" and "invalid character '1'" in by_id["bad_letters"][1]
+    assert by_id["empty"] == ("invalid", f"file {bad}, record 3, id 'empty': empty sequence")
+    assert by_id["good1"][0] == "duplicate" and "record 5" in by_id["good1"][1]
+    assert by_id["good2"][0] == "embed" and "injected embedding failure" in by_id["good2"][1]
+
+
+def test_truncated_gzip_and_changed_input_lose_nothing(reference, tmp_path, real_fasta):
+    cfg, manifest = reference
+    good = Path(cfg.inputs[0]).read_bytes()
+    broken = tmp_path / "broken.fasta.gz"
+    broken.write_bytes(good[: len(good) // 2])
+    with pytest.raises(SequenceError, match="corrupt or truncated gzip"):
+        run_precompute(_cfg([broken], tmp_path / "fresh"))
+    assert not data_files(tmp_path / "fresh")
+    # A finished run given a different (here: truncated) input refuses and keeps its shards.
+    files = data_files(cfg.output)
+    before = {f: Path(f).stat().st_mtime_ns for f in files}
+    with pytest.raises(ManifestMismatch, match="different arguments .*inputs.*kept"):
+        run_precompute(_cfg([broken], cfg.output))
+    assert {f: Path(f).stat().st_mtime_ns for f in data_files(cfg.output)} == before
+    assert Manifest.load(cfg.output).rows == manifest.rows
+    no_seq = tmp_path / "noseq.parquet"
+    pq.write_table(pa.table({"id": ["a"], "seq": ["MKV"]}), no_seq)
+    with pytest.raises(SequenceError, match="needs columns 'id' and 'sequence'"):
+        run_precompute(_cfg([no_seq], tmp_path / "pq"))
+    with pytest.raises(ValueError, match="unknown teacher 'nope'"):
+        run_precompute(_cfg([real_fasta], tmp_path / "x", teachers=["nope"]))
+
+
+def test_job_help_documents_every_flag():
+    import dataclasses
+
+    out = subprocess.run([sys.executable, str(ROOT / "jobs" / "precompute_teachers.py"),
+                          "--help"], capture_output=True, text=True, check=True).stdout
+    for f in dataclasses.fields(PrecomputeConfig):
+        assert "--" + f.name.replace("_", "-") in out
+    assert "ray job submit" in out
+
+
+def test_fasta_ranges_cover_every_record(real_fasta):
+    """Byte ranges are cut at record starts and together hold every record exactly once."""
+    from mtdp.data import InputFile, count_records, plan_inputs, read_range
+
+    files = [InputFile(str(real_fasta), str(real_fasta), "fasta", 0)]
+    ranges = plan_inputs(files, range_bytes=50_000)
+    assert len(ranges) > 5
+    first = 1
+    got = []
+    for r in ranges:
+        r.first_record = first
+        r.records = count_records(r)
+        first += r.records
+        got.extend((rec.id, rec.sequence, rec.index) for rec in read_range(r))
+    want = [(rec.id, rec.sequence, rec.index) for rec in read_fasta(real_fasta)]
+    assert got == want
