@@ -135,6 +135,15 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from .data import add_data_command  # `mtdp data swissprot`
+
+    add_data_command(sub)
+
+
+COMMANDS.append(_add_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mtdp`` argument parser."""
     parser = argparse.ArgumentParser(
