@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(180)
 
 MAX_LEN = 200          # the tiny student's max length: real DeepLoc proteins exceed it
 MAX_SEQUENCES = 20     # per-request limit configured for the test service
+MAX_PER_RESIDUE_VALUES = 128 * 1000   # per-residue answers up to 1,000 residues (dim 128)
 
 
 def _free_port() -> int:
@@ -63,7 +64,8 @@ def service(ray_session, student_dir: Path):
     try:
         # Arguments as strings, exactly as `serve run serve.app:mtdp KEY=VALUE` passes them.
         app = mtdp({"model": str(student_dir), "max_sequences": str(MAX_SEQUENCES),
-                    "device": "cpu", "batch_wait_timeout_s": "0.02"})
+                    "device": "cpu", "batch_wait_timeout_s": "0.02",
+                    "max_per_residue_values": str(MAX_PER_RESIDUE_VALUES)})
         serve.run(app, name="mtdp", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -164,6 +166,9 @@ BAD_INPUTS = [
     ("too many sequences", "/embed",
      _seqs(*[(f"p{i}", "MKT") for i in range(MAX_SEQUENCES + 1)]), 413,
      [f"{MAX_SEQUENCES + 1} sequences", f"limit is {MAX_SEQUENCES}"]),
+    ("per-residue answer too large", "/embed",
+     {**_seqs(*[(f"p{i}", "M" * 150) for i in range(7)]), "per_residue": True}, 413,
+     ["per-residue output", "send fewer sequences"]),
     ("duplicate id", "/embed", _seqs(("a", "MKT"), ("a", "MKV")), 422,
      ["record 2", "duplicate id"]),
     ("no sequences", "/embed", {"sequences": []}, 422, ["no sequences"]),

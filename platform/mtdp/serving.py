@@ -18,7 +18,8 @@ by default a sequence longer than the model's ``max_len`` is cut to its first ``
 residues (as ``mtdp embed`` does) and its id is listed in the response's ``truncated``;
 with ``truncate=false`` such a request is rejected (422) instead. Bad input always gets a 4xx
 whose message names the record (1-based) and id: 400 malformed JSON/FASTA, 413 too many
-sequences, 422 invalid/empty/over-long sequences, duplicate ids or missing fields.
+sequences (or a per-residue answer too large), 422 invalid/empty/over-long sequences,
+duplicate ids or missing fields.
 """
 # No `from __future__ import annotations`: Serve ships the ingress class to replicas by value,
 # and FastAPI must see real types (not strings to resolve in module globals) on its endpoints.
@@ -69,6 +70,9 @@ class ServeConfig:
         "help": "cpu, cuda, cuda:1 ... (default: best found on the replica)"})
     max_sequences: int = field(default=512, metadata={
         "help": "most sequences accepted in one request (more: 413)"})
+    max_per_residue_values: int = field(default=50_000_000, metadata={
+        "help": "most per-residue numbers in one answer (residues x dim; 200 MB as float32); "
+                "more: 413 instead of exhausting the replica's memory"})
     batch_tokens: int | None = field(default=None, metadata={
         "help": "padded tokens per forward pass (default 8192 on CPU, 65536 on GPU)"})
     queue_tokens: int | None = field(default=None, metadata={
@@ -423,7 +427,7 @@ class EmbeddingService:
         return results
 
     async def _embed(self, pairs: list[tuple[str, str]], *, per_residue: bool, truncate: bool,
-                     fmt: str, dtype: str, source: str) -> Response:
+                     fmt: str, dtype: str, source: str | None) -> Response:
         if not pairs:
             raise RequestError(422, "no_sequences", "the request holds no sequences")
         if len(pairs) > self.config.max_sequences:
@@ -449,6 +453,15 @@ class EmbeddingService:
                 rec.sequence = rec.sequence[:max_len]
                 truncated.append(rec.id)
         seqs = [r.sequence for r in records]
+        if per_residue:
+            values = sum(len(s) for s in seqs) * self.embedder.dim
+            if values > self.config.max_per_residue_values:
+                raise RequestError(413, "per_residue_too_large",
+                                   f"per-residue output would hold {values:,} numbers "
+                                   f"({sum(len(s) for s in seqs):,} residues x dim "
+                                   f"{self.embedder.dim}); the limit is "
+                                   f"{self.config.max_per_residue_values:,}: send fewer "
+                                   "sequences")
         cost = min(sum(len(s) + _TOKEN_OVERHEAD for s in seqs), self.queue_tokens)
         emb, res = await self._embed_jobs(_Job(seqs, per_residue, cost))
         body: dict[str, Any] = {
