@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import shutil
@@ -133,8 +134,8 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None,
             last_error = exc
             if 400 <= exc.code < 500:
                 raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, OSError, ConnectionError) as exc:
-            last_error = exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            last_error = exc  # dropped connection, short read, timeout: resume next attempt
         if attempt < retries:
             sleep(min(2 ** attempt, 30))
     else:
