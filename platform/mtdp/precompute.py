@@ -822,6 +822,9 @@ def _finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: d
                "teacher_specs": list(cfg.teachers), "std": "population (ddof=0) over train rows",
                "teacher_seconds": {k: round(v, 3) for k, v in seconds.items()}})
     manifest.save(run.root)
+    # Staged copies are no longer needed; markers and run state stay for auditing.
+    shutil.rmtree(run.stage, ignore_errors=True)
+    shutil.rmtree(run.parts, ignore_errors=True)
     return manifest, seconds
 
 
@@ -872,6 +875,12 @@ def _run(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict, mrun) ->
     emb = _embed(cfg, run, teachers, stage, faults)
     manifest, seconds = _finalize(cfg, run, teachers, stage, state)
     wall = time.perf_counter() - t0
+    # Figures of this invocation (in the returned object only; the saved manifest describes
+    # the dataset, not how many attempts it took).
+    manifest.extra["this_run"] = {
+        **emb, "wall_seconds": round(wall, 3),
+        "proteins_per_s": emb["rows_embedded"] / emb["seconds"] if emb["seconds"] else 0.0,
+        "tokens_per_s": emb["residues_embedded"] / emb["seconds"] if emb["seconds"] else 0.0}
     _log(cfg, f"done: {manifest.rows:,} rows, {manifest.extra['rejected']} rejected, "
               f"{emb['shards_written']} shard(s) written now in {wall:.1f} s -> {run.root}")
     if mrun is not None:
