@@ -417,7 +417,8 @@ def _stage_shard(table, *, stage_dir: str):
                    .append_column("reason", pa.array(dup_reasons))
         problems.append(dups.select(list(_STAGE_COLUMNS)).cast(_stage_schema()))
     if kept.num_rows:
-        _write_parquet(kept.select(["id", "sequence", "length", "split", "shard"]),
+        _write_parquet(kept.select(["id", "sequence", "length", "split", "shard", "source",
+                                    "record"]),
                        Path(stage_dir) / f"shard-{shard:05d}.parquet")
     summary = dict(id=[""], sequence=[""], length=[0], split=[""], shard=[shard],
                    file_index=[0], record=[kept.num_rows], source=[""], kind=["staged"],
@@ -436,6 +437,7 @@ def _stage(cfg: PrecomputeConfig, run: RunDir, state: dict) -> dict:
     from .data import count_records, input_kind, materialize_input, plan_inputs
 
     shutil.rmtree(run.stage, ignore_errors=True)
+    (run.root / "input-problems.tsv").unlink(missing_ok=True)  # regenerated below if needed
     t0 = time.perf_counter()
     # .gz inputs are decompressed (streaming) in Ray tasks, in parallel; others used in place.
     gunzip = ray.remote(num_cpus=1)(materialize_input)
@@ -706,9 +708,9 @@ def _finish_shard(run: RunDir, shard: int, table, columns: list[str]) -> dict:
               "residues": int(pc.sum(data["length"]).as_py() or 0),
               "splits": {s: int(pc.sum(pc.equal(data["split"], s)).as_py() or 0)
                          for s in ("train", "validation")},
-              "rejects": [{"id": r["id"], "source": "", "record": "", "stage": "embed",
-                           "reason": r["_reject"]} for r in bad.select(["id", "_reject"])
-                          .to_pylist()],
+              "rejects": [{"id": r["id"], "source": r["source"], "record": r["record"],
+                           "stage": "embed", "reason": r["_reject"]}
+                          for r in bad.select(["id", "source", "record", "_reject"]).to_pylist()],
               "seconds": seconds, "stats": stats, "written": time.time()}
     _write_json(run.marker(shard), marker)  # marker first: data file present ⇒ marker present
     _write_parquet(data, run.data_file(shard))
@@ -747,6 +749,8 @@ def _embed(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: dict
         return stats
     for s in pending:  # leftovers of an interrupted attempt at an unfinished shard
         shutil.rmtree(run.parts / run.shard_name(s), ignore_errors=True)
+    for tmp in run.data.glob(".*.tmp"):  # a write killed between temp file and rename
+        tmp.unlink(missing_ok=True)
     res = _actor_resources(cfg, len(teachers))
     _log(cfg, f"embedding {sum(stage['shards'][str(s)] for s in pending):,} proteins in "
               f"{len(pending)} shard(s) with {len(teachers)} teacher(s) x "
