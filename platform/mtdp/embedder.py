@@ -7,7 +7,9 @@ Model specs understood by :func:`load_embedder`:
 * an MLflow model URI (``models:/mtdp-student/1``, ``runs:/<id>/student``);
 * a teacher name from the registry (``esm2_t33_650M_UR50D``, ``prot_t5_xl_uniref50``,
   ``tiny-random-esm2`` ...), see ``mtdp teachers list``;
-* a local teacher checkpoint: an ESM-2 ``.pt`` file or a ProtT5 (``T5EncoderModel``) directory.
+* a local teacher checkpoint: an ESM-2 ``.pt`` file or a ProtT5 (``T5EncoderModel``) directory;
+* a no-weight baseline: ``aac``, ``kmer1``..``kmer3``, ``random-student[:preset]``
+  (see :mod:`mtdp.benchmarks.baselines`).
 """
 from __future__ import annotations
 
@@ -150,8 +152,13 @@ def load_embedder(spec: str, device: str | torch.device | None = None, **kwargs:
                          "model.safetensors)")
     if spec in teachers.REGISTRY or os.path.exists(spec):
         return teachers.load_teacher(spec, **kwargs).to(dev)
+    from .benchmarks.baselines import is_baseline_spec, load_baseline
+
+    if is_baseline_spec(spec):
+        return load_baseline(spec).to(dev)
     raise ValueError(
         f"unknown model {spec!r}: give a student directory, an MLflow URI (models:/NAME/VERSION), "
-        f"a teacher name ({', '.join(sorted(teachers.REGISTRY))}) or a local teacher checkpoint "
-        "(ESM-2 .pt file or ProtT5 directory)")
+        f"a teacher name ({', '.join(sorted(teachers.REGISTRY))}), a local teacher checkpoint "
+        "(ESM-2 .pt file or ProtT5 directory) or a no-weight baseline (aac, kmer1..kmer3, "
+        "random-student[:preset])")
 
