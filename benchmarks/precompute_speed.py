@@ -1,12 +1,14 @@
 """Throughput of the teacher precompute (Ray Data actor pools) for 1 vs 2 actors per teacher.
 
-    python benchmarks/precompute_speed.py                       # 400 real proteins, tiny ESM-2
+    python benchmarks/precompute_speed.py                       # 800 real proteins, tiny ESM-2
     python benchmarks/precompute_speed.py --n 2000 --teachers tiny-random-esm2,tiny-random-t5
 
 Each configuration is a fresh precompute of the same real proteins (DeepLoc 1.0 test set from
 $MTDP_DATA_DIR) into a temporary directory. Printed per configuration: proteins/s and
 residues/s of the embedding phase measured on the wall clock (it includes starting the actors
-and loading the models, as a real run does), and the whole run's wall time. Tiny random
+and loading the models, as a real run does), the steady-state rate (proteins of all shards
+after the first finished one, over the time between first and last finished shard: actor
+start-up excluded), and the whole run's wall time. Tiny random
 teachers measure the pipeline (scheduling, batching, I/O), not a real model's speed. On a
 shared machine the figures vary with the load: compare numbers from one invocation only.
 """
@@ -28,12 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print one JSON line per configuration plus a summary table."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=400, help="number of real proteins (default 400)")
+    p.add_argument("--n", type=int, default=800, help="number of real proteins (default 800)")
     p.add_argument("--max-len", type=int, default=256, help="truncation length (default 256)")
     p.add_argument("--teachers", default="tiny-random-esm2",
                    help="comma-separated teacher specs (default tiny-random-esm2)")
     p.add_argument("--actors", default="1,2", help="actor counts to compare (default 1,2)")
-    p.add_argument("--shards", type=int, default=8, help="shards (work units) per run")
+    p.add_argument("--shards", type=int, default=16, help="shards (work units) per run")
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2,
                    help="CPUs of the local Ray (default: all)")
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                    "embed_seconds": round(this["seconds"], 2),
                    "proteins_per_s": round(this["proteins_per_s"], 1),
                    "residues_per_s": round(this["tokens_per_s"], 0),
+                   "steady_proteins_per_s": round(this.get("steady_proteins_per_s", 0.0), 1),
                    "run_wall_seconds": round(wall, 2)}
             results.append(row)
             print(json.dumps(row), flush=True)
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.getloadavg()[0]:.1f} at the end; a shared machine varies):")
     for r in results:
         print(f"  {r['actors_per_teacher']} actor(s)/teacher: {r['proteins_per_s']:8.1f} "
-              f"proteins/s  {r['residues_per_s']:10.0f} residues/s  (embed phase "
+              f"proteins/s  {r['residues_per_s']:10.0f} residues/s  steady state "
+              f"{r['steady_proteins_per_s']:8.1f} proteins/s  (embed phase "
               f"{r['embed_seconds']} s, whole run {r['run_wall_seconds']} s)")
     if len(results) > 1 and results[0]["proteins_per_s"]:
         print(f"  speed-up {results[-1]['actors_per_teacher']} vs "

@@ -249,3 +249,33 @@ def test_fasta_ranges_cover_every_record(real_fasta):
         got.extend((rec.id, rec.sequence, rec.index) for rec in read_range(r))
     want = [(rec.id, rec.sequence, rec.index) for rec in read_fasta(real_fasta)]
     assert got == want
+
+
+def test_a_shard_split_across_batches_is_merged_once_complete(tmp_path):
+    """Ray Data normally hands the writer whole shards; if it ever splits one, the pieces wait
+    as part files until every row is there, then one shard file is written."""
+    from mtdp.precompute import RunDir, _write_shards
+
+    n, dim, col = 6, 4, teacher_column("t")
+    emb = np.arange(n * dim, dtype=np.float16).reshape(n, dim)
+    table = pa.table({
+        "id": [f"p{i}" for i in range(n)], "sequence": ["MKV"] * n, "length": [3] * n,
+        "split": ["train"] * n, "shard": pa.array([3] * n, pa.int32()),
+        "source": ["in.fasta"] * n, "record": list(range(1, n + 1)),
+        "_reject": pa.array([None] * (n - 1) + ["t: boom"], pa.string()),
+        col: pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim),
+        f"_sec{col}": [0.1] * n})
+    kw = dict(run_root=str(tmp_path), expected={"3": n}, columns=[col], fail_after=None)
+    run = RunDir(tmp_path)
+    assert _write_shards(table.slice(0, 4), **kw).num_rows == 0
+    assert not run.finished(3) and len(list((run.parts / "shard-00003").glob("*"))) == 1
+    out = _write_shards(table.slice(4), **kw)
+    assert out.to_pylist()[0]["rows"] == n - 1 and out.to_pylist()[0]["rejected"] == 1
+    written = pq.read_table(run.data_file(3))
+    assert written["id"].to_pylist() == [f"p{i}" for i in range(n - 1)]
+    assert np.array_equal(np.stack(written[col].to_numpy(zero_copy_only=False)), emb[:-1])
+    marker = json.loads(run.marker(3).read_text())
+    assert marker["rejects"] == [{"id": "p5", "source": "in.fasta", "record": 6,
+                                  "stage": "embed", "reason": "t: boom"}]
+    assert np.allclose(marker["stats"][col]["mean"], emb[:-1].astype(np.float64).mean(0))
+    assert not (run.parts / "shard-00003").exists()

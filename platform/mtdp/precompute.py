@@ -684,7 +684,7 @@ def _write_shards(batch, *, run_root: str, expected: dict, columns: list[str],
                                f"({FAULTS_ENV})")
     return pa.Table.from_pylist(results, schema=pa.schema(
         [("shard", pa.int32()), ("rows", pa.int64()), ("rejected", pa.int64()),
-         ("residues", pa.int64())]))
+         ("residues", pa.int64()), ("finished_at", pa.float64())]))
 
 
 def _finish_shard(run: RunDir, shard: int, table, columns: list[str]) -> dict:
@@ -715,7 +715,7 @@ def _finish_shard(run: RunDir, shard: int, table, columns: list[str]) -> dict:
     _write_json(run.marker(shard), marker)  # marker first: data file present ⇒ marker present
     _write_parquet(data, run.data_file(shard))
     return {"shard": shard, "rows": data.num_rows, "rejected": bad.num_rows,
-            "residues": marker["residues"]}
+            "residues": marker["residues"], "finished_at": time.time()}
 
 
 def _actor_resources(cfg: PrecomputeConfig, n_teachers: int) -> dict:
@@ -781,14 +781,21 @@ def _embed(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: dict
     bar = tqdm(total=total, unit="prot", desc="precompute", disable=not cfg.progress,
                mininterval=1.0)
     t0 = time.perf_counter()
+    done = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for r in batch.to_pylist():
             stats["shards_written"] += 1
             stats["rows_embedded"] += r["rows"] + r["rejected"]
             stats["residues_embedded"] += r["residues"]
+            done.append((r["finished_at"], r["rows"] + r["rejected"]))
             bar.update(r["rows"] + r["rejected"])
     bar.close()
     stats["seconds"] = time.perf_counter() - t0
+    # Steady state: proteins of every shard after the first finished one, over the time from
+    # the first to the last (excludes actor start-up and model loading).
+    done.sort()
+    if len(done) > 1 and done[-1][0] > done[0][0]:
+        stats["steady_proteins_per_s"] = sum(n for _, n in done[1:]) / (done[-1][0] - done[0][0])
     return stats
 
 
