@@ -95,11 +95,15 @@ class StudentEmbedder(Embedder):
     """A trained (or randomly initialised) mtdp student as an :class:`Embedder`."""
 
     def __init__(self, model, name: str = "student", source: str = "",
-                 pretrained: bool = True) -> None:
+                 pretrained: bool | None = None) -> None:
         from .tokenizer import ResidueTokenizer
 
         self.model = model.eval()
         self.tokenizer = ResidueTokenizer()
+        # A student written by `mtdp student init` (or any random baseline) says so in its
+        # config metadata; anything else was trained.
+        if pretrained is None:
+            pretrained = model.config.metadata.get("init") != "random"
         self.name, self.source, self.pretrained = name, source, pretrained
         self.dim = model.config.embed_dim
         self.max_len = model.config.max_len
