@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
@@ -89,6 +90,187 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
+# ---- fused inference path ---------------------------------------------------------------
+def _onednn_linear_available() -> bool:
+    """True when this torch build has oneDNN's fused linear (``mkldnn::_linear_pointwise``)."""
+    try:
+        return torch.backends.mkldnn.is_available() and \
+            hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class FastT5Encoder:
+    """Inference-only re-implementation of a ReLU ``T5EncoderModel`` forward on its parameters.
+
+    Same mathematics as ``transformers`` (pre-RMSNorm blocks, relative position bias from layer
+    0 shared by every layer, no 1/sqrt(d) scaling, padded keys excluded), arranged for speed:
+
+    * q, k and v are one GEMM (weights concatenated), and each RMSNorm's scale is folded into
+      the weights of the GEMM that follows it;
+    * the position bias (+ padding mask) is built once per forward, not once per layer, from
+      a cached table grown to the longest length seen, and is never padded when the batch
+      has no padding;
+    * on CPU the GEMMs run through oneDNN (``mkldnn::_linear_pointwise``) with the ReLU and the
+      residual additions fused as post-ops: oneDNN uses AVX-512 where MKL, torch's default
+      fp32 GEMM, may not (AMD CPUs); long sequences run attention head by head with the bias
+      added inside the score GEMM, so no ``[B, H, L, L]`` score tensor exists at once.
+    * elsewhere (CUDA, bf16 autocast) it uses ``F.linear`` and
+      ``F.scaled_dot_product_attention`` with the bias as the additive mask.
+
+    All arithmetic stays float32 on CPU; results equal the stock module within float32
+    rounding (~1e-6). Derived tensors are cached and rebuilt whenever a parameter changes
+    (tracked by tensor version counters and storage), so they never go stale after training
+    or ``.to(device)``.
+    """
+
+    #: Sequences at least this long use per-head oneDNN attention on CPU; shorter ones the
+    #: batched SDPA kernel (the per-head loop's Python overhead dominates for short ones).
+    loop_attention_min_len = 160
+    #: Longest position-bias table kept between calls (H × n² floats: 8 heads, 2,048 → 134 MB).
+    max_cached_bias_len = 2048
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+        cfg = encoder.config
+        self.num_heads, self.d_kv = cfg.num_heads, cfg.d_kv
+        self.eps = cfg.layer_norm_epsilon
+        self._key: tuple | None = None
+        self._layers: list[dict[str, torch.Tensor]] = []
+        self._bias: torch.Tensor | None = None  # [H, Lmax, Lmax] contiguous
+        self.use_onednn = _onednn_linear_available()
+        # MTDP_ATTENTION=sdpa forces the batched SDPA kernel (one op per layer): better on a
+        # heavily oversubscribed machine, where each of the per-head loop's many small parallel
+        # regions can wait for a descheduled thread; "loop" forces the per-head path.
+        mode = os.environ.get("MTDP_ATTENTION", "auto").lower()
+        if mode not in ("auto", "loop", "sdpa"):
+            raise ValueError(f"MTDP_ATTENTION must be auto, loop or sdpa, not {mode!r}")
+        if mode == "sdpa":
+            self.loop_attention_min_len = 1 << 62
+        elif mode == "loop":
+            self.loop_attention_min_len = 0
+
+    @staticmethod
+    def supports(encoder: nn.Module) -> bool:
+        """True for a non-gated ReLU T5 encoder (the student's architecture)."""
+        cfg = getattr(encoder, "config", None)
+        return cfg is not None and not cfg.is_gated_act and cfg.dense_act_fn == "relu" \
+            and not cfg.is_decoder
+
+    def __getstate__(self) -> dict:
+        # Derived tensors are a cache: never pickle them (rebuilt on first use).
+        return {**self.__dict__, "_key": None, "_layers": [], "_bias": None}
+
+    # -- cached derived tensors ----------------------------------------------------------
+    def _params_key(self) -> tuple:
+        # Inference tensors (made under torch.inference_mode) have no version counter; they
+        # can only change in place inside inference mode, which mtdp never does to weights.
+        return tuple((p.data_ptr(), None if p.is_inference() else p._version, p.dtype,
+                      p.device) for p in self.encoder.parameters())
+
+    def _refresh(self) -> None:
+        key = self._params_key()
+        if key == self._key:
+            return
+        stack = self.encoder.encoder
+        layers = []
+        for blk in stack.block:
+            sa, ff = blk.layer[0], blk.layer[1]
+            att, dense = sa.SelfAttention, ff.DenseReluDense
+            wqkv = torch.cat([att.q.weight, att.k.weight, att.v.weight])
+            layers.append({
+                # RMSNorm(x) @ W.T == (x * rsqrt(mean x²)) @ (W * g).T: fold g into W.
+                "wqkv": (wqkv * sa.layer_norm.weight).contiguous(),
+                "wo": att.o.weight.contiguous(),
+                "wi": (dense.wi.weight * ff.layer_norm.weight).contiguous(),
+                "wo_ff": dense.wo.weight.contiguous(),
+            })
+        self._layers = layers
+        self._bias = None
+        self._key = key
+
+    def _position_bias(self, length: int) -> torch.Tensor:
+        """``[H, length, length]`` contiguous relative position bias (T5 encoder buckets)."""
+        if self._bias is None or self._bias.shape[-1] < length:
+            att0 = self.encoder.encoder.block[0].layer[0].SelfAttention
+            dev = att0.relative_attention_bias.weight.device
+            if length > self.max_cached_bias_len:  # rare giant protein: don't keep it around
+                return att0.compute_bias(length, length, device=dev)[0].contiguous()
+            # Grow geometrically so a stream of slowly increasing lengths rebuilds rarely.
+            n = min(max(length, 256 if self._bias is None else 2 * self._bias.shape[-1]),
+                    self.max_cached_bias_len)
+            self._bias = att0.compute_bias(n, n, device=dev)[0].contiguous()
+        if self._bias.shape[-1] == length:
+            return self._bias
+        # T5's encoder bias depends only on j - i: the top-left block is the bias for `length`.
+        return self._bias[:, :length, :length].contiguous()
+
+    # -- forward ---------------------------------------------------------------------------
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states ``[B, L, d_model]``, as ``T5EncoderModel(...).last_hidden_state``."""
+        self._refresh()
+        stack = self.encoder.encoder
+        B, L = input_ids.shape
+        x = stack.embed_tokens(input_ids)
+        H = self.num_heads
+        bias = self._position_bias(L).to(x.dtype)  # [H, L, L]
+        valid = attention_mask.bool()
+        if not bool(valid.all()):
+            # Padded keys get the dtype's minimum, exactly as transformers' mask does.
+            bias = bias.unsqueeze(0).masked_fill(~valid[:, None, None, :],
+                                                 torch.finfo(bias.dtype).min).contiguous()
+        else:
+            bias = bias.unsqueeze(0)  # [1, H, L, L], broadcast over the batch
+        onednn = self.use_onednn and x.device.type == "cpu" and x.dtype == torch.float32 \
+            and not torch.is_autocast_enabled("cpu")
+        x = x.reshape(B * L, -1)
+        for p in self._layers:
+            h = F.rms_norm(x, (x.shape[-1],), None, self.eps)
+            if onednn:
+                qkv = _onednn_linear(h, p["wqkv"])
+                o = self._attention(qkv, bias, B, L, onednn=True)
+                x = _onednn_linear(o, p["wo"], add=x)  # x + o @ Wo.T in one call
+                h = F.rms_norm(x, (x.shape[-1],), None, self.eps)
+                x = _onednn_linear(_onednn_linear(h, p["wi"], relu=True), p["wo_ff"], add=x)
+            else:
+                qkv = F.linear(h, p["wqkv"])
+                o = self._attention(qkv, bias, B, L, onednn=False)
+                x = x + F.linear(o, p["wo"])
+                h = F.rms_norm(x, (x.shape[-1],), None, self.eps)
+                x = x + F.linear(torch.relu(F.linear(h, p["wi"])), p["wo_ff"])
+        x = F.rms_norm(x, (x.shape[-1],), stack.final_layer_norm.weight, self.eps)
+        return x.view(B, L, -1)
+
+    def _attention(self, qkv: torch.Tensor, bias: torch.Tensor, B: int, L: int,
+                   onednn: bool) -> torch.Tensor:
+        """Softmax(q kᵀ + bias) v for all heads; ``qkv`` is ``[B*L, 3*H*d_kv]``."""
+        H, dk = self.num_heads, self.d_kv
+        if onednn and L >= self.loop_attention_min_len:
+            # [3, B, H, L, dk] q/k, and vᵀ as [B, H, dk, L] (the weight layout linear wants).
+            qk = qkv.view(B, L, 3, H, dk)[:, :, :2].permute(2, 0, 3, 1, 4).contiguous()
+            vt = qkv.view(B, L, 3, H, dk)[:, :, 2].permute(0, 2, 3, 1).contiguous()
+            out = torch.empty(B, L, H, dk, dtype=qkv.dtype, device=qkv.device)
+            for b in range(B):
+                bb = bias[b if bias.shape[0] > 1 else 0]
+                for h in range(H):
+                    scores = _onednn_linear(qk[0, b, h], qk[1, b, h], add=bb[h])  # q kᵀ + bias
+                    torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # in place
+                    out[b, :, h] = _onednn_linear(scores, vt[b, h])
+            return out.view(B * L, H * dk)
+        qkv = qkv.view(B, L, 3, H, dk).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias.to(qkv.dtype),
+                                           scale=1.0)  # T5 does not scale scores
+        return o.transpose(1, 2).reshape(B * L, H * dk)
+
+
+def _onednn_linear(x: torch.Tensor, w: torch.Tensor, *, relu: bool = False,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T`` through oneDNN, optionally followed by ReLU or ``+ add`` (fused post-ops)."""
+    if add is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, add, w, None, "add")
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "relu" if relu else "none", [], "")
+
+
 class StudentModel(nn.Module):
     """T5 encoder + pooling + projection + MLM head + per-teacher heads."""
 
@@ -112,13 +294,27 @@ class StudentModel(nn.Module):
         self.mlm_head = nn.Linear(config.d_model, config.vocab_size)
         self.teacher_heads = nn.ModuleDict(
             {name: nn.Linear(config.embed_dim, dim) for name, dim in config.teachers.items()})
+        #: Use the fused inference path in :meth:`encode` (set False to time/compare the stock one).
+        self.fast_inference = True
+        self._fast: FastT5Encoder | None = None  # built lazily; holds no parameters of its own
 
     @property
     def mask_id(self) -> int:
         return MASK_ID
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states [B, L, d_model]."""
+        """Last hidden states [B, L, d_model].
+
+        In inference (eval mode, no autograd) this runs :class:`FastT5Encoder`, a fused
+        re-implementation of the same computation on the same parameters (equal to the stock
+        ``T5EncoderModel`` within float32 rounding, see tests/test_student_speed_equivalence.py);
+        training and anything needing gradients uses the stock ``transformers`` module.
+        """
+        if self.fast_inference and not self.training and not torch.is_grad_enabled() \
+                and FastT5Encoder.supports(self.encoder):
+            if self._fast is None:
+                self._fast = FastT5Encoder(self.encoder)
+            return self._fast(input_ids, attention_mask)
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
