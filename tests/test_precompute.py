@@ -113,6 +113,8 @@ def test_readers_validate_the_manifest(reference, tmp_path):
     ds = load_teacher_dataset(cfg.output, teachers=["tiny-random-t5"], max_len=MAX_LEN)
     assert ds.count() == N_SEQ
     assert "t_tiny_random_esm2" not in ds.schema().names
+    val = load_teacher_dataset(cfg.output, split="validation")
+    assert val.count() == manifest.split_counts["validation"]
     with pytest.raises(ManifestMismatch, match="truncated to 64 residues but 1000"):
         read_teacher_table(cfg.output, max_len=1000)
     with pytest.raises(ManifestMismatch, match="teacher 'esm2_t6_8M_UR50D' is not in"):
@@ -194,7 +196,8 @@ def test_malformed_input_errors_then_rejects(ray_session, tmp_path, monkeypatch)
     by_id = {r[0]: (r[3], r[4]) for r in rejects}
     assert [r[1:3] for r in rejects if r[0] == "good2"] == [[str(bad), "4"]]
     assert set(by_id) == {"bad_letters", "empty", "good1", "good2"}
-    assert by_id["bad_letters"][0] == "invalid" and "invalid character '1'" in by_id["bad_letters"][1]
+    assert by_id["bad_letters"][0] == "invalid"
+    assert "invalid character '1'" in by_id["bad_letters"][1]
     assert by_id["empty"] == ("invalid", f"file {bad}, record 3, id 'empty': empty sequence")
     assert by_id["good1"][0] == "duplicate" and "record 5" in by_id["good1"][1]
     assert by_id["good2"][0] == "embed" and "injected embedding failure" in by_id["good2"][1]

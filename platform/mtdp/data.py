@@ -20,7 +20,6 @@ import hashlib
 import http.client
 import io
 import os
-import shutil
 import sys
 import time
 import urllib.error

@@ -726,6 +726,12 @@ def _actor_resources(cfg: PrecomputeConfig, n_teachers: int) -> dict:
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
     if gpus > 0 and cfg.gpus_per_actor > 0:
+        need = cfg.gpus_per_actor * cfg.actors_per_teacher * n_teachers
+        if need > gpus:
+            print(f"[precompute] warning: {n_teachers} teacher(s) x {cfg.actors_per_teacher} "
+                  f"actor(s) x {cfg.gpus_per_actor} GPU need {need:g} GPUs, the cluster has "
+                  f"{gpus:g}: some actors wait for an autoscaler (lower --actors-per-teacher "
+                  "or use --gpus-per-actor 0.5)", file=sys.stderr)
         num_cpus = cfg.cpus_per_actor or 1.0
         return {"num_cpus": num_cpus, "num_gpus": cfg.gpus_per_actor,
                 "threads": max(1, int(num_cpus))}
@@ -965,20 +971,19 @@ def load_teacher_dataset(run_dir: str | os.PathLike, teachers: list[str] | None 
     import ray.data
 
     manifest, files = open_teacher_dataset(run_dir, teachers, max_len)
+    if not files:
+        raise ManifestMismatch(f"{run_dir}: the dataset has no data files")
     ds = ray.data.read_parquet(files, columns=_columns(manifest, teachers),
-                               override_num_blocks=max(1, len(files)))
+                               override_num_blocks=len(files))
     if split is not None:
-        ds = ds.filter(expr=f"split == '{split}'") if _has_expr_filter() else \
-            ds.filter(lambda r: r["split"] == split)
+        ds = ds.map_batches(_keep_split, batch_format="pyarrow", fn_kwargs={"split": split})
     return ds
 
 
-def _has_expr_filter() -> bool:
-    import inspect
+def _keep_split(batch, *, split: str):
+    import pyarrow.compute as pc
 
-    import ray.data
-
-    return "expr" in inspect.signature(ray.data.Dataset.filter).parameters
+    return batch.filter(pc.equal(batch["split"], split))
 
 
 def read_teacher_table(run_dir: str | os.PathLike, teachers: list[str] | None = None,
