@@ -172,7 +172,13 @@ def test_malformed_input_errors_then_rejects(ray_session, tmp_path, monkeypatch)
     extra = tmp_path / "extra.parquet"
     pq.write_table(pa.table({"id": ["pq1", "pq2"], "sequence": ["MKV", "GGBZ"]}), extra)
     out = tmp_path / "run"
-    one = ["tiny-random-t5"]  # input handling is teacher-independent: one keeps it quick
+    from mtdp.embedder import sha256_file
+    from mtdp.teachers import save_esm2_checkpoint, tiny_random_esm2
+
+    # Input handling is teacher-independent: one teacher keeps it quick; a checkpoint path
+    # (written here) also shows file teachers and their sha256 in the manifest.
+    ckpt = save_esm2_checkpoint(tiny_random_esm2(seed=3), tmp_path / "esm2_tiny.pt")
+    one = [str(ckpt)]
     with pytest.raises(SequenceError) as err:
         run_precompute(_cfg([bad, extra], out, num_shards=2, teachers=one))
     msg = str(err.value)
@@ -192,6 +198,9 @@ def test_malformed_input_errors_then_rejects(ray_session, tmp_path, monkeypatch)
     assert dict(zip(table["id"].to_pylist(), table["sequence"].to_pylist())) == {
         "good1": "MKTAYIAKQRQISFVKSHFSRQ", "lower": "MKTAYIAKQR", "pq1": "MKV", "pq2": "GGXX"}
     assert manifest.rows == 4 and manifest.extra["rejected"] == 4
+    teacher = Manifest.load(out).teachers[0]
+    assert (teacher.name, teacher.source) == ("esm2_tiny", str(ckpt))
+    assert teacher.sha256 == sha256_file(ckpt) and teacher.column == "t_esm2_tiny"
     rejects = [line.split("\t") for line in (out / "rejects.tsv").read_text().splitlines()[1:]]
     by_id = {r[0]: (r[3], r[4]) for r in rejects}
     assert [r[1:3] for r in rejects if r[0] == "good2"] == [[str(bad), "4"]]

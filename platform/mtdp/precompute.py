@@ -837,6 +837,8 @@ def _finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: d
                "duplicates": stage["duplicates"], "residues": sum(m["residues"] for m in markers),
                "on_invalid": cfg.on_invalid, "on_duplicate": cfg.on_duplicate,
                "teacher_specs": list(cfg.teachers), "std": "population (ddof=0) over train rows",
+               "teacher_info": {t["name"]: {k: v for k, v in t.items() if k != "column"}
+                                for t in teachers},
                "teacher_seconds": {k: round(v, 3) for k, v in seconds.items()}})
     manifest.save(run.root)
     # Staged copies are no longer needed; markers and run state stay for auditing.
