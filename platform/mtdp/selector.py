@@ -94,9 +94,9 @@ class TeacherSelector(nn.Module):
             nn.init.zeros_(self.policy[2].weight)
             nn.init.constant_(self.policy[2].bias, math.log(init_prob / (1 - init_prob)))
         self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
-        # Moving statistics of each teacher's reward (baseline and scale).
-        self.register_buffer("baseline", torch.zeros(k))
-        self.register_buffer("reward_var", torch.ones(k))
+        # Moving statistics of the per-sample reward (baseline and mean square, for scale).
+        self.register_buffer("baseline", torch.zeros(()))
+        self.register_buffer("reward_var", torch.ones(()))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         # Selection counts since the last :meth:`rates` call (for logging).
@@ -163,15 +163,13 @@ class TeacherSelector(nn.Module):
         if self.kind != "rl":
             return {}
         r = rewards.detach().float().to(self.baseline.device)
+        first = int(self.updates) == 0
+        m = 0.0 if first else self.momentum  # the first reward initialises the statistics
         if not buffer:
-            # Warm-up (all teachers): only calibrate the reward scale.
-            # (all samples use every teacher: each sample's reward is Σ_k r_k / K · K = Σ_k r_k)
-            self.reward_var.copy_(self.momentum * self.reward_var + (1 - self.momentum)
-                                  * r.sum().pow(2) if int(self.updates)
-                                  else r.sum().pow(2).clamp_min(1e-12).expand_as(self.reward_var))
-            self.baseline.fill_(float(r.sum()) if not int(self.updates) else
-                                float(self.momentum * self.baseline[0]
-                                      + (1 - self.momentum) * r.sum()))
+            # Warm-up (every sample used every teacher, so every R_i = Σ_k r_k): calibrate only.
+            total = r.sum()
+            self.baseline.copy_(m * self.baseline + (1 - m) * total)
+            self.reward_var.copy_(m * self.reward_var + (1 - m) * total.pow(2))
             self.updates += 1
             return {}
         states = torch.cat([s for s, _ in buffer])
@@ -190,12 +188,9 @@ class TeacherSelector(nn.Module):
             dist.all_reduce(n_all)
         rho = r * n_all / total_w.clamp_min(1e-6)
         reward = (w * rho.unsqueeze(0)).sum(1)                           # [N]
-        self.reward_var.copy_(self.momentum * self.reward_var
-                              + (1 - self.momentum) * reward.pow(2).mean())
-        scale = self.reward_var[0].sqrt().clamp_min(1e-6)
-        adv = ((reward - self.baseline[0]) / scale).clamp(-5, 5)
-        self.baseline.fill_(float(self.momentum * self.baseline[0]
-                                  + (1 - self.momentum) * reward.mean()))
+        self.reward_var.copy_(m * self.reward_var + (1 - m) * reward.pow(2).mean())
+        adv = ((reward - self.baseline) / self.reward_var.sqrt().clamp_min(1e-8)).clamp(-5, 5)
+        self.baseline.copy_(m * self.baseline + (1 - m) * reward.mean())
         self.updates += 1
         probs = self.probabilities(states).clamp(1e-6, 1 - 1e-6)
         logp = actions * probs.log() + (1 - actions) * (1 - probs).log()
@@ -205,9 +200,11 @@ class TeacherSelector(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for p in self.parameters():
+            world = dist.get_world_size()
+            for p in self.parameters():  # SUM / world: gloo has no AVG
                 if p.grad is not None:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
         self.optimizer.step()
         stats["selector/policy_loss"] = float(loss.detach())
         stats["selector/entropy"] = float(entropy.detach().mean())

@@ -69,3 +69,78 @@ def latest_student_uri(name: str = STUDENT_MODEL_NAME) -> str | None:
         return None
     newest = max(versions, key=lambda v: int(v.version))
     return f"models:/{name}/{newest.version}"
+
+
+_PYFUNC_CLASS = None
+
+
+def _student_pyfunc_class():
+    """The MLflow pyfunc class for students, built on first use (importing mlflow.pyfunc is
+    slow); exposed as ``mtdp.tracking.StudentPyfunc`` so pickles resolve it by name."""
+    global _PYFUNC_CLASS
+    if _PYFUNC_CLASS is None:
+        import warnings
+
+        import mlflow.pyfunc
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict"
+
+            class StudentPyfunc(mlflow.pyfunc.PythonModel):
+                """Pyfunc around a student directory (artifact ``student``): ``predict`` takes
+                a DataFrame with a ``sequence`` column (or a list of strings) and returns one
+                embedding row per sequence."""
+
+                def load_context(self, context) -> None:
+                    from .embedder import StudentEmbedder
+                    from .student import load_student
+
+                    self._emb = StudentEmbedder(load_student(context.artifacts["student"]))
+
+                def predict(self, context, model_input, params=None):
+                    import numpy as np
+
+                    from .sequences import prepare
+
+                    seqs = (list(model_input["sequence"]) if hasattr(model_input, "columns")
+                            else [str(s) for s in model_input])
+                    seqs = [prepare(s, max_len=self._emb.max_len, record=i + 1)
+                            for i, s in enumerate(seqs)]
+                    return np.asarray(self._emb.embed(seqs), dtype=np.float32)
+
+        StudentPyfunc.__module__ = __name__
+        StudentPyfunc.__qualname__ = "StudentPyfunc"
+        _PYFUNC_CLASS = StudentPyfunc
+    return _PYFUNC_CLASS
+
+
+def __getattr__(name: str):
+    if name == "StudentPyfunc":
+        return _student_pyfunc_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def log_student(student_dir: str | os.PathLike, *, run_id: str | None = None,
+                registered_name: str | None = STUDENT_MODEL_NAME,
+                artifact_path: str = "student") -> str:
+    """Log a student directory to MLflow (plain artifact ``student_dir/`` plus a pyfunc model
+    that embeds sequences, the directory inside its artifacts) and register it as
+    ``registered_name``. Returns ``models:/NAME/VERSION`` (or the logged model's URI when not
+    registering); :func:`download_student` turns either back into the directory."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(tracking_uri())
+
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", "mlflow", "safetensors",
+            "transformers", "numpy", "pandas"]
+    with mlflow.start_run(run_id=run_id, nested=False):
+        mlflow.log_artifacts(str(student_dir), artifact_path="student_dir")
+        info = mlflow.pyfunc.log_model(
+            name=artifact_path, python_model=_student_pyfunc_class()(),
+            artifacts={"student": str(student_dir)}, pip_requirements=reqs,
+            registered_model_name=registered_name or None)
+    if registered_name:
+        return f"models:/{registered_name}/{info.registered_model_version}"
+    return info.model_uri
