@@ -291,3 +291,30 @@ def test_a_shard_split_across_batches_is_merged_once_complete(tmp_path):
                                   "stage": "embed", "reason": "t: boom"}]
     assert np.allclose(marker["stats"][col]["mean"], emb[:-1].astype(np.float64).mean(0))
     assert not (run.parts / "shard-00003").exists()
+
+
+def test_teacher_actor_rejects_a_bad_protein_but_stops_on_a_broken_teacher():
+    import torch
+
+    from mtdp.precompute import TeacherActor
+
+    threads = torch.get_num_threads()
+    ids = [f"p{i}" for i in range(10)]
+    batch = pa.table({"id": ids, "sequence": ["MKTAYIAKQR"[: 3 + i] for i in range(10)],
+                      "_reject": pa.array([None] * 10, pa.string())})
+    try:
+        actor = TeacherActor("tiny-random-t5", "t_x", None, 1, 1, {"unembeddable_ids": ["p4"]})
+        out = actor(batch)
+        reasons = out["_reject"].to_pylist()
+        assert reasons[4].startswith("tiny-random-t5: RuntimeError: injected embedding failure")
+        assert "after 2 attempt(s)" in reasons[4]
+        assert reasons[:4] + reasons[5:] == [None] * 9
+        emb = np.stack(out["t_x"].to_numpy(zero_copy_only=False)).astype(np.float32)
+        ref = actor.embedder.embed([s for i, s in enumerate(batch["sequence"].to_pylist())
+                                    if i != 4])
+        np.testing.assert_allclose(np.delete(emb, 4, axis=0), ref, rtol=2e-3, atol=2e-3)
+        broken = TeacherActor("tiny-random-t5", "t_x", None, 1, 0, {"unembeddable_ids": ids})
+        with pytest.raises(RuntimeError, match="failed on all 10 proteins"):
+            broken(batch)
+    finally:
+        torch.set_num_threads(threads)

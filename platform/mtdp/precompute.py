@@ -568,7 +568,7 @@ class TeacherActor:
                 rows: list[int]) -> None:
         """Embed ``rows``; on failure split in halves, retry singles, reject what still fails."""
         attempts = 1 + (self.retries if len(rows) == 1 else 0)
-        for attempt in range(attempts):
+        for _ in range(attempts):
             try:
                 out[rows] = self._embed([ids[i] for i in rows], [seqs[i] for i in rows])
                 return
@@ -605,6 +605,12 @@ class TeacherActor:
         todo = [i for i, r in enumerate(reasons) if r is None]
         if todo:
             self._robust(ids, seqs, out, reasons, todo)
+            failed = [i for i in todo if reasons[i] is not None]
+            if len(todo) >= 8 and len(failed) == len(todo):
+                # Every protein failing is a broken teacher/device, not bad records: stop (a
+                # rerun resumes) instead of rejecting the whole input.
+                raise RuntimeError(f"teacher {self.embedder.name} failed on all {len(todo)} "
+                                   f"proteins of a shard; first error: {reasons[failed[0]]}")
         half = out.astype(np.float16)
         finite = np.isfinite(half).all(axis=1)
         for i in todo:
