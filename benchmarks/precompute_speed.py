@@ -8,7 +8,8 @@ $MTDP_DATA_DIR) into a temporary directory. Printed per configuration: proteins/
 residues/s of the embedding phase measured on the wall clock (it includes starting the actors
 and loading the models, as a real run does), the steady-state rate (proteins of all shards
 after the first finished one, over the time between first and last finished shard: actor
-start-up excluded), and the whole run's wall time. Tiny random
+start-up excluded), the whole run's wall time, and the teachers' busy time summed over actors
+(if 2 actors' busy time doubles while the wall time stays, the CPUs were already saturated). Tiny random
 teachers measure the pipeline (scheduling, batching, I/O), not a real model's speed. On a
 shared machine the figures vary with the load: compare numbers from one invocation only.
 """
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                    "proteins_per_s": round(this["proteins_per_s"], 1),
                    "residues_per_s": round(this["tokens_per_s"], 0),
                    "steady_proteins_per_s": round(this.get("steady_proteins_per_s", 0.0), 1),
+                   # Summed over actors: above the embed phase's wall time = actors overlapped.
+                   "teacher_busy_seconds": manifest.extra["teacher_seconds"],
                    "run_wall_seconds": round(wall, 2)}
             results.append(row)
             print(json.dumps(row), flush=True)
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {r['actors_per_teacher']} actor(s)/teacher: {r['proteins_per_s']:8.1f} "
               f"proteins/s  {r['residues_per_s']:10.0f} residues/s  steady state "
               f"{r['steady_proteins_per_s']:8.1f} proteins/s  (embed phase "
-              f"{r['embed_seconds']} s, whole run {r['run_wall_seconds']} s)")
+              f"{r['embed_seconds']} s, whole run {r['run_wall_seconds']} s, teacher busy "
+              f"{sum(r['teacher_busy_seconds'].values()):.1f} s summed over actors)")
     if len(results) > 1 and results[0]["proteins_per_s"]:
         print(f"  speed-up {results[-1]['actors_per_teacher']} vs "
               f"{results[0]['actors_per_teacher']} actor(s): "
