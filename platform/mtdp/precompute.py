@@ -873,7 +873,16 @@ def run_precompute(cfg: PrecomputeConfig) -> Manifest:
     _ensure_ray(cfg)
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
+    ctx = ray.data.DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = cfg.progress
+    try:
+        return _tracked(cfg, run, state, faults)
+    finally:
+        ctx.enable_progress_bars = bars  # the caller's setting, e.g. inside jobs/distill.py
+
+
+def _tracked(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict) -> Manifest:
     if not cfg.track:
         return _run(cfg, run, state, faults, None)
     from .tracking import setup_mlflow
