@@ -95,7 +95,8 @@ def inner_split(train_idx: np.ndarray, labels: np.ndarray, kind: str, fraction: 
     strat = None
     if kind in ("binary", "multiclass"):
         _, counts = np.unique(labels[train_idx], return_counts=True)
-        if counts.min() >= 2:
+        # Stratifying needs 2+ members per class and room for every class in the split.
+        if counts.min() >= 2 and int(fraction * len(train_idx)) >= len(counts):
             strat = labels[train_idx]
     tr, va = train_test_split(train_idx, test_size=fraction, random_state=seed, stratify=strat)
     return np.sort(tr), np.sort(va)

@@ -85,7 +85,7 @@ def markdown_table(summary, tasks: list[Task], models, cfg, skipped: dict[str, s
         lines.append(f"| {m.name} | {human_params(m.parameters)} | {m.proteins_per_s:.1f} | "
                      + " | ".join(cells) + " |")
     lines += ["", "Secondary metrics (mean ± std over folds):", ""]
-    lines.append("| model | task | " + " | ".join(["metric"] * 1) + " | mean ± std |")
+    lines.append("| model | task | metric | mean ± std |")
     lines.append("|---|---|---|---:|")
     for m in _model_order(models):
         for t in tasks:
