@@ -69,8 +69,10 @@ def demo_config(workdir: Path) -> DistillConfig:
                          lr=1e-3)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_config(argv: list[str]) -> DistillConfig:
+    """The run's config from command-line arguments (no arguments: the embedded default,
+    which precomputes its teacher dataset if needed)."""
+    argv = list(argv)
     # `--resume` alone means `--resume true` (the config flag itself takes a value).
     for i, a in enumerate(argv):
         if a == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
@@ -81,17 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML file of DistillConfig fields (flags override it)")
     add_dataclass_arguments(p, DistillConfig)
     args = p.parse_args(argv)
+    if not argv:
+        return demo_config(Path("runs/demo").resolve())
+    return load_config(DistillConfig, args.config, args)
+
+
+def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MTDP_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    if not argv:
-        cfg = demo_config(Path("runs/demo").resolve())
-    else:
-        cfg = load_config(DistillConfig, args.config, args)
+    try:
+        cfg = build_config(sys.argv[1:] if argv is None else argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return 2
     import ray
 
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
+        # address="local": a new local Ray, never someone else's cluster found on this host.
+        ray.init(address="local", include_dashboard=False,
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
                                            "MTDP_DATA_DIR": os.environ["MTDP_DATA_DIR"]}})
     try:
         result = run_distill(cfg)

@@ -119,3 +119,21 @@ def test_bad_config_is_refused(dataset: Path, tmp_path: Path):
         run_distill(_cfg(dataset, tmp_path, selector="single:nobody"))
     with pytest.raises(FileNotFoundError, match="not a finished teacher dataset"):
         run_distill(_cfg(tmp_path, tmp_path))
+
+
+def test_job_command_line(tmp_path: Path):
+    """jobs/distill.py: YAML < flags, a bare `--resume`, and the example config loads."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distill_job", ROOT / "jobs" / "distill.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    example = job.build_config(["--config", str(ROOT / "jobs" / "distill.yaml")])
+    assert example.selector == "rl" and example.preset == "tiny" and not example.resume
+    cfg = job.build_config(["--config", str(ROOT / "jobs" / "distill.yaml"), "--data", "/d",
+                            "--resume", "--run-name", "r1", "--selector", "single:esm"])
+    assert (cfg.data, cfg.resume, cfg.run_name, cfg.selector) == ("/d", True, "r1", "single:esm")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        job.build_config(["--config", str(bad)])

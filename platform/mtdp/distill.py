@@ -625,8 +625,11 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     run_dir = storage / run_name
 
     if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get(
-            "HF_HUB_OFFLINE", "1")}})
+        # $RAY_ADDRESS (set by `ray job submit`) names the cluster; otherwise start a local
+        # one rather than attaching to whatever Ray happens to run on this host.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local",
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get(
+                     "HF_HUB_OFFLINE", "1")}})
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else \
         ray.cluster_resources().get("GPU", 0) >= 1
     ctx = ray.data.DataContext.get_current()
