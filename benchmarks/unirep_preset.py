@@ -14,7 +14,8 @@ One command, everything on this machine's CPUs (local Ray):
 5. a table with the student/teacher ratio per task, written as Markdown + CSV.
 
     python benchmarks/unirep_preset.py                     # the default scale (see SCALES)
-    python benchmarks/unirep_preset.py --scale quick       # a few minutes, a smoke-sized table
+    python benchmarks/unirep_preset.py --scale quick       # smoke-sized table (tiny tasks)
+    python benchmarks/unirep_preset.py --scale large       # 2,000 proteins: a bigger machine
 
 Any scale field can be overridden (``--pool 500 --epochs 4 ...``). Re-running with the same
 ``--workdir`` reuses the finished precompute, students and embedding caches (only the probes
@@ -37,14 +38,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TEACHERS = ["unirep1900", "unirep256"]
 
-#: Presets of the whole run. ``default`` is sized for a quiet 2-core machine in well under an
-#: hour; UniRep-1900 on CPU (~18M multiply-adds per residue) dominates the time.
+#: Presets of the whole run. UniRep-1900 on CPU (~18M multiply-adds per residue) dominates:
+#: its cost grows with pool proteins x max_len and with the task proteins (embedded at up to
+#: 1,000 residues). ``default`` was measured end to end on a shared 2-core machine (see
+#: benchmarks/results/unirep_preset_default.md); ``large`` (a few thousand proteins) was not
+#: run here: expect roughly 10x the default's teacher time, i.e. hours on 2 busy cores, so run
+#: it on a bigger machine.
 SCALES: dict[str, dict] = {
-    "default": dict(pool=800, max_len=1000, task_proteins=250, folds=5, preset="tiny",
-                    epochs=4, batch_size=16, lr=1e-3, tasks="membrane,localization,meltome,"
-                    "esol,deepsol"),
+    "default": dict(pool=300, max_len=256, task_proteins=150, folds=5, preset="tiny",
+                    epochs=12, batch_size=16, lr=1e-3,
+                    tasks="membrane,localization,meltome,esol,deepsol"),
     "quick": dict(pool=240, max_len=256, task_proteins=60, folds=3, preset="tiny", epochs=3,
                   batch_size=16, lr=1e-3, tasks="membrane,localization,meltome,esol,deepsol"),
+    "large": dict(pool=2000, max_len=1000, task_proteins=500, folds=10, preset="small",
+                  epochs=6, batch_size=16, lr=5e-4,
+                  tasks="membrane,localization,meltome,esol,deepsol"),
 }
 MODES = ["rl", "single:unirep1900", "single:unirep256", "none"]
 
