@@ -29,7 +29,7 @@ def test_ten_fold_benchmark_kmer_and_tiny_teacher(ray_session, data_dir, tmp_pat
     from mlflow.tracking import MlflowClient
 
     cfg = BenchmarkConfig(models="kmer2,tiny-random-esm2", tasks="all", folds=10,
-                          max_proteins=120, max_epochs=3, patience=2, hidden=32,
+                          max_proteins=100, max_epochs=2, patience=2, hidden=32,
                           threads=1, batch_tokens=2048, data_dir=str(data_dir),
                           output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
                           experiment="test-benchmark")
