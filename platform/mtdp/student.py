@@ -115,18 +115,24 @@ class FastT5Encoder:
       residual additions fused as post-ops: oneDNN uses AVX-512 where MKL, torch's default
       fp32 GEMM, may not (AMD CPUs); long sequences run attention head by head with the bias
       added inside the score GEMM, so no ``[B, H, L, L]`` score tensor exists at once.
-    * elsewhere (CUDA, bf16 autocast) it uses ``F.linear`` and
-      ``F.scaled_dot_product_attention`` with the bias as the additive mask.
+    * on CPU the batch is *packed*: only real tokens enter the GEMMs (no padding work), each
+      sequence attends over exactly its own length, and padding positions of the output are
+      zeros (the stock module returns values there that nothing uses);
+    * the feed-forward runs in row chunks so its ``d_ff``-wide intermediate stays in cache;
+    * elsewhere (CUDA, bf16 autocast, or a left-padded mask) it uses ``F.linear`` and
+      ``F.scaled_dot_product_attention`` on the padded batch with the bias as the mask.
 
-    All arithmetic stays float32 on CPU; results equal the stock module within float32
-    rounding (~1e-6). Derived tensors are cached and rebuilt whenever a parameter changes
-    (tracked by tensor version counters and storage), so they never go stale after training
-    or ``.to(device)``.
+    All arithmetic stays float32 on CPU; at every real position results equal the stock module
+    within float32 rounding (~1e-6). Derived tensors are cached and rebuilt whenever a
+    parameter changes (tracked by tensor version counters and storage), so they never go stale
+    after training or ``.to(device)``.
     """
 
     #: Sequences at least this long use per-head oneDNN attention on CPU; shorter ones the
     #: batched SDPA kernel (the per-head loop's Python overhead dominates for short ones).
     loop_attention_min_len = 160
+    #: Tokens per feed-forward chunk on the CPU path (0: the whole batch at once).
+    ffn_chunk_tokens = 1024
     #: Longest position-bias table kept between calls (H × n² floats: 8 heads, 2,048 → 134 MB).
     max_cached_bias_len = 2048
 
@@ -211,6 +217,13 @@ class FastT5Encoder:
         self._refresh()
         stack = self.encoder.encoder
         B, L = input_ids.shape
+        weight = stack.embed_tokens.weight
+        if self.use_onednn and weight.device.type == "cpu" and weight.dtype == torch.float32 \
+                and not torch.is_autocast_enabled("cpu") and B * L > 0:
+            lengths = attention_mask.sum(dim=1)
+            prefix = torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]
+            if bool((prefix == attention_mask.bool()).all()):  # right-padded (our tokenizer)
+                return self._packed(input_ids, prefix, lengths.tolist())
         x = stack.embed_tokens(input_ids)
         H = self.num_heads
         bias = self._position_bias(L).to(x.dtype)  # [H, L, L]
@@ -240,6 +253,76 @@ class FastT5Encoder:
                 x = x + F.linear(torch.relu(F.linear(h, p["wi"])), p["wo_ff"])
         x = F.rms_norm(x, (x.shape[-1],), stack.final_layer_norm.weight, self.eps)
         return x.view(B, L, -1)
+
+    def _packed(self, input_ids: torch.Tensor, valid: torch.Tensor, lengths: list[int]
+                ) -> torch.Tensor:
+        """CPU/oneDNN forward on the *packed* real tokens: padding costs no GEMM work at all.
+
+        Tokens of all sequences are concatenated to ``[T, d]`` for every GEMM; attention runs
+        per sequence on exactly its ``l × l`` block (position bias sliced to ``l``), head by
+        head, for long sequences, and as one padded SDPA call for the short ones (where the
+        per-head loop's call overhead would dominate). Padding positions come back as zeros.
+        """
+        stack = self.encoder.encoder
+        B, L = input_ids.shape
+        H, dk = self.num_heads, self.d_kv
+        flat_valid = valid.reshape(-1)
+        rows = flat_valid.nonzero().squeeze(1)  # packed row -> position in [B*L]
+        x = stack.embed_tokens(input_ids.reshape(-1)[rows])  # [T, d]
+        T, d = x.shape
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        long = [b for b in range(B) if lengths[b] >= self.loop_attention_min_len]
+        short = [b for b in range(B) if 0 < lengths[b] < self.loop_attention_min_len]
+        biases = {n: self._position_bias(n) for n in {lengths[b] for b in long}}
+        if short:
+            # Short sequences: gather them into one padded batch for SDPA (slot T = a zero row).
+            Ls = max(lengths[b] for b in short)
+            pos = torch.arange(Ls)
+            sidx = torch.stack([torch.where(pos < lengths[b], starts[b] + pos, T)
+                                for b in short])  # [Bs, Ls]
+            s_valid = sidx < T
+            s_bias = self._position_bias(Ls).unsqueeze(0).masked_fill(
+                ~s_valid[:, None, None, :], torch.finfo(x.dtype).min).contiguous()
+            s_rows = sidx[s_valid]
+        for p in self._layers:
+            h = F.rms_norm(x, (d,), None, self.eps)
+            qkv = _onednn_linear(h, p["wqkv"])  # [T, 3*H*dk]
+            out = torch.empty(T, H, dk, dtype=x.dtype)
+            for b in long:
+                n, o = lengths[b], starts[b]
+                blk = qkv[o:o + n].view(n, 3, H, dk)
+                qk = blk[:, :2].permute(1, 2, 0, 3).contiguous()  # [2, H, n, dk]
+                vt = blk[:, 2].permute(1, 2, 0).contiguous()  # [H, dk, n]: vᵀ, linear's layout
+                bias = biases[n]
+                for hh in range(H):
+                    scores = _onednn_linear(qk[0, hh], qk[1, hh], add=bias[hh])  # q kᵀ + bias
+                    torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # in place
+                    out[o:o + n, hh] = _onednn_linear(scores, vt[hh])
+            if short:
+                ext = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[1])])
+                Bs, Ls = sidx.shape
+                so = self._attention(ext[sidx.reshape(-1)], s_bias, Bs, Ls, onednn=False)
+                out[s_rows] = so.view(Bs, Ls, H, dk)[s_valid]
+            x = _onednn_linear(out.view(T, H * dk), p["wo"], add=x)  # x + o @ Wo.T, one call
+            x = self._ffn(x, p)
+        x = F.rms_norm(x, (d,), stack.final_layer_norm.weight, self.eps)
+        full = x.new_zeros(B * L, d)
+        full[rows] = x
+        return full.view(B, L, d)
+
+    def _ffn(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x + relu(RMSNorm(x) Wiᵀ) Woᵀ in row chunks: the [chunk, d_ff] intermediate stays in
+        cache between its two GEMMs and is not a fresh multi-MB allocation per layer."""
+        chunk = self.ffn_chunk_tokens or x.shape[0]
+        parts = []
+        for c in range(0, x.shape[0], chunk):
+            xc = x[c:c + chunk]
+            h = F.rms_norm(xc, (xc.shape[-1],), None, self.eps)
+            parts.append(_onednn_linear(_onednn_linear(h, p["wi"], relu=True), p["wo_ff"],
+                                        add=xc))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _attention(self, qkv: torch.Tensor, bias: torch.Tensor, B: int, L: int,
                    onednn: bool) -> torch.Tensor:
@@ -307,7 +390,8 @@ class StudentModel(nn.Module):
 
         In inference (eval mode, no autograd) this runs :class:`FastT5Encoder`, a fused
         re-implementation of the same computation on the same parameters (equal to the stock
-        ``T5EncoderModel`` within float32 rounding, see tests/test_student_speed_equivalence.py);
+        ``T5EncoderModel`` at every real position within float32 rounding, see
+        tests/test_student_speed_equivalence.py; on CPU padding positions are zeros);
         training and anything needing gradients uses the stock ``transformers`` module.
         """
         if self.fast_inference and not self.training and not torch.is_grad_enabled() \
