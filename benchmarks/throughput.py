@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     gemm = gemm_rates(device)
     ref_name = max(gemm, key=gemm.get) if device.type == "cpu" else "torch.matmul"
     print("fp32 GEMM 2048²: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items())
-          + f" -> reference peak {gemm[ref_name]:.0f} GFLOP/s ({ref_name})")
+          + f" (the faster is the reference; re-measured at the end)")
     sys.stdout.flush()
 
     rows: dict = {}
@@ -391,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         student_runs(reps_each, first=False)
+    # Measured again at the end; the higher of the two is the peak (on a shared machine a
+    # busy moment only lowers it, which would flatter every model's fraction).
+    again = gemm_rates(device)
+    gemm = {k: max(v, again[k]) for k, v in gemm.items()}
+    ref_name = max(gemm, key=gemm.get) if device.type == "cpu" else "torch.matmul"
+    print("\nfp32 GEMM 2048², best of start and end: " + ", ".join(
+        f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
     report(rows, gemm[ref_name], device, students, wanted_teachers, label_fixed, build_s,
            time.perf_counter() - t_start, budget)
     return 0
