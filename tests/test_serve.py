@@ -252,7 +252,9 @@ def test_default_model_is_newest_registered_student(student_dir: Path, tmp_path:
     try:
         exp = mlflow.create_experiment("serve-test",
                                        artifact_location=(tmp_path / "art").as_uri())
-        client = mlflow.MlflowClient()
+        # Explicit registry: an earlier test may have set MLflow's global registry URI.
+        uri = f"sqlite:///{tmp_path / 'reg.db'}"
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.create_registered_model("mtdp-student")
         for _ in range(2):  # two versions: the newest must win
             with mlflow.start_run(experiment_id=exp) as run:
@@ -261,6 +263,8 @@ def test_default_model_is_newest_registered_student(student_dir: Path, tmp_path:
                                         run_id=run.info.run_id)
     finally:
         mlflow.set_tracking_uri(previous)
+    # set_tracking_uri also rewrites $MLFLOW_TRACKING_URI: point it back at this registry.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert latest_student_uri() == "models:/mtdp-student/2"
     assert resolve_model_spec(None) == "models:/mtdp-student/2"
     assert (download_student("models:/mtdp-student/2") / "model.safetensors").is_file()
