@@ -66,7 +66,8 @@ def embed_sequences(embedder: Embedder, sequences: Sequence[str], *,
                     progress: bool = False):
     """Embed prepared sequences; returns ``[N, dim]`` float32 in input order, or
     ``(array, per_residue_list)`` when ``per_residue``."""
-    budget = batch_tokens or default_batch_tokens(embedder.device)
+    budget = (batch_tokens or embedder.preferred_batch_tokens(per_residue)
+              or default_batch_tokens(embedder.device))
     out = np.zeros((len(sequences), embedder.dim), dtype=np.float32)
     residues: list[np.ndarray | None] = [None] * len(sequences)
     bar = _progress(len(sequences), progress, embedder.name)

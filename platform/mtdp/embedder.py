@@ -71,6 +71,11 @@ class Embedder(abc.ABC):
         """Number of model parameters (0 for feature baselines)."""
         return 0
 
+    def preferred_batch_tokens(self, per_residue: bool = False) -> int | None:
+        """A model-specific token budget for :func:`mtdp.embed.embed_sequences` when the caller
+        gives none (``None``: the engine's device default)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Provenance of this model for manifests and MLflow params."""
         info: dict[str, Any] = {"name": self.name, "class": type(self).__name__, "dim": self.dim,

@@ -30,9 +30,9 @@ sequence's end cannot change any of its real steps; the mean uses a length mask.
 one-at-a-time results agree to float rounding (tested).
 
 Speed on CPU: every recurrent step streams the recurrent weights from memory (72 MB for
-UniRep-1900) whatever the batch size, so batches should be large: :meth:`UniRepTeacher.embed`
-defaults to :data:`UNIREP_BATCH_TOKENS` (states are not kept, memory stays O(batch x D)); pass
-the same ``batch_tokens`` to :func:`mtdp.embed.embed_sequences` / precompute. The input
+UniRep-1900) whatever the batch size, so batches should be large: :meth:`UniRepTeacher.preferred_batch_tokens` makes
+:data:`UNIREP_BATCH_TOKENS` the default of :func:`mtdp.embed.embed_sequences` (so of ``mtdp
+embed``, precompute and serve) when states are not kept (memory stays O(batch x D)). The input
 projection of the first layer is a [26, 5D] lookup table, and the step loop is TorchScript.
 UniRep-256/64 run the recurrence on one thread (see ``UniRepMLSTM.threads``). Optional
 ``bf16`` recurrent matmuls (:meth:`UniRepMLSTM.set_precision`) trade exactness for speed.
@@ -379,14 +379,10 @@ class UniRepTeacher(Embedder):
         states = states.float().cpu()
         return emb, [states[i, 1:len(s) + 1] for i, s in enumerate(sequences)]
 
-    def embed(self, sequences: Sequence[str], *, batch_tokens: int | None = None,
-              per_residue: bool = False, progress: bool = False):
-        """As :meth:`Embedder.embed`, with a much larger default batch (see
-        :data:`UNIREP_BATCH_TOKENS`) unless per-residue states are kept."""
-        if batch_tokens is None and not per_residue:
-            batch_tokens = UNIREP_BATCH_TOKENS
-        return super().embed(sequences, batch_tokens=batch_tokens, per_residue=per_residue,
-                             progress=progress)
+    def preferred_batch_tokens(self, per_residue: bool = False) -> int | None:
+        """A much larger batch than the engine's default (see :data:`UNIREP_BATCH_TOKENS`),
+        unless per-residue states are kept."""
+        return None if per_residue else UNIREP_BATCH_TOKENS
 
     @torch.inference_mode()
     def next_residue_scores(self, sequences: Sequence[str]) -> dict[str, float]:
