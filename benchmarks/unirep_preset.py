@@ -67,9 +67,15 @@ def data_dir() -> Path:
     return Path(os.environ.get("MTDP_DATA_DIR") or ROOT.parent / "shared" / "data")
 
 
-def build_pool(args, exclude: set[str], out: Path) -> tuple[Path, int, int]:
+def build_pool(args, exclude: set[str], work: Path) -> tuple[Path, int, int]:
     """FASTA of ``args.pool`` DeepLoc 2.0 proteins (partitions 0-3, seeded sample) that are
-    not in any benchmark task subset. Returns the path, proteins and residues."""
+    not in any benchmark task subset, written to ``work/pool-<content hash>/pool.fasta``.
+    Everything derived from the pool (teacher dataset, students) lives in that folder, so a
+    run with other pool-changing settings (``--pool``, ``--max-len``, ``--folds``,
+    ``--task-proteins``...) gets its own, and going back to earlier settings reuses theirs.
+    Returns the path, proteins and residues."""
+    import hashlib
+
     import pandas as pd
 
     from mtdp.sequences import prepare, write_fasta
@@ -84,13 +90,14 @@ def build_pool(args, exclude: set[str], out: Path) -> tuple[Path, int, int]:
     if len(df) < args.pool:
         raise ValueError(f"only {len(df)} pool proteins left after excluding task proteins")
     df = df.sample(args.pool, random_state=args.seed)
+    digest = hashlib.sha256("".join(f">{a}\n{q}\n" for a, q in zip(df.accession, df.prepared))
+                            .encode()).hexdigest()[:12]
+    out = work / f"pool-{digest}" / "pool.fasta"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".new")
-    write_fasta(zip(df.accession, df.prepared), tmp)
-    # Keep an identical file untouched: precompute resumes only on the same file (mtime).
-    if out.is_file() and out.read_bytes() == tmp.read_bytes():
-        tmp.unlink()
-    else:
+    # Written once: precompute resumes only on the very same file (size and mtime).
+    if not out.is_file():
+        tmp = out.with_name(out.name + ".new")
+        write_fasta(zip(df.accession, df.prepared), tmp)
         tmp.replace(out)
     return out, len(df), int(df.prepared.str.len().sum())
 
@@ -165,16 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     tasks, skipped = load_tasks(bcfg, log=lambda m: print(m, flush=True))
     exclude = {s for t in tasks for s in t.sequences}
     t0 = time.perf_counter()
-    fasta, n_pool, n_res = build_pool(args, exclude, work / "pool.fasta")
+    fasta, n_pool, n_res = build_pool(args, exclude, work)
     print(f"[preset] pool: {n_pool} proteins, {n_res:,} residues (max_len {args.max_len}); "
           f"{len(exclude)} task proteins excluded", flush=True)
     lap("setup (Ray, tasks, pool)", t_start, computed=False)  # first run's figure is kept
 
     # 2. Teacher embeddings of the pool.
     t0 = time.perf_counter()
-    cached = (work / "teachers" / "manifest.json").is_file()
+    pool_dir = fasta.parent
+    cached = (pool_dir / "teachers" / "manifest.json").is_file()
     manifest = run_precompute(PrecomputeConfig(
-        inputs=[str(fasta)], teachers=TEACHERS, output=str(work / "teachers"),
+        inputs=[str(fasta)], teachers=TEACHERS, output=str(pool_dir / "teachers"),
         max_len=args.max_len, validation_fraction=0.1, batch_tokens=UNIREP_BATCH_TOKENS,
         experiment="mtdp-unirep-preset", progress=False))
     lap("precompute (UniRep-1900 + UniRep-256 on the pool)", t0, computed=not cached)
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     students: dict[str, str] = {}
     # Students of other training settings live beside these, so a rerun with e.g. more
     # epochs reuses the pool, the teacher dataset and the teachers' task embeddings.
-    sdir = work / f"students-{args.preset}-e{args.epochs}-b{args.batch_size}-lr{args.lr}" \
+    sdir = pool_dir / f"students-{args.preset}-e{args.epochs}-b{args.batch_size}-lr{args.lr}" \
         f"-{args.kd_loss}-mlm{args.mlm_weight}-d{args.dropout}-s{args.seed}"
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         label = "student-" + mode.replace("single:", "only-").replace("none", "mlm-only")
@@ -194,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(sdir / "ray" / label, ignore_errors=True)
             t0 = time.perf_counter()
             res = run_distill(DistillConfig(
-                data=str(work / "teachers"), output=str(sdir), run_name=label,
+                data=str(pool_dir / "teachers"), output=str(sdir), run_name=label,
                 preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
                 lr=args.lr, selector=mode, seed=args.seed, num_workers=1,
                 kd_loss=args.kd_loss, mlm_weight=args.mlm_weight, dropout=args.dropout,
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     # The exact start point of every distillation run (same seed, same builder), untrained.
     rand = sdir / "student-random-init" / "student"
     if not (rand / "config.json").is_file():
-        stats = TeacherStats.from_manifest(Manifest.load(work / "teachers"), TEACHERS)
+        stats = TeacherStats.from_manifest(Manifest.load(pool_dir / "teachers"), TEACHERS)
         build_student(DistillConfig(data="-", preset=args.preset, seed=args.seed), stats,
                       args.max_len, metadata={"init": "random", "seed": args.seed}).save(rand)
     students["student-random-init"] = str(rand)
