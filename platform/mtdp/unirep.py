@@ -30,9 +30,10 @@ sequence's end cannot change any of its real steps; the mean uses a length mask.
 one-at-a-time results agree to float rounding (tested).
 
 Speed on CPU: every recurrent step streams the recurrent weights from memory (72 MB for
-UniRep-1900) whatever the batch size, so batches should be large: :meth:`UniRepTeacher.preferred_batch_tokens` makes
-:data:`UNIREP_BATCH_TOKENS` the default of :func:`mtdp.embed.embed_sequences` (so of ``mtdp
-embed``, precompute and serve) when states are not kept (memory stays O(batch x D)). The input
+UniRep-1900) whatever the batch size, so batches should be large:
+:meth:`UniRepTeacher.preferred_batch_tokens` makes :data:`UNIREP_BATCH_TOKENS` the default of
+:func:`mtdp.embed.embed_sequences` (so of ``mtdp embed``, precompute and serve) when states are
+not kept (memory stays O(batch x D)). The input
 projection of the first layer is a [26, 5D] lookup table, and the step loop is TorchScript.
 UniRep-256/64 run the recurrence on one thread (see ``UniRepMLSTM.threads``). Optional
 ``bf16`` recurrent matmuls (:meth:`UniRepMLSTM.set_precision`) trade exactness for speed.
