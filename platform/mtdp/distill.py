@@ -187,7 +187,8 @@ def make_batch(rows: dict[str, Any], stats: TeacherStats, *, mlm_prob: float, se
     targets = {}
     for name, col, dim, mu, sd in zip(stats.names, stats.columns, stats.dims, stats.mean,
                                       stats.std):
-        raw = torch.from_numpy(_as_matrix(rows[col], dim, col))
+        # Standardise where the statistics live (the training device in the Ray loop).
+        raw = torch.from_numpy(_as_matrix(rows[col], dim, col)).to(mu.device)
         targets[name] = standardise(raw, mu, sd).to(device)
     return {"ids": ids, "input_ids": input_ids.to(device), "masked_ids": masked.to(device),
             "attention_mask": attn.to(device), "labels": labels.to(device),
@@ -365,7 +366,7 @@ class Distiller:
         self.scheduler.load_state_dict(state["scheduler"])
         self.selector.load_full_state(state["selector"])
         self.step = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it
 
 
 def build_student(cfg: DistillConfig, stats: TeacherStats, max_len: int,

@@ -239,4 +239,5 @@ class TeacherSelector(nn.Module):
                              f"{self.mode!r}")
         self.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        # A checkpoint loaded with map_location="cuda" moves this too; the generator is CPU.
+        self.generator.set_state(state["generator"].cpu())

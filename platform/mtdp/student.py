@@ -226,8 +226,11 @@ class FastT5Encoder:
             if bool((prefix == attention_mask.bool()).all()):  # right-padded (our tokenizer)
                 return self._packed(input_ids, prefix, lengths.tolist())
         x = stack.embed_tokens(input_ids)
-        H = self.num_heads
-        bias = self._position_bias(L).to(x.dtype)  # [H, L, L]
+        # Under CUDA autocast q/k/v are bf16/fp16: build the [B, H, L, L] mask in that dtype
+        # (half the bytes of an fp32 one, and SDPA would cast it anyway).
+        cuda_amp = x.device.type == "cuda" and torch.is_autocast_enabled("cuda")
+        bias = self._position_bias(L).to(torch.get_autocast_dtype("cuda") if cuda_amp
+                                         else x.dtype)  # [H, L, L]
         valid = attention_mask.bool()
         if not bool(valid.all()):
             # Padded keys get the dtype's minimum, exactly as transformers' mask does.
