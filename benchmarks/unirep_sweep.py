@@ -13,7 +13,13 @@ default training settings were picked; the preset itself is the real, Tune-probe
         '{"label": "cos", "kd": "cosine", "mlm_w": 0.1, "dropout": 0.0}'
 
 Each JSON object may set: selector, kd (kl|cosine|mse), epochs, preset, lr, bs, kd_w, mlm_w,
-temp, dropout (defaults: uniform, cosine, 10, tiny, 3e-3, 8, 1.0, 0.1, 1.0, 0.0).
+temp, dropout (defaults: uniform, cosine, 10, tiny, 3e-3, 8, 1.0, 0.1, 1.0, 0.0), and res_w /
+res_teachers for per-residue distillation (``residue_weight`` / ``residue_teachers`` of
+mtdp.distill; default 0 = off, teachers default both); per-residue teacher states of the pool
+are cached as float16 (UniRep-1900: 1.8 GB for the default pool).
+
+    python benchmarks/unirep_sweep.py '{"label": "res1-256only", "res_w": 1.0,
+                                        "res_teachers": ["unirep256"]}'
 """
 from __future__ import annotations
 
@@ -70,6 +76,14 @@ def main() -> None:
         return np.load(path)
 
     temb = {t: cached(f"pool_{t}_{args.pool}_{args.max_len}", t, pseq) for t in TEACHERS}
+
+    def cached_residues(teacher: str) -> np.ndarray:
+        # Per-residue teacher states of the pool, concatenated in pool order (float16).
+        path = cache / f"pool_res_{teacher}_{args.pool}_{args.max_len}.npy"
+        if not path.exists():
+            _, res = embed_sequences(load_teacher(teacher), pseq, per_residue=True)
+            np.save(path, np.concatenate(res).astype(np.float16))
+        return np.load(path, mmap_mode="r")
     eemb = {t: cached(f"eval_{t}", t, eseq) for t in TEACHERS}
     labels = {"localization": np.asarray(ev.label.astype(str).tolist()),
               "membrane": np.asarray(ev.membrane.astype(float).astype(int).tolist())}
@@ -97,8 +111,16 @@ def main() -> None:
         stats = TeacherStats(TEACHERS, TEACHERS, [temb[t].shape[1] for t in TEACHERS],
                              [torch.tensor(temb[t].mean(0)) for t in TEACHERS],
                              [torch.tensor(temb[t].std(0)) for t in TEACHERS])
-        model = build_student(cfg, stats, args.max_len)
         bs, n = kw["bs"], len(pseq)
+        res_t = kw.get("res_teachers", TEACHERS) if kw.get("res_w") else []
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in pseq])])
+        rtab = {t: np.asarray(cached_residues(t), dtype=np.float32) for t in res_t}
+        # Per-residue targets as mtdp.distill reads them: a column per teacher, standardised
+        # with the pool's per-residue mean / std.
+        stats.residues = {t: (f"r_{t}", torch.from_numpy(v.mean(0)),
+                              torch.from_numpy(v.std(0))) for t, v in rtab.items()}
+        cfg.residue_weight = float(kw.get("res_w") or 1.0)
+        model = build_student(cfg, stats, args.max_len)
         if kw["epochs"]:
             d = Distiller(model, build_selector(cfg, stats, model.config.d_model), cfg,
                           kw["epochs"] * (n // bs))
@@ -108,7 +130,9 @@ def main() -> None:
                 for i in range(0, n - bs + 1, bs):
                     idx = order[i:i + bs]
                     rows = {"id": pool.accession.values[idx], "sequence": [pseq[j] for j in idx],
-                            **{t: temb[t][idx] for t in TEACHERS}}
+                            **{t: temb[t][idx] for t in TEACHERS},
+                            **{f"r_{t}": [v[offsets[j]:offsets[j + 1]] for j in idx]
+                               for t, v in rtab.items()}}
                     m = d.train_step(make_batch(rows, stats, mlm_prob=0.15, seed=ep))
                 print(f"  {label} epoch {ep} {time.time() - t0:.0f} s mlm {m['train/mlm']:.3f} "
                       f"kd {m['train/kd']:.3f}", flush=True)

@@ -5,7 +5,10 @@ Pipeline: a teacher dataset written by :mod:`mtdp.precompute` (contract in
 (``get_dataset_shard``); every step the student sees MLM-masked sequences and is trained on
 ``mlm_weight · MLM + kd_weight · KD`` where the per-sample KD is the mean, over the teachers the
 selector (:mod:`mtdp.selector`) picked for that sample, of the loss between the teacher head's
-output and the standardised teacher features (:mod:`mtdp.losses`).
+output and the standardised teacher features (:mod:`mtdp.losses`). For ``residue_teachers``
+(datasets precomputed with ``per_residue``) a teacher's loss also includes the mean per-residue
+loss between a per-residue head on the student's hidden states and the teacher's standardised
+per-residue states.
 
 Checkpoints (student, heads, selector, optimisers, schedulers, step and data position) are
 reported with ``ray.train.report`` every ``checkpoint_every`` steps and at each epoch end; with
@@ -34,7 +37,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .losses import KD_KINDS, kd_losses, mask_tokens, mlm_loss, standardise
+from .losses import KD_KINDS, kd_loss, kd_losses, mask_tokens, mlm_loss, standardise
 from .selector import TeacherSelector, combine, parse_mode
 from .student import StudentConfig, StudentModel
 from .teacher_data import Manifest, data_files
@@ -88,6 +91,13 @@ class DistillConfig:
     kd_weight: float = field(default=1.0, metadata=_h("weight of the distillation loss"))
     kd_loss: str = field(default="kl", metadata=_h("distillation loss: kl, cosine or mse"))
     temperature: float = field(default=1.0, metadata=_h("softmax temperature of the KL loss"))
+    residue_teachers: list[str] = field(default_factory=list, metadata=_h(
+        "teachers whose per-residue states the student also matches, through a per-residue "
+        "head on its hidden states ('all': every teacher the dataset has them for; needs "
+        "precompute --per-residue)"))
+    residue_weight: float = field(default=1.0, metadata=_h(
+        "weight of a teacher's per-residue loss (kd_loss per residue, averaged over the "
+        "protein) added to its per-protein distillation loss"))
     selector: str = field(default="rl", metadata=_h(
         "teacher selection: rl, uniform, single:<teacher>, random or none"))
     selector_lr: float = field(default=1e-3, metadata=_h("policy learning rate (Adam)"))
@@ -135,6 +145,8 @@ class DistillConfig:
             raise ValueError("give epochs >= 1 or max_steps >= 1")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.residue_weight < 0:
+            raise ValueError(f"residue_weight must be >= 0, got {self.residue_weight}")
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -147,19 +159,46 @@ class TeacherStats:
     dims: list[int]
     mean: list[torch.Tensor]
     std: list[torch.Tensor]
+    #: Per-residue targets: teacher name → (column, mean, std), for the distilled ones only.
+    residues: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, teachers: list[str] | None = None
-                      ) -> "TeacherStats":
+    def from_manifest(cls, manifest: Manifest, teachers: list[str] | None = None,
+                      residue_teachers: list[str] | None = None) -> "TeacherStats":
         names = teachers or [t.name for t in manifest.teachers]
         entries = [manifest.teacher(n) for n in names]
         for t in entries:
             if len(t.mean) != t.dim or len(t.std) != t.dim:
                 raise ValueError(f"manifest teacher {t.name!r}: mean/std must have {t.dim} "
                                  f"values (found {len(t.mean)}/{len(t.std)}); rerun precompute")
+        wanted = list(residue_teachers or [])
+        if wanted == ["all"]:
+            wanted = [t.name for t in entries if t.residue_column]
+            if not wanted:
+                raise ValueError("residue_teachers 'all': the dataset has no per-residue states "
+                                 "(rerun precompute with --per-residue TEACHER)")
+        residues = {}
+        for name in wanted:
+            if name not in names:
+                raise ValueError(f"residue teacher {name!r} is not among the distilled teachers "
+                                 f"{names}")
+            t = manifest.teacher(name)
+            if not t.residue_column or len(t.residue_mean) != t.dim:
+                raise ValueError(f"the dataset has no per-residue states for teacher {name!r} "
+                                 f"(rerun precompute with --per-residue {name})")
+            residues[name] = (t.residue_column, torch.tensor(t.residue_mean, dtype=torch.float32),
+                              torch.tensor(t.residue_std, dtype=torch.float32))
         return cls(names, [t.column for t in entries], [t.dim for t in entries],
                    [torch.tensor(t.mean, dtype=torch.float32) for t in entries],
-                   [torch.tensor(t.std, dtype=torch.float32) for t in entries])
+                   [torch.tensor(t.std, dtype=torch.float32) for t in entries], residues)
+
+    def to(self, device: torch.device | str) -> "TeacherStats":
+        """Move the standardisation statistics to ``device`` (in place; returns self)."""
+        self.mean = [m.to(device) for m in self.mean]
+        self.std = [s.to(device) for s in self.std]
+        self.residues = {k: (c, m.to(device), s.to(device))
+                         for k, (c, m, s) in self.residues.items()}
+        return self
 
 
 def _as_matrix(col: Any, dim: int, name: str) -> np.ndarray:
@@ -172,6 +211,25 @@ def _as_matrix(col: Any, dim: int, name: str) -> np.ndarray:
         raise ValueError(f"teacher column {name!r} has {arr.shape[1]} features, manifest says "
                          f"{dim}")
     return arr
+
+
+def _residue_targets(col: Any, lengths: list[int], width: int, dim: int, name: str,
+                     mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-residue teacher states of a batch as standardised ``[B, width, dim]`` (zeros past
+    each protein's residues)."""
+    out = torch.zeros(len(lengths), width, dim, device=mean.device)
+    for i, (x, n) in enumerate(zip(col, lengths)):
+        a = np.asarray(x)
+        if a.dtype == object:  # Ray Data hands nested lists over as arrays of arrays
+            a = np.stack([np.asarray(v, dtype=np.float32) for v in a]) if len(a) else \
+                np.zeros((0, dim), np.float32)
+        a = a.astype(np.float32, copy=False).reshape(-1, dim) if a.size else \
+            np.zeros((0, dim), np.float32)
+        if len(a) != n:
+            raise ValueError(f"column {name!r}: {len(a)} per-residue states for a protein of "
+                             f"{n} residues")
+        out[i, :n] = standardise(torch.from_numpy(a).to(mean.device), mean, std)
+    return out
 
 
 def make_batch(rows: dict[str, Any], stats: TeacherStats, *, mlm_prob: float, seed: int,
@@ -190,10 +248,16 @@ def make_batch(rows: dict[str, Any], stats: TeacherStats, *, mlm_prob: float, se
         # Standardise where the statistics live (the training device in the Ray loop).
         raw = torch.from_numpy(_as_matrix(rows[col], dim, col)).to(mu.device)
         targets[name] = standardise(raw, mu, sd).to(device)
+    lengths = [len(s) for s in seqs]
+    res = {}
+    for name, (col, mu, sd) in stats.residues.items():
+        dim = stats.dims[stats.names.index(name)]
+        res[name] = _residue_targets(rows[col], lengths, input_ids.shape[1], dim, col, mu,
+                                     sd).to(device)
     return {"ids": ids, "input_ids": input_ids.to(device), "masked_ids": masked.to(device),
             "attention_mask": attn.to(device), "labels": labels.to(device),
-            "lengths": torch.tensor([len(s) for s in seqs], device=device),
-            "targets": targets}
+            "lengths": torch.tensor(lengths, device=device),
+            "targets": targets, "residue_targets": res}
 
 
 def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
@@ -210,7 +274,9 @@ def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
         idx = torch.tensor(g, device=batch["input_ids"].device)
         width = int(batch["lengths"][idx].max()) + 1
         mb = {"ids": [batch["ids"][i] for i in g], "lengths": batch["lengths"][idx],
-              "targets": {k: v[idx] for k, v in batch["targets"].items()}}
+              "targets": {k: v[idx] for k, v in batch["targets"].items()},
+              "residue_targets": {k: v[idx, :width] for k, v in
+                                  batch.get("residue_targets", {}).items()}}
         for key in ("input_ids", "masked_ids", "attention_mask", "labels"):
             mb[key] = batch[key][idx, :width]
         out.append(mb)
@@ -266,9 +332,24 @@ class Distiller:
                         pool_mask=residue_mask(batch["input_ids"]))
             # Heads run outside the DDP forward; their gradients are still all-reduced.
             heads = {k: self.student.teacher_heads[k](out["embedding"]) for k in self.teachers}
+            res_targets = batch.get("residue_targets") or {}
+            res_preds = {k: self.student.residue_heads[k](out["hidden"]) for k in res_targets}
         mlm = mlm_loss(out["mlm_logits"], batch["labels"])
         kd = kd_losses(heads, {k: batch["targets"][k] for k in self.teachers},
                        kind=self.cfg.kd_loss, temperature=self.cfg.temperature)
+        if res_targets:
+            # A teacher's per-residue loss joins its per-protein one, so the selector's choice
+            # and reward cover both.
+            rmask = residue_mask(batch["input_ids"]).float()
+            extra = torch.zeros_like(kd)
+            for k, name in enumerate(self.teachers):
+                if name in res_targets:
+                    pred, tgt = res_preds[name], res_targets[name]
+                    per_pos = kd_loss(pred.reshape(-1, pred.shape[-1]),
+                                      tgt.reshape(-1, tgt.shape[-1]), kind=self.cfg.kd_loss,
+                                      temperature=self.cfg.temperature).view(rmask.shape)
+                    extra[:, k] = (per_pos * rmask).sum(1) / rmask.sum(1).clamp_min(1.0)
+            kd = kd + self.cfg.residue_weight * extra
         return {"mlm": mlm, "kd": kd, "pooled": out["pooled"]}
 
     @torch.no_grad()
@@ -372,8 +453,10 @@ class Distiller:
 def build_student(cfg: DistillConfig, stats: TeacherStats, max_len: int,
                   metadata: dict[str, Any] | None = None) -> StudentModel:
     """The student for a run: ``preset`` architecture with one head per teacher."""
-    overrides: dict[str, Any] = {"teachers": dict(zip(stats.names, stats.dims)),
-                                 "max_len": max_len, "metadata": metadata or {}}
+    dims = dict(zip(stats.names, stats.dims))
+    overrides: dict[str, Any] = {"teachers": dims, "max_len": max_len,
+                                 "residue_teachers": {k: dims[k] for k in stats.residues},
+                                 "metadata": metadata or {}}
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
     torch.manual_seed(cfg.seed)
@@ -409,9 +492,8 @@ def _train_loop(loop: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     manifest = Manifest.load(cfg.data)
-    stats = TeacherStats.from_manifest(manifest, cfg.teachers or None)
-    stats.mean = [m.to(device) for m in stats.mean]
-    stats.std = [s.to(device) for s in stats.std]
+    stats = TeacherStats.from_manifest(manifest, cfg.teachers or None,
+                                       cfg.residue_teachers).to(device)
     student = build_student(cfg, stats, manifest.max_len, loop.get("metadata"))
     model = ray.train.torch.prepare_model(student)
     selector = build_selector(cfg, stats, student.config.d_model, rank).to(device)
@@ -599,7 +681,7 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
 
     cfg.validate()
     manifest = Manifest.load(cfg.data)
-    stats = TeacherStats.from_manifest(manifest, cfg.teachers or None)
+    stats = TeacherStats.from_manifest(manifest, cfg.teachers or None, cfg.residue_teachers)
     parse_mode(cfg.selector, stats.names)
     files = data_files(cfg.data)
     if not files:
@@ -635,7 +717,8 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
         ray.cluster_resources().get("GPU", 0) >= 1
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar per epoch per worker is noise in job logs
-    cols = ["id", "sequence", "split", *stats.columns]
+    cols = ["id", "sequence", "split", *stats.columns,
+            *(col for col, _, _ in stats.residues.values())]
     ds = ray.data.read_parquet(files, columns=cols)
     train_ds = ds.filter(expr="split == 'train'")
     val_ds = ds.filter(expr="split == 'validation'").limit(cfg.eval_max_proteins)

@@ -42,7 +42,8 @@ import numpy as np
 
 from .sequences import DEFAULT_MAX_LEN, SequenceError, prepare
 from .teacher_data import (DATA_DIR, DEFAULT_VALIDATION_FRACTION, MANIFEST_FILE, Manifest,
-                           ManifestMismatch, TeacherEntry, data_files, split_of, teacher_column)
+                           ManifestMismatch, TeacherEntry, data_files, split_of, residue_column,
+                           teacher_column)
 
 #: Environment variable with a JSON object of fault injections, for tests and drills only:
 #: ``fail_after_shards`` (N: the writer raises once N shards are finished), ``crash_actor_once``
@@ -70,6 +71,10 @@ class PrecomputeConfig:
         "prot_t5_xl_uniref50, tiny-random-esm2) or checkpoint paths (ESM-2 .pt, ProtT5 dir)"))
     output: str = field(metadata=_help(
         "run directory to create or resume (data/*.parquet + manifest.json)"))
+    per_residue: list[str] = field(default_factory=list, metadata=_help(
+        "teachers (as named in --teachers) whose per-residue states are written too, column "
+        "r_<name>, for per-residue distillation (distill --residue-teachers); costs "
+        "residues x dim x 2 bytes each"))
     max_len: int = field(default=DEFAULT_MAX_LEN, metadata=_help(
         "truncate proteins to this many residues (as the student will see them)"))
     validation_fraction: float = field(default=DEFAULT_VALIDATION_FRACTION, metadata=_help(
@@ -107,7 +112,7 @@ class PrecomputeConfig:
 
     def __post_init__(self) -> None:
         # Lists may arrive as comma-separated strings from the command line.
-        for name in ("inputs", "teachers"):
+        for name in ("inputs", "teachers", "per_residue"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
@@ -127,6 +132,10 @@ class PrecomputeConfig:
             if spec not in REGISTRY and not os.path.exists(spec):
                 raise ValueError(f"unknown teacher {spec!r}: use a name from `mtdp teachers` "
                                  f"({', '.join(sorted(REGISTRY))}) or a checkpoint path")
+        extra = [t for t in self.per_residue if t not in self.teachers]
+        if extra:
+            raise ValueError(f"per_residue names {extra}, which are not among the teachers "
+                             f"{self.teachers}")
         if not self.output:
             raise ValueError("no output directory given (--output DIR)")
         for path in self.inputs:
@@ -216,7 +225,9 @@ def _fingerprint(cfg: PrecomputeConfig) -> dict:
     return {"version": _STATE_VERSION, "inputs": inputs, "teachers": list(cfg.teachers),
             "max_len": cfg.max_len, "validation_fraction": cfg.validation_fraction,
             "on_invalid": cfg.on_invalid, "on_duplicate": cfg.on_duplicate,
-            "num_shards": cfg.num_shards}
+            "num_shards": cfg.num_shards,
+            # Only when used, so runs started before the option existed still resume.
+            **({"per_residue": sorted(cfg.per_residue)} if cfg.per_residue else {})}
 
 
 def _claim(run: RunDir, fp: dict) -> dict:
@@ -542,7 +553,7 @@ class TeacherActor:
     """
 
     def __init__(self, spec: str, column: str, batch_tokens: int | None, threads: int,
-                 retries: int, faults: dict) -> None:
+                 retries: int, faults: dict, residue_column: str = "") -> None:
         import torch
 
         from .embedder import best_device
@@ -553,6 +564,8 @@ class TeacherActor:
             torch.set_num_threads(max(1, threads))  # stay within the actor's CPU reservation
         self.embedder = load_teacher(spec).to(device)
         self.column, self.batch_tokens, self.retries = column, batch_tokens, retries
+        self.residue_column = residue_column
+        self._residues: dict[int, np.ndarray] = {}
         self.faults = faults
         self.unembeddable = set(faults.get("unembeddable_ids") or [])
 
@@ -562,7 +575,10 @@ class TeacherActor:
         bad = self.unembeddable.intersection(ids)
         if bad:
             raise RuntimeError(f"injected embedding failure for {sorted(bad)[0]}")
-        return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens)
+        if not self.residue_column:
+            return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens), None
+        return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens,
+                               per_residue=True)
 
     def _robust(self, ids: list[str], seqs: list[str], out: np.ndarray, reasons: list,
                 rows: list[int]) -> None:
@@ -570,7 +586,10 @@ class TeacherActor:
         attempts = 1 + (self.retries if len(rows) == 1 else 0)
         for _ in range(attempts):
             try:
-                out[rows] = self._embed([ids[i] for i in rows], [seqs[i] for i in rows])
+                emb, res = self._embed([ids[i] for i in rows], [seqs[i] for i in rows])
+                out[rows] = emb
+                if res is not None:
+                    self._residues.update(zip(rows, res))
                 return
             except Exception as exc:  # noqa: BLE001 - any model error: isolate, never drop
                 error = exc
@@ -603,6 +622,7 @@ class TeacherActor:
         dim = self.embedder.dim
         out = np.zeros((len(seqs), dim), dtype=np.float32)
         todo = [i for i, r in enumerate(reasons) if r is None]
+        self._residues = {}
         if todo:
             self._robust(ids, seqs, out, reasons, todo)
             failed = [i for i in todo if reasons[i] is not None]
@@ -613,19 +633,39 @@ class TeacherActor:
                                    f"proteins of a shard; first error: {reasons[failed[0]]}")
         half = out.astype(np.float16)
         finite = np.isfinite(half).all(axis=1)
+        res16 = {i: r.astype(np.float16) for i, r in self._residues.items()}
         for i in todo:
             if reasons[i] is None and not finite[i]:
                 reasons[i] = (f"{self.embedder.name}: non-finite embedding in float16 "
                               f"(max |x| {np.abs(out[i]).max():.3g})")
+            elif reasons[i] is None and i in res16 and not np.isfinite(res16[i]).all():
+                reasons[i] = f"{self.embedder.name}: non-finite per-residue state in float16"
         seconds = time.perf_counter() - t0
         column = pa.FixedSizeListArray.from_arrays(pa.array(half.reshape(-1), pa.float16()), dim)
         batch = batch.set_column(batch.schema.get_field_index("_reject"), "_reject",
                                  pa.array(reasons, pa.string()))
         batch = batch.append_column(self.column, column)
+        if self.residue_column:
+            batch = batch.append_column(self.residue_column, _residue_array(
+                [res16.get(i) if reasons[i] is None else None for i in range(len(seqs))], dim))
         # Busy time spread over the rows, summed by the writer for per-teacher throughput.
         per_row = seconds / max(1, len(seqs))
         return batch.append_column(f"_sec{self.column}", pa.array([per_row] * len(seqs),
                                                                    pa.float64()))
+
+
+def _residue_array(states: list[np.ndarray | None], dim: int):
+    """``list<fixed_size_list<float16>[dim]>`` array, one ``[L_i, dim]`` entry per row (null
+    for rejected rows)."""
+    import pyarrow as pa
+
+    lengths = [0 if s is None else len(s) for s in states]
+    flat = np.concatenate([s for s in states if s is not None] or [np.zeros((0, dim))])
+    inner = pa.FixedSizeListArray.from_arrays(
+        pa.array(flat.astype(np.float16).reshape(-1), pa.float16()), dim)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), pa.int32())
+    mask = pa.array([s is None for s in states])
+    return pa.ListArray.from_arrays(offsets, inner, mask=mask)
 
 
 def _feature_stats(values: np.ndarray) -> dict:
@@ -702,14 +742,18 @@ def _finish_shard(run: RunDir, shard: int, table, columns: list[str]) -> dict:
     ok_mask = pc.is_null(reasons)
     ok = table.filter(ok_mask)
     bad = table.filter(pc.invert(ok_mask))
-    seconds = {c: float(pc.sum(table[f"_sec{c}"]).as_py() or 0.0) for c in columns}
+    seconds = {c: float(pc.sum(table[f"_sec{c}"]).as_py() or 0.0) for c in columns
+               if f"_sec{c}" in table.column_names}
     data = ok.select(["id", "sequence", "length", "split", *columns])
     train = data.filter(pc.equal(data["split"], "train"))
     stats = {}
     for c in columns:
-        dim = data.schema.field(c).type.list_size
-        values = train[c].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        stats[c] = _feature_stats(values.reshape(-1, dim))
+        typ = data.schema.field(c).type
+        values = train[c].combine_chunks().flatten()
+        if pa.types.is_list(typ):  # per-residue column: statistics over residues
+            typ, values = typ.value_type, values.flatten()
+        values = values.to_numpy(zero_copy_only=False)
+        stats[c] = _feature_stats(values.reshape(-1, typ.list_size))
     marker = {"shard": shard, "rows": data.num_rows,
               "residues": int(pc.sum(data["length"]).as_py() or 0),
               "splits": {s: int(pc.sum(pc.equal(data["split"], s)).as_py() or 0)
@@ -774,11 +818,15 @@ def _embed(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: dict
     columns = []
     for t in teachers:
         columns.append(t["column"])
+        rcol = residue_column(t["name"]) if t["spec"] in cfg.per_residue else ""
+        if rcol:
+            columns.append(rcol)
         ds = ds.map_batches(
             TeacherActor, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
             fn_constructor_kwargs=dict(spec=t["spec"], column=t["column"],
                                        batch_tokens=cfg.batch_tokens, threads=res["threads"],
-                                       retries=cfg.retries, faults=faults),
+                                       retries=cfg.retries, faults=faults,
+                                       residue_column=rcol),
             compute=ray.data.ActorPoolStrategy(size=cfg.actors_per_teacher),
             # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) restart a dead
             # actor and retry its batch; nothing to add here.
@@ -826,10 +874,17 @@ def _finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: d
     for t in teachers:
         n, mean, m2 = _merge_stats([m["stats"][t["column"]] for m in markers])
         std = np.sqrt(m2 / n) if n else None
-        entries.append(TeacherEntry(
+        entry = TeacherEntry(
             name=t["name"], dim=t["dim"], source=t["source"], column=t["column"],
             pretrained=bool(t.get("pretrained")), sha256=t.get("sha256"),
-            mean=[] if mean is None else mean.tolist(), std=[] if std is None else std.tolist()))
+            mean=[] if mean is None else mean.tolist(), std=[] if std is None else std.tolist())
+        if t["spec"] in cfg.per_residue:
+            entry.residue_column = residue_column(t["name"])
+            n, mean, m2 = _merge_stats([m["stats"][entry.residue_column] for m in markers])
+            if n:
+                entry.residue_mean = mean.tolist()
+                entry.residue_std = np.sqrt(m2 / n).tolist()
+        entries.append(entry)
         seconds[t["name"]] = sum(m["seconds"].get(t["column"], 0.0) for m in markers)
     rows = sum(m["rows"] for m in markers)
     splits = {s: sum(m["splits"][s] for m in markers) for s in ("train", "validation")}

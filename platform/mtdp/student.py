@@ -49,6 +49,9 @@ class StudentConfig:
     max_len: int = 1000
     #: Teacher name → teacher embedding dimension; one distillation head each.
     teachers: dict[str, int] = field(default_factory=dict)
+    #: Teacher name → dimension of its per-residue states; one per-residue head each
+    #: (d_model → dim on every hidden state), trained by per-residue distillation.
+    residue_teachers: dict[str, int] = field(default_factory=dict)
     #: Free-form provenance (training run id, teachers' sources, ...).
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -383,6 +386,9 @@ class StudentModel(nn.Module):
         self.mlm_head = nn.Linear(config.d_model, config.vocab_size)
         self.teacher_heads = nn.ModuleDict(
             {name: nn.Linear(config.embed_dim, dim) for name, dim in config.teachers.items()})
+        self.residue_heads = nn.ModuleDict(
+            {name: nn.Linear(config.d_model, dim)
+             for name, dim in config.residue_teachers.items()})
         #: Use the fused inference path in :meth:`encode` (set False to time/compare the stock one).
         self.fast_inference = True
         self._fast: FastT5Encoder | None = None  # built lazily; holds no parameters of its own

@@ -8,9 +8,11 @@ A dataset is one directory::
 
 Columns: ``id`` (string, unique), ``sequence`` (prepared: validated, cleaned, truncated to
 ``max_len``), ``length`` (int32), ``split`` (``train``/``validation``, :func:`split_of`), and
-one ``fixed_size_list<float16>[dim]`` column per teacher named :func:`teacher_column`.
-Per-feature mean/std of each teacher over the *train* rows are stored in the manifest so the
-distiller can standardise teacher features.
+one ``fixed_size_list<float16>[dim]`` column per teacher named :func:`teacher_column`, and,
+for teachers computed with per-residue output, a ``list<fixed_size_list<float16>[dim]>``
+column named :func:`residue_column` (one vector per residue, in sequence order).
+Per-feature mean/std of each teacher over the *train* rows (per-residue: over the train rows'
+residues) are stored in the manifest so the distiller can standardise teacher features.
 """
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ def teacher_column(name: str) -> str:
     return "t_" + re.sub(r"\W", "_", name)
 
 
+def residue_column(name: str) -> str:
+    """Parquet column for a teacher's per-residue states (``r_`` + name, as above)."""
+    return "r_" + re.sub(r"\W", "_", name)
+
+
 def split_of(seq_id: str, validation_fraction: float = DEFAULT_VALIDATION_FRACTION) -> str:
     """``train`` or ``validation`` from a stable hash of the id: a protein never changes side
     across reruns, machines or added data."""
@@ -61,6 +68,11 @@ class TeacherEntry:
     #: Per-feature mean / std over the train split (standardisation for distillation).
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    #: Per-residue states column ("" when the dataset has none for this teacher), and their
+    #: per-feature mean / std over the train split's residues.
+    residue_column: str = ""
+    residue_mean: list[float] = field(default_factory=list)
+    residue_std: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.column = self.column or teacher_column(self.name)
