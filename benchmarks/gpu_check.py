@@ -151,8 +151,8 @@ def training_check(dev: torch.device, seqs: list[str], steps: int) -> None:
     check("training losses finite (1 = not finite)", 0.0 if finite else 1.0, 0.5)
     check("held-out KD(informative) after / before", after["eval/kd_informative"]
           / before["eval/kd_informative"], 0.9)
-    print(f"    {steps} steps in {secs:.1f} s; eval kd_informative {before['eval/kd_informative']:.3f}"
-          f" -> {after['eval/kd_informative']:.3f}, kd_noise {before['eval/kd_noise']:.3f} -> "
+    print(f"    {steps} steps in {secs:.1f} s; eval kd_informative "
+          f"{before['eval/kd_informative']:.3f} -> {after['eval/kd_informative']:.3f}, kd_noise {before['eval/kd_noise']:.3f} -> "
           f"{after['eval/kd_noise']:.3f}; selector rates {d.selector.rates()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         # Resume as the Ray loop does: checkpoint loaded with map_location=<device>.

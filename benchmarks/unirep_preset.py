@@ -52,9 +52,10 @@ TEACHERS = ["unirep1900", "unirep256"]
 #: run here: expect ~4x the default's teacher time and ~20x its training, so run it on a
 #: bigger machine. Per-residue distillation (``residue``: the student's hidden states also
 #: match UniRep-256's per-residue states through a per-residue head) was the largest single
-#: gain in that sweep (localization 0.371 -> 0.401-0.403 for UniRep-256 or both teachers
-#: per residue, held-out head cosine 0.515/0.707 -> 0.564/0.755); UniRep-1900's per-residue
-#: states would cost ~1.8 GB for this pool for no further gain, so only UniRep-256's are kept.
+#: gain in that sweep (localization 0.371 -> 0.394-0.403 for UniRep-256 or both teachers
+#: per residue, held-out head cosine 0.515/0.707 -> 0.55-0.56/0.74-0.76); UniRep-1900's
+#: per-residue states would cost ~1.8 GB for this pool for no further gain, so only
+#: UniRep-256's are kept.
 SCALES: dict[str, dict] = {
     "default": dict(pool=2000, max_len=256, task_proteins=600, folds=5, preset="tiny",
                     epochs=10, batch_size=8, lr=3e-3, kd_loss="cosine", mlm_weight=0.1,
