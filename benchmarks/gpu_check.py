@@ -108,11 +108,12 @@ def teacher_checks(dev: torch.device, seqs: list[str]) -> None:
 
 
 def training_check(dev: torch.device, seqs: list[str], steps: int) -> None:
-    """Distiller steps (autocast bf16, RL selector) on the device: finite, loss falls, and the
-    trained student saves, reloads and embeds the same on CPU."""
+    """Distiller steps (autocast bf16, RL selector, per-residue targets for one teacher) on the
+    device: finite, losses fall, a checkpoint resumes, and the trained student saves, reloads
+    and embeds the same on CPU."""
     from mtdp.distill import DistillConfig, Distiller, TeacherStats, build_selector, \
         build_student, make_batch
-    from mtdp.teacher_data import Manifest, TeacherEntry, teacher_column
+    from mtdp.teacher_data import Manifest, TeacherEntry, residue_column, teacher_column
 
     print(f"distillation (tiny student, RL selector, {steps} steps):", flush=True)
     seqs = [s[:256] for s in seqs]  # the check is about the code path, not long proteins
@@ -121,23 +122,36 @@ def training_check(dev: torch.device, seqs: list[str], steps: int) -> None:
     comp = (comp - comp.mean(0)) / comp.std(0).clip(1e-6)
     feats = {"informative": comp @ rng.normal(size=(20, 32)).astype(np.float32),
              "noise": rng.normal(size=(len(seqs), 32)).astype(np.float32)}
+    # Per-residue states of "informative": a fixed vector per amino acid (learnable).
+    table = rng.normal(size=(len(AA) + 1, 32)).astype(np.float32)
+    res = [table[[AA.find(c) for c in s]] for s in seqs]  # find: -1 (last row) for X
+    flat = np.concatenate(res)
     man = Manifest(teachers=[TeacherEntry(n, 32, "synthetic", mean=x.mean(0).tolist(),
                                           std=x.std(0).tolist()) for n, x in feats.items()],
                    max_len=256, rows=len(seqs))
-    stats = TeacherStats.from_manifest(man)
+    inf = man.teacher("informative")
+    inf.residue_column = residue_column("informative")
+    inf.residue_mean, inf.residue_std = flat.mean(0).tolist(), flat.std(0).tolist()
     # As mtdp.distill's Ray Train loop sets a rank up: statistics and selector on the device.
-    stats.mean = [m.to(dev) for m in stats.mean]
-    stats.std = [s.to(dev) for s in stats.std]
+    stats = TeacherStats.from_manifest(man, None, ["informative"]).to(dev)
     cfg = DistillConfig(data="-", selector="rl", batch_size=32, lr=3e-3, warmup_ratio=0.05,
                         selector_warmup_steps=5, dropout=0.0, preset="tiny")
     student = build_student(cfg, stats, 256).to(dev)
     d = Distiller(student, build_selector(cfg, stats, student.config.d_model).to(dev), cfg,
                   total_steps=steps, device=dev)
     rows = {"id": np.array([f"p{i}" for i in range(len(seqs))]), "sequence": np.array(seqs),
-            **{teacher_column(n): x for n, x in feats.items()}}
+            **{teacher_column(n): x for n, x in feats.items()},
+            inf.residue_column: np.array(res + [None], dtype=object)[:-1]}
     take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
     d.reward_batch = make_batch(take(np.arange(16)), stats, mlm_prob=0.15, seed=7, device=dev)
     val = [make_batch(take(np.arange(16, 48)), stats, mlm_prob=0.15, seed=1, device=dev)]
+    def per_residue() -> float:  # the per-residue part of kd_informative on held-out proteins
+        d.cfg.residue_weight = 0.0
+        without = d.evaluate(val)["eval/kd_informative"]
+        d.cfg.residue_weight = 1.0
+        return d.evaluate(val)["eval/kd_informative"] - without
+
+    res_before = per_residue()
     before = d.evaluate(val)
     t0 = time.perf_counter()
     losses = []
@@ -147,13 +161,15 @@ def training_check(dev: torch.device, seqs: list[str], steps: int) -> None:
         losses.append(m["train/loss"])
     secs = time.perf_counter() - t0
     after = d.evaluate(val)
+    res_after = per_residue()
     finite = all(np.isfinite(losses)) and all(np.isfinite(list(after.values())))
     check("training losses finite (1 = not finite)", 0.0 if finite else 1.0, 0.5)
     check("held-out KD(informative) after / before", after["eval/kd_informative"]
           / before["eval/kd_informative"], 0.9)
+    check("held-out per-residue loss after / before", res_after / res_before, 0.8)
     print(f"    {steps} steps in {secs:.1f} s; eval kd_informative "
           f"{before['eval/kd_informative']:.3f} -> {after['eval/kd_informative']:.3f}, kd_noise {before['eval/kd_noise']:.3f} -> "
-          f"{after['eval/kd_noise']:.3f}; selector rates {d.selector.rates()}", flush=True)
+          f"{after['eval/kd_noise']:.3f}; per-residue {res_before:.3f} -> {res_after:.3f}; selector rates {d.selector.rates()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         # Resume as the Ray loop does: checkpoint loaded with map_location=<device>.
         torch.save(d.state(epoch=0, batch_in_epoch=0), Path(tmp) / "state.pt")
