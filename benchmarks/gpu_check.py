@@ -141,7 +141,9 @@ def training_check(dev: torch.device, seqs: list[str], steps: int) -> None:
                   total_steps=steps, device=dev)
     rows = {"id": np.array([f"p{i}" for i in range(len(seqs))]), "sequence": np.array(seqs),
             **{teacher_column(n): x for n, x in feats.items()},
-            inf.residue_column: np.array(res + [None], dtype=object)[:-1]}
+            inf.residue_column: np.empty(len(res), dtype=object)}
+    for i, r in enumerate(res):  # one [L, 32] array per protein, as Ray Data hands them over
+        rows[inf.residue_column][i] = r
     take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
     d.reward_batch = make_batch(take(np.arange(16)), stats, mlm_prob=0.15, seed=7, device=dev)
     val = [make_batch(take(np.arange(16, 48)), stats, mlm_prob=0.15, seed=1, device=dev)]
@@ -168,8 +170,10 @@ def training_check(dev: torch.device, seqs: list[str], steps: int) -> None:
           / before["eval/kd_informative"], 0.9)
     check("held-out per-residue loss after / before", res_after / res_before, 0.8)
     print(f"    {steps} steps in {secs:.1f} s; eval kd_informative "
-          f"{before['eval/kd_informative']:.3f} -> {after['eval/kd_informative']:.3f}, kd_noise {before['eval/kd_noise']:.3f} -> "
-          f"{after['eval/kd_noise']:.3f}; per-residue {res_before:.3f} -> {res_after:.3f}; selector rates {d.selector.rates()}", flush=True)
+          f"{before['eval/kd_informative']:.3f} -> {after['eval/kd_informative']:.3f}, "
+          f"kd_noise {before['eval/kd_noise']:.3f} -> {after['eval/kd_noise']:.3f}; "
+          f"per-residue {res_before:.3f} -> {res_after:.3f}; "
+          f"selector rates {d.selector.rates()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         # Resume as the Ray loop does: checkpoint loaded with map_location=<device>.
         torch.save(d.state(epoch=0, batch_in_epoch=0), Path(tmp) / "state.pt")

@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    # Stage times persist in the workdir: a rerun that finds a stage done (cached) keeps the
-    # time of the run that computed it, so the reported total is the cost of the whole preset.
+    # Stage times persist per configuration (the students folder): a rerun that finds a stage
+    # done keeps the time of the run that computed it, so the total is the whole preset's cost.
     timings: dict[str, float] = {}
     timing_file: Path | None = None  # set once the pool (and so the configuration) is known
     reused: list[str] = []

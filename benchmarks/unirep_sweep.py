@@ -57,6 +57,8 @@ def main() -> None:
     from mtdp.embed import embed_sequences
     from mtdp.embedder import StudentEmbedder, load_embedder
     from mtdp.sequences import prepare
+    from mtdp.losses import standardise
+    from mtdp.teacher_data import residue_column
     from mtdp.teachers import load_teacher
     from mtdp.tokenizer import ResidueTokenizer
 
@@ -77,13 +79,19 @@ def main() -> None:
 
     temb = {t: cached(f"pool_{t}_{args.pool}_{args.max_len}", t, pseq) for t in TEACHERS}
 
+    residue_tables: dict[str, np.ndarray] = {}
+
     def cached_residues(teacher: str) -> np.ndarray:
-        # Per-residue teacher states of the pool, concatenated in pool order (float16).
-        path = cache / f"pool_res_{teacher}_{args.pool}_{args.max_len}.npy"
-        if not path.exists():
-            _, res = embed_sequences(load_teacher(teacher), pseq, per_residue=True)
-            np.save(path, np.concatenate(res).astype(np.float16))
-        return np.load(path, mmap_mode="r")
+        """Per-residue teacher states of the pool, concatenated in pool order (float32; cached
+        on disk as float16, loaded once per process)."""
+        if teacher not in residue_tables:
+            path = cache / f"pool_res_{teacher}_{args.pool}_{args.max_len}.npy"
+            if not path.exists():
+                _, res = embed_sequences(load_teacher(teacher), pseq, per_residue=True)
+                np.save(path, np.concatenate(res).astype(np.float16))
+            residue_tables[teacher] = np.load(path).astype(np.float32)
+        return residue_tables[teacher]
+
     eemb = {t: cached(f"eval_{t}", t, eseq) for t in TEACHERS}
     labels = {"localization": np.asarray(ev.label.astype(str).tolist()),
               "membrane": np.asarray(ev.membrane.astype(float).astype(int).tolist())}
@@ -114,10 +122,10 @@ def main() -> None:
         bs, n = kw["bs"], len(pseq)
         res_t = kw.get("res_teachers", TEACHERS) if kw.get("res_w") else []
         offsets = np.concatenate([[0], np.cumsum([len(x) for x in pseq])])
-        rtab = {t: np.asarray(cached_residues(t), dtype=np.float32) for t in res_t}
+        rtab = {t: cached_residues(t) for t in res_t}
         # Per-residue targets as mtdp.distill reads them: a column per teacher, standardised
         # with the pool's per-residue mean / std.
-        stats.residues = {t: (f"r_{t}", torch.from_numpy(v.mean(0)),
+        stats.residues = {t: (residue_column(t), torch.from_numpy(v.mean(0)),
                               torch.from_numpy(v.std(0))) for t, v in rtab.items()}
         cfg.residue_weight = float(kw.get("res_w") or 1.0)
         model = build_student(cfg, stats, args.max_len)
@@ -131,7 +139,7 @@ def main() -> None:
                     idx = order[i:i + bs]
                     rows = {"id": pool.accession.values[idx], "sequence": [pseq[j] for j in idx],
                             **{t: temb[t][idx] for t in TEACHERS},
-                            **{f"r_{t}": [v[offsets[j]:offsets[j + 1]] for j in idx]
+                            **{residue_column(t): [v[offsets[j]:offsets[j + 1]] for j in idx]
                                for t, v in rtab.items()}}
                     m = d.train_step(make_batch(rows, stats, mlm_prob=0.15, seed=ep))
                 print(f"  {label} epoch {ep} {time.time() - t0:.0f} s mlm {m['train/mlm']:.3f} "
@@ -145,7 +153,7 @@ def main() -> None:
                 ids, att = tok.batch_encode(eseq[i:i + 32])
                 heads = model.teacher_logits(model(ids, att)["embedding"])
                 for k, t in enumerate(TEACHERS):
-                    z = (torch.tensor(eemb[t][i:i + 32]) - stats.mean[k]) / stats.std[k]
+                    z = standardise(torch.tensor(eemb[t][i:i + 32]), stats.mean[k], stats.std[k])
                     parts[t].append(torch.nn.functional.cosine_similarity(heads[t], z, dim=-1))
             cos = {t: round(float(torch.cat(v).mean()), 3) for t, v in parts.items()}
         x = embed_sequences(StudentEmbedder(model), eseq)

@@ -85,7 +85,6 @@ def test_residue_loss_is_part_of_the_teachers_loss_and_is_learned(dataset: Path)
                   total_steps=60)
     val = [make_batch(take(np.arange(250, 300)), stats, mlm_prob=0.15, seed=1)]
     assert val[0]["residue_targets"][RES].shape == (50, val[0]["input_ids"].shape[1], 32)
-    k = stats.names.index(RES)
 
     def losses(weight: float) -> float:
         d.cfg.residue_weight = weight
@@ -99,7 +98,7 @@ def test_residue_loss_is_part_of_the_teachers_loss_and_is_learned(dataset: Path)
         d.train_step(make_batch(take(rng.choice(250, 16, replace=False)), stats,
                                 mlm_prob=0.15, seed=step))
     per_residue_after = losses(1.0) - losses(0.0)
-    print("per-residue cosine loss", per_residue_before, "->", per_residue_after, k)
+    print("per-residue cosine loss", per_residue_before, "->", per_residue_after)
     assert per_residue_after < 0.8 * per_residue_before
 
 

@@ -221,10 +221,8 @@ def _residue_targets(col: Any, lengths: list[int], width: int, dim: int, name: s
     for i, (x, n) in enumerate(zip(col, lengths)):
         a = np.asarray(x)
         if a.dtype == object:  # Ray Data hands nested lists over as arrays of arrays
-            a = np.stack([np.asarray(v, dtype=np.float32) for v in a]) if len(a) else \
-                np.zeros((0, dim), np.float32)
-        a = a.astype(np.float32, copy=False).reshape(-1, dim) if a.size else \
-            np.zeros((0, dim), np.float32)
+            a = np.stack(list(a)) if len(a) else np.zeros((0, dim))
+        a = a.astype(np.float32, copy=False).reshape(-1, dim)
         if len(a) != n:
             raise ValueError(f"column {name!r}: {len(a)} per-residue states for a protein of "
                              f"{n} residues")

@@ -565,7 +565,6 @@ class TeacherActor:
         self.embedder = load_teacher(spec).to(device)
         self.column, self.batch_tokens, self.retries = column, batch_tokens, retries
         self.residue_column = residue_column
-        self._residues: dict[int, np.ndarray] = {}
         self.faults = faults
         self.unembeddable = set(faults.get("unembeddable_ids") or [])
 
@@ -580,24 +579,25 @@ class TeacherActor:
         return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens,
                                per_residue=True)
 
-    def _robust(self, ids: list[str], seqs: list[str], out: np.ndarray, reasons: list,
-                rows: list[int]) -> None:
-        """Embed ``rows``; on failure split in halves, retry singles, reject what still fails."""
+    def _robust(self, ids: list[str], seqs: list[str], out: np.ndarray, residues: dict,
+                reasons: list, rows: list[int]) -> None:
+        """Embed ``rows`` into ``out`` (and their per-residue states into ``residues`` when this
+        actor keeps them); on failure split in halves, retry singles, reject what still fails."""
         attempts = 1 + (self.retries if len(rows) == 1 else 0)
         for _ in range(attempts):
             try:
                 emb, res = self._embed([ids[i] for i in rows], [seqs[i] for i in rows])
                 out[rows] = emb
                 if res is not None:
-                    self._residues.update(zip(rows, res))
+                    residues.update(zip(rows, res))
                 return
             except Exception as exc:  # noqa: BLE001 - any model error: isolate, never drop
                 error = exc
                 self._free_memory()
         if len(rows) > 1:
             mid = len(rows) // 2
-            self._robust(ids, seqs, out, reasons, rows[:mid])
-            self._robust(ids, seqs, out, reasons, rows[mid:])
+            self._robust(ids, seqs, out, residues, reasons, rows[:mid])
+            self._robust(ids, seqs, out, residues, reasons, rows[mid:])
         else:
             reasons[rows[0]] = (f"{self.embedder.name}: {type(error).__name__}: {error}"
                                 f" (after {attempts} attempt(s))")
@@ -622,9 +622,9 @@ class TeacherActor:
         dim = self.embedder.dim
         out = np.zeros((len(seqs), dim), dtype=np.float32)
         todo = [i for i, r in enumerate(reasons) if r is None]
-        self._residues = {}
+        residues: dict[int, np.ndarray] = {}
         if todo:
-            self._robust(ids, seqs, out, reasons, todo)
+            self._robust(ids, seqs, out, residues, reasons, todo)
             failed = [i for i in todo if reasons[i] is not None]
             if len(todo) >= 8 and len(failed) == len(todo):
                 # Every protein failing is a broken teacher/device, not bad records: stop (a
@@ -633,7 +633,7 @@ class TeacherActor:
                                    f"proteins of a shard; first error: {reasons[failed[0]]}")
         half = out.astype(np.float16)
         finite = np.isfinite(half).all(axis=1)
-        res16 = {i: r.astype(np.float16) for i, r in self._residues.items()}
+        res16 = {i: r.astype(np.float16) for i, r in residues.items()}
         for i in todo:
             if reasons[i] is None and not finite[i]:
                 reasons[i] = (f"{self.embedder.name}: non-finite embedding in float16 "
@@ -655,14 +655,14 @@ class TeacherActor:
 
 
 def _residue_array(states: list[np.ndarray | None], dim: int):
-    """``list<fixed_size_list<float16>[dim]>`` array, one ``[L_i, dim]`` entry per row (null
-    for rejected rows)."""
+    """``list<fixed_size_list<float16>[dim]>`` array of float16 ``[L_i, dim]`` states, one entry
+    per row (null for rejected rows)."""
     import pyarrow as pa
 
     lengths = [0 if s is None else len(s) for s in states]
     flat = np.concatenate([s for s in states if s is not None] or [np.zeros((0, dim))])
     inner = pa.FixedSizeListArray.from_arrays(
-        pa.array(flat.astype(np.float16).reshape(-1), pa.float16()), dim)
+        pa.array(flat.astype(np.float16, copy=False).reshape(-1), pa.float16()), dim)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), pa.int32())
     mask = pa.array([s is None for s in states])
     return pa.ListArray.from_arrays(offsets, inner, mask=mask)
