@@ -18,8 +18,8 @@ Inputs: a fixed-length set (``--fixed-len`` residues, the paper's 10k × 1 kbp t
 and real proteins with their real length distribution (random sample of DeepLoc 1.0 test,
 ``$MTDP_DATA_DIR``), truncated to 1,000 residues like every mtdp model sees them.
 
-It also measures the machine's fp32 GEMM rate (2048² matmul through torch's default BLAS and
-through oneDNN, the faster of the two is the reference) and reports each model's achieved
+It also measures the machine's fp32 GEMM rate (2048² matmul through torch's default BLAS, and
+through oneDNN with plain and with pre-packed weights; the fastest is the reference) and reports each model's achieved
 GFLOP/s (matmul FLOPs counted from the architecture, attention included, padding excluded)
 as a fraction of it. CPU: fp32. CUDA (when present): bf16 student, fp16 teachers (as the
 teacher wrappers run them), SDPA.
@@ -46,6 +46,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from mtdp import kernels  # noqa: E402
 from mtdp.embed import default_batch_tokens, embed_sequences  # noqa: E402
 from mtdp.embedder import Embedder, StudentEmbedder  # noqa: E402
 from mtdp.sequences import prepare, read_fasta  # noqa: E402
@@ -159,20 +160,44 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_rss_peak() -> bool:
+    """Reset the kernel's per-process RSS high-water mark (Linux >= 4.0); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_peak_bytes() -> int:
+    """The RSS high-water mark (``VmHWM``) since the last :func:`reset_rss_peak`."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 class PeakMemory:
-    """Peak memory while the block runs: CUDA allocator peak, or sampled process RSS on CPU."""
+    """Peak memory while the block runs: CUDA allocator peak; on CPU the kernel's RSS
+    high-water mark (reset on entry), or where that cannot be reset, RSS sampled every 5 ms
+    by a thread (which costs the timed run a little: it wakes and takes the GIL)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak = device, 0
         self._stop = threading.Event()
+        self._hwm = False
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         elif os.path.exists("/proc/self/statm"):
             self.peak = rss_bytes()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            self._hwm = reset_rss_peak()
+            if not self._hwm:
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -182,6 +207,8 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device)
+        elif self._hwm:
+            self.peak = max(self.peak, rss_peak_bytes())
         elif hasattr(self, "_thread"):
             self._stop.set()
             self._thread.join()
@@ -213,6 +240,12 @@ def gemm_rates(device: torch.device, n: int | None = None, repeats: int = 7) -> 
     elif torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         bt = b.t().contiguous()
         fns["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+        try:  # weights pre-packed into oneDNN's layout, as the student's GEMMs use them
+            bp = torch.ops.mkldnn._reorder_linear_weight(bt)
+            fns["oneDNN packed"] = lambda: torch.ops.mkldnn._linear_pointwise(
+                a, bp, None, "none", [], "")
+        except (AttributeError, RuntimeError):
+            pass
     out = {}
     for name, fn in fns.items():
         fn()
@@ -347,7 +380,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{'fp32' if device.type == 'cpu' else 'bf16 student / fp16 teachers'}")
     print("Random weights throughout: timing does not depend on weight values, so speed ratios "
           "are honest without pretrained checkpoints.")
-    print(f"student attention: MTDP_ATTENTION={os.environ.get('MTDP_ATTENTION', 'auto')}")
+    print(f"student attention: MTDP_ATTENTION={os.environ.get('MTDP_ATTENTION', 'auto')}", end="")
+    if device.type == "cpu":
+        fused = kernels.biased_softmax() is not None  # built here, outside the timed runs
+        print(", compiled bias+softmax kernel: " + (
+            "yes" if fused else f"no ({kernels.unavailable_reason()})"))
+    else:
+        print()
     print(f"real proteins: {fasta.name}, {len(real_s)} sampled (mean "
           f"{sum(map(len, real_s)) / max(1, len(real_s)):.0f} aa, max {max(map(len, real_s))}); "
           f"teachers' sample = first {len(real_t)} of them")

@@ -3,11 +3,14 @@ stock transformers T5EncoderModel computes, on padded batches, for every attenti
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import shutil
 
 import pytest
 import torch
 
+from mtdp import kernels
 from mtdp.student import FastT5Encoder, StudentConfig, StudentModel
 from mtdp.tokenizer import ResidueTokenizer
 
@@ -45,8 +48,8 @@ def _model(preset: str, seed: int = 0, **overrides) -> StudentModel:
 
 
 @pytest.mark.parametrize("attention", ["loop", "sdpa", "mixed"])
-@pytest.mark.parametrize("onednn", [True, False])
-def test_fast_equals_stock_with_padding(attention: str, onednn: bool) -> None:
+@pytest.mark.parametrize("onednn,kernel", [(True, True), (True, False), (False, False)])
+def test_fast_equals_stock_with_padding(attention: str, onednn: bool, kernel: bool) -> None:
     # Paper architecture (8 heads × 64, 32 buckets, max distance 128); lengths past 128 so the
     # long-distance buckets are exercised, with padding in the batch.
     model = _model("paper", num_layers=2)
@@ -54,6 +57,9 @@ def test_fast_equals_stock_with_padding(attention: str, onednn: bool) -> None:
     assert (mask == 0).any()
     fast = FastT5Encoder(model.encoder)
     fast.use_onednn = onednn and fast.use_onednn
+    fast.use_kernels = kernel  # the compiled bias + softmax kernel, or torch's ops
+    if kernel and shutil.which(os.environ.get("CXX") or "g++"):
+        assert kernels.biased_softmax() is not None, kernels.unavailable_reason()
     # mixed: 131 and 7 take the batched SDPA kernel, 260 and 200 the per-head loop.
     fast.loop_attention_min_len = {"loop": 0, "sdpa": 1 << 62, "mixed": 150}[attention]
     with torch.inference_mode():
@@ -154,3 +160,17 @@ def test_bad_attention_mode_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MTDP_ATTENTION", "flash")
     with pytest.raises(ValueError, match="MTDP_ATTENTION"):
         FastT5Encoder(_model("tiny").encoder)
+
+
+def test_bias_vector_grows_past_its_first_size() -> None:
+    # The per-head bias vector starts at ±1,023 positions; a longer protein must regrow it
+    # (and shorter ones after it must still slice it correctly).
+    model = _model("tiny")
+    fast = FastT5Encoder(model.encoder)
+    with torch.inference_mode():
+        for lengths in ([300, 200], [1100, 170], [260]):
+            ids, mask = _batch(lengths, seed=len(lengths))
+            real = mask.bool()
+            ref = _stock(model, ids, mask)
+            assert (fast(ids, mask) - ref)[real].abs().max().item() < TOL
+    assert fast._bias_vec.shape[1] >= 2 * 1101 - 1

@@ -15,13 +15,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, kernels
 from .tokenizer import MASK_ID, VOCAB_SIZE, residue_mask
 
 STUDENT_FORMAT = "mtdp-student"
@@ -114,15 +114,19 @@ class FastT5Encoder:
     * the position bias (+ padding mask) is built once per forward, not once per layer, from
       a cached table grown to the longest length seen, and is never padded when the batch
       has no padding;
-    * on CPU the GEMMs run through oneDNN (``mkldnn::_linear_pointwise``) with the ReLU and the
-      residual additions fused as post-ops: oneDNN uses AVX-512 where MKL, torch's default
-      fp32 GEMM, may not (AMD CPUs); long sequences run attention head by head (bias added
-      in place to each head's scores, softmax in place), so no ``[B, H, L, L]`` score tensor
-      exists at once.
+    * on CPU the GEMMs run through oneDNN (``mkldnn::_linear_pointwise``) on weights packed
+      once into oneDNN's layout, with the ReLU and the residual additions fused as post-ops:
+      oneDNN uses AVX-512 where MKL, torch's default fp32 GEMM, may not (AMD CPUs);
     * on CPU the batch is *packed*: only real tokens enter the GEMMs (no padding work), each
       sequence attends over exactly its own length, and padding positions of the output are
       zeros (the stock module returns values there that nothing uses);
-    * the feed-forward runs in row chunks so its ``d_ff``-wide intermediate stays in cache;
+    * on CPU long sequences run attention head by head (no ``[B, H, L, L]`` tensor exists),
+      with keys in reverse order so that each head's bias is a sliding window over one short
+      vector rather than an ``[L, L]`` table (see :meth:`_head_tasks`); bias + softmax is one
+      compiled kernel (:mod:`mtdp.kernels`) where it could be built, torch ops otherwise;
+    * the output projection and feed-forward run in row chunks, updating the hidden state in
+      place, so the ``d_ff``-wide intermediate stays in cache and no layer allocates
+      batch-sized tensors;
     * elsewhere (CUDA, bf16 autocast, or a left-padded mask) it uses ``F.linear`` and
       ``F.scaled_dot_product_attention`` on the padded batch with the bias as the mask.
 
@@ -139,6 +143,8 @@ class FastT5Encoder:
     ffn_chunk_tokens = 1024
     #: Longest position-bias table kept between calls (H × n² floats: 8 heads, 2,048 → 134 MB).
     max_cached_bias_len = 2048
+    #: Use the compiled bias + softmax kernel (:mod:`mtdp.kernels`) when it is available.
+    use_kernels = True
 
     def __init__(self, encoder: nn.Module) -> None:
         self.encoder = encoder
@@ -148,6 +154,7 @@ class FastT5Encoder:
         self._key: tuple | None = None
         self._layers: list[dict[str, torch.Tensor]] = []
         self._bias: torch.Tensor | None = None  # [H, Lmax, Lmax] contiguous
+        self._bias_vec: torch.Tensor | None = None  # [H, 2c+1], see _bias_vector
         self.use_onednn = _onednn_linear_available()
         # MTDP_ATTENTION=sdpa forces the batched SDPA kernel (one op per layer): better on a
         # heavily oversubscribed machine, where each of the per-head loop's many small parallel
@@ -169,7 +176,7 @@ class FastT5Encoder:
 
     def __getstate__(self) -> dict:
         # Derived tensors are a cache: never pickle them (rebuilt on first use).
-        return {**self.__dict__, "_key": None, "_layers": [], "_bias": None}
+        return {**self.__dict__, "_key": None, "_layers": [], "_bias": None, "_bias_vec": None}
 
     # -- cached derived tensors ----------------------------------------------------------
     def _params_key(self) -> tuple:
@@ -195,9 +202,26 @@ class FastT5Encoder:
                 "wi": (dense.wi.weight * ff.layer_norm.weight).contiguous(),
                 "wo_ff": dense.wo.weight.contiguous(),
             })
+            layers[-1]["packed"] = self._pack(layers[-1], att.n_heads * att.key_value_proj_dim)
         self._layers = layers
-        self._bias = None
+        self._bias = self._bias_vec = None
         self._key = key
+
+    def _pack(self, p: dict[str, torch.Tensor], hd: int) -> dict[str, torch.Tensor]:
+        """The weights the oneDNN path multiplies by, reordered once into oneDNN's blocked
+        layout (``mkldnn::_reorder_linear_weight``): otherwise every call repacks them, which
+        costs 3-10 % of each GEMM (25 % for short sequences). A second copy of the weights
+        (75 MB for the paper student). Plain weights where unavailable."""
+        w = {"wq": p["wqkv"][:hd], "wk": p["wqkv"][hd:2 * hd], "wqkv": p["wqkv"],
+             "wo": p["wo"], "wi": p["wi"], "wo_ff": p["wo_ff"]}
+        if not (self.use_onednn and p["wqkv"].device.type == "cpu"
+                and p["wqkv"].dtype == torch.float32):
+            return w
+        try:
+            return {k: torch.ops.mkldnn._reorder_linear_weight(v.contiguous())
+                    for k, v in w.items()}
+        except (AttributeError, RuntimeError):  # an older or differently built torch
+            return w
 
     def _position_bias(self, length: int) -> torch.Tensor:
         """``[H, length, length]`` contiguous relative position bias (T5 encoder buckets)."""
@@ -247,11 +271,12 @@ class FastT5Encoder:
         for p in self._layers:
             h = F.rms_norm(x, (x.shape[-1],), None, self.eps)
             if onednn:
-                qkv = _onednn_linear(h, p["wqkv"])
+                pk = p["packed"]
+                qkv = _onednn_linear(h, pk["wqkv"])
                 o = self._attention(qkv, bias, B, L, onednn=True)
-                x = _onednn_linear(o, p["wo"], add=x)  # x + o @ Wo.T in one call
+                x = _onednn_linear(o, pk["wo"], add=x)  # x + o @ Wo.T in one call
                 h = F.rms_norm(x, (x.shape[-1],), None, self.eps)
-                x = _onednn_linear(_onednn_linear(h, p["wi"], relu=True), p["wo_ff"], add=x)
+                x = _onednn_linear(_onednn_linear(h, pk["wi"], relu=True), pk["wo_ff"], add=x)
             else:
                 qkv = F.linear(h, p["wqkv"])
                 o = self._attention(qkv, bias, B, L, onednn=False)
@@ -265,16 +290,19 @@ class FastT5Encoder:
                 ) -> torch.Tensor:
         """CPU/oneDNN forward on the *packed* real tokens: padding costs no GEMM work at all.
 
-        Tokens of all sequences are concatenated to ``[T, d]`` for every GEMM; attention runs
-        per sequence on exactly its ``l × l`` block (position bias sliced to ``l``), head by
-        head, for long sequences, and as one padded SDPA call for the short ones (where the
-        per-head loop's call overhead would dominate). Padding positions come back as zeros.
+        Tokens of all sequences are concatenated to ``[T, d]``, and the hidden state is updated
+        in place layer after layer. Per layer: each long sequence gets its q, k, v from its own
+        rows and attends over exactly its ``l × l`` block, head by head; short ones are
+        gathered into one padded SDPA call (where the per-head loop's call overhead would
+        dominate); then the output projection and the feed-forward run in row chunks. Working
+        sets stay a sequence or a chunk in size, so they stay in cache, and the allocator hands
+        back the same blocks every time: one ``[T, 3d]`` qkv tensor per layer would be fresh
+        (page-faulted) memory on every call. Padding positions come back as zeros.
         """
         stack = self.encoder.encoder
         B, L = input_ids.shape
         H, dk = self.num_heads, self.d_kv
-        flat_valid = valid.reshape(-1)
-        rows = flat_valid.nonzero().squeeze(1)  # packed row -> position in [B*L]
+        rows = valid.reshape(-1).nonzero().squeeze(1)  # packed row -> position in [B*L]
         x = stack.embed_tokens(input_ids.reshape(-1)[rows])  # [T, d]
         T, d = x.shape
         starts = [0]
@@ -282,56 +310,88 @@ class FastT5Encoder:
             starts.append(starts[-1] + n)
         long = [b for b in range(B) if lengths[b] >= self.loop_attention_min_len]
         short = [b for b in range(B) if 0 < lengths[b] < self.loop_attention_min_len]
-        biases = {n: self._position_bias(n) for n in {lengths[b] for b in long}}
         if short:
-            # Short sequences: gather them into one padded batch for SDPA (slot T = a zero row).
+            # Short sequences: one padded batch for SDPA, gathered from their packed rows
+            # (index Ts = an appended zero row stands for padding).
             Ls = max(lengths[b] for b in short)
+            s_rows = torch.cat([torch.arange(starts[b], starts[b] + lengths[b]) for b in short])
             pos = torch.arange(Ls)
-            sidx = torch.stack([torch.where(pos < lengths[b], starts[b] + pos, T)
-                                for b in short])  # [Bs, Ls]
-            s_valid = sidx < T
+            offsets = torch.tensor([0] + [lengths[b] for b in short[:-1]]).cumsum(0)
+            s_len = torch.tensor([lengths[b] for b in short])
+            sidx = torch.where(pos[None, :] < s_len[:, None], offsets[:, None] + pos[None, :],
+                               len(s_rows))  # [Bs, Ls]
+            s_valid = sidx < len(s_rows)
             s_bias = self._position_bias(Ls).unsqueeze(0).masked_fill(
                 ~s_valid[:, None, None, :], torch.finfo(x.dtype).min).contiguous()
-            s_rows = sidx[s_valid]
+        out = torch.empty(T, H * dk, dtype=x.dtype)  # attention output, reused by every layer
+        fused = kernels.biased_softmax() if self.use_kernels and long else None
+        chunk = self.ffn_chunk_tokens or T
         for p in self._layers:
-            h = F.rms_norm(x, (d,), None, self.eps)
-            qkv = _onednn_linear(h, p["wqkv"])  # [T, 3*H*dk]
-            out = torch.empty(T, H, dk, dtype=x.dtype)
+            pk = p["packed"]
             for b in long:
                 n, o = lengths[b], starts[b]
-                blk = qkv[o:o + n].view(n, 3, H, dk)
-                qk = blk[:, :2].permute(1, 2, 0, 3).contiguous()  # [2, H, n, dk]
-                vt = blk[:, 2].permute(1, 2, 0).contiguous()  # [H, dk, n]: vᵀ, linear's layout
-                bias = biases[n]
-                for hh in range(H):
-                    # q kᵀ, then + bias in place: oneDNN's fused "add" post-op with a full
-                    # [n, n] operand doubles the score GEMM's time; add_ costs a third of it.
-                    scores = _onednn_linear(qk[0, hh], qk[1, hh]).add_(bias[hh])
-                    torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # in place
-                    out[o:o + n, hh] = _onednn_linear(scores, vt[hh])
+                _heads(self._head_tasks(F.rms_norm(x[o:o + n], (d,), None, self.eps),
+                                        p, out[o:o + n]), fused)
             if short:
+                qkv = _onednn_linear(F.rms_norm(x[s_rows], (d,), None, self.eps), pk["wqkv"])
                 ext = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[1])])
                 Bs, Ls = sidx.shape
                 so = self._attention(ext[sidx.reshape(-1)], s_bias, Bs, Ls, onednn=False)
-                out[s_rows] = so.view(Bs, Ls, H, dk)[s_valid]
-            x = _onednn_linear(out.view(T, H * dk), p["wo"], add=x)  # x + o @ Wo.T, one call
-            x = self._ffn(x, p)
-        x = F.rms_norm(x, (d,), stack.final_layer_norm.weight, self.eps)
+                out[s_rows] = so.view(Bs, Ls, H * dk)[s_valid]
+            for c in range(0, T, chunk):
+                # x + o Woᵀ, then + relu(RMSNorm(.) Wiᵀ) Woᵀ, written back over x's rows.
+                xc = x[c:c + chunk]
+                y = _onednn_linear(out[c:c + chunk], pk["wo"], add=xc)
+                h = F.rms_norm(y, (d,), None, self.eps)
+                xc.copy_(_onednn_linear(_onednn_linear(h, pk["wi"], relu=True), pk["wo_ff"],
+                                        add=y))
+        for c in range(0, T, chunk):  # final norm in place, chunk by chunk (no [T, d] temps)
+            xc = x[c:c + chunk]
+            xc.copy_(F.rms_norm(xc, (d,), stack.final_layer_norm.weight, self.eps))
+        if T == B * L:  # no padding in the batch: the packed rows are the output
+            return x.view(B, L, d)
         full = x.new_zeros(B * L, d)
         full[rows] = x
         return full.view(B, L, d)
 
-    def _ffn(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        """x + relu(RMSNorm(x) Wiᵀ) Woᵀ in row chunks: the [chunk, d_ff] intermediate stays in
-        cache between its two GEMMs and is not a fresh multi-MB allocation per layer."""
-        chunk = self.ffn_chunk_tokens or x.shape[0]
-        parts = []
-        for c in range(0, x.shape[0], chunk):
-            xc = x[c:c + chunk]
-            h = F.rms_norm(xc, (xc.shape[-1],), None, self.eps)
-            parts.append(_onednn_linear(_onednn_linear(h, p["wi"], relu=True), p["wo_ff"],
-                                        add=xc))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    def _head_tasks(self, h: torch.Tensor, p: dict, out: torch.Tensor) -> list[tuple]:
+        """One sequence's q, k and v from its normed hidden states ``h`` [n, d], as one task
+        per head for :func:`_heads`, each writing its slice of ``out`` [n, H*d_kv]. No
+        [H, n, n] tensor exists at once: heads run one after another.
+
+        Keys and values are taken in *reverse* order. T5's bias depends only on j - i, so with
+        keys reversed (j = n-1-j') it depends on i + j': row i of the biased score matrix is a
+        sliding window over one short per-head vector (:meth:`_bias_vector`), an ``as_strided``
+        view with strides (1, 1). Adding it reads a few KB from L1 instead of streaming an
+        [H, n, n] table (32 MB at 1,000 aa) through memory; the softmax-times-v sum is the same
+        over reversed keys, so the output is unchanged.
+        """
+        H, dk = self.num_heads, self.d_kv
+        n, hd = h.shape[0], H * dk
+        h_rev = h.flip(0)
+        pk = p["packed"]
+        q = _onednn_linear(h, pk["wq"]).view(n, H, dk).transpose(0, 1).contiguous()
+        k = _onednn_linear(h_rev, pk["wk"]).view(n, H, dk).transpose(0, 1).contiguous()
+        # vᵀ straight from Wv hᵀ, already the [H, dk, n] layout the second GEMM wants.
+        vt = _onednn_linear(p["wqkv"][2 * hd:], h_rev).view(H, dk, n)
+        g, centre = self._bias_vector(n)  # bias(j - i) = g[h, centre - (j - i)]
+        first = centre - (n - 1)  # bias of (i, j') = g[h, first + i + j']
+        heads = out.view(n, H, dk)
+        return [(q[hh], k[hh], vt[hh], g[hh], first, heads[:, hh]) for hh in range(H)]
+
+    def _bias_vector(self, length: int) -> tuple[torch.Tensor, int]:
+        """``(g, c)`` with ``g`` [H, 2c+1] contiguous and ``g[h, c - r]`` the position bias of
+        head ``h`` at relative position ``r = j - i``, for every ``|r| < length``."""
+        if self._bias_vec is None or self._bias_vec.shape[1] < 2 * length - 1:
+            att0 = self.encoder.encoder.block[0].layer[0].SelfAttention
+            # Grow geometrically: a stream of slowly increasing lengths rebuilds rarely.
+            c = max(length, 1024 if self._bias_vec is None else self._bias_vec.shape[1]) - 1
+            rel = c - torch.arange(2 * c + 1, device=att0.relative_attention_bias.weight.device)
+            buckets = att0._relative_position_bucket(
+                rel, bidirectional=True, num_buckets=att0.relative_attention_num_buckets,
+                max_distance=att0.relative_attention_max_distance)
+            self._bias_vec = att0.relative_attention_bias(buckets).t().contiguous()
+        return self._bias_vec, (self._bias_vec.shape[1] - 1) // 2
 
     def _attention(self, qkv: torch.Tensor, bias: torch.Tensor, B: int, L: int,
                    onednn: bool) -> torch.Tensor:
@@ -361,6 +421,27 @@ def _onednn_linear(x: torch.Tensor, w: torch.Tensor, *, relu: bool = False,
     if add is not None:
         return torch.ops.mkldnn._linear_pointwise(x, add, w, None, "add")
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "relu" if relu else "none", [], "")
+
+
+def _heads(tasks: list[tuple], fused: Callable | None = None) -> None:
+    """softmax(q kᵀ + bias) v for each ``(q, k, vᵀ, g, offset, out)`` task, written into
+    ``out``; the bias of score (i, j) is ``g[offset + i + j]`` (see ``_head_tasks``).
+
+    ``fused``: :func:`mtdp.kernels.biased_softmax`, which adds the bias and exponentiates in
+    one kernel and leaves the 1/sum scale for the [n, d_kv] output; None: torch ops."""
+    for q, k, vt, g, offset, out in tasks:
+        scores = _onednn_linear(q, k)  # q kᵀ
+        if fused is not None:
+            inv_sum = scores.new_empty(scores.shape[0])
+            fused(scores, g, offset, inv_sum)
+            torch.mul(_onednn_linear(scores, vt), inv_sum[:, None], out=out)
+        else:
+            # + bias in place (oneDNN's fused "add" post-op with a full [n, n] operand
+            # doubles the score GEMM's time), then softmax in place.
+            n, m = scores.shape
+            scores.add_(g.as_strided((n, m), (1, 1), g.storage_offset() + offset))
+            torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+            out.copy_(_onednn_linear(scores, vt))
 
 
 class StudentModel(nn.Module):

@@ -1,0 +1,115 @@
+"""mtdp.kernels: the compiled bias + softmax kernel equals torch's ops, refuses bad input with
+a clear error, and everything falls back to torch ops when it cannot be built."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdp import kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_CXX = shutil.which(os.environ.get("CXX") or "g++") is not None
+needs_kernel = pytest.mark.skipif(
+    not (HAVE_CXX and sys.platform == "linux"), reason="kernels are built on Linux with a C++ compiler")
+
+
+def _reference(scores: torch.Tensor, g: torch.Tensor, offset: int) -> torch.Tensor:
+    n, m = scores.shape
+    idx = offset + torch.arange(n)[:, None] + torch.arange(m)[None, :]
+    return torch.softmax(scores + g[idx], dim=-1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,m,scale", [(1001, 1001, 8.0), (37, 37, 1.0), (1, 1, 1.0),
+                                       (5, 300, 1.0), (200, 17, 1e3)])
+def test_kernel_equals_torch_softmax(n: int, m: int, scale: float) -> None:
+    op = kernels.biased_softmax()
+    assert op is not None, kernels.unavailable_reason()
+    gen = torch.Generator().manual_seed(n + m)
+    g = torch.randn(n + m + 10, generator=gen) * 3
+    scores = torch.randn(n, m, generator=gen) * scale  # 1e3: exp overflows without the max
+    ref = _reference(scores, g, 4)
+    inv = torch.empty(n)
+    out = scores.clone()
+    op(out, g, 4, inv)
+    got = out * inv[:, None]
+    assert torch.isfinite(got).all()
+    assert (got - ref).abs().max().item() < 1e-6
+    assert torch.allclose(got.sum(-1), torch.ones(n), atol=1e-5)
+
+
+@needs_kernel
+def test_kernel_refuses_bad_input() -> None:
+    op = kernels.biased_softmax()
+    assert op is not None, kernels.unavailable_reason()
+    g = torch.randn(20)
+    with pytest.raises(RuntimeError, match="bias vector too short"):
+        op(torch.zeros(8, 8), g, 6, torch.empty(8))
+    with pytest.raises(RuntimeError, match="contiguous 2-D float32"):
+        op(torch.zeros(8, 16)[:, ::2], g, 0, torch.empty(8))
+    with pytest.raises(RuntimeError, match="one value per row"):
+        op(torch.zeros(4, 4), g, 0, torch.empty(3))
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONPATH": str(ROOT / "platform"), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full, timeout=300)
+
+
+FALLBACK = """
+import torch
+from mtdp import kernels
+from mtdp.student import StudentConfig, StudentModel
+from mtdp.tokenizer import ResidueTokenizer
+torch.manual_seed(0)
+m = StudentModel(StudentConfig.preset("paper", num_layers=1)).eval()
+ids, mask = ResidueTokenizer().batch_encode(["ACDEFGHIKLMNPQRSTVWY" * 12, "MKV" * 70])
+with torch.inference_mode():
+    fast = m.encode(ids, mask)
+    m.fast_inference = False
+    ref = m.encode(ids, mask)
+print("op", kernels.biased_softmax())
+print("why", kernels.unavailable_reason())
+print("diff", (fast - ref)[mask.bool()].abs().max().item())
+"""
+
+
+def test_no_compiler_falls_back_to_torch_ops(tmp_path: Path) -> None:
+    res = _run(FALLBACK, CXX=str(tmp_path / "no-such-compiler"), MTDP_CACHE=str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "op None" in res.stdout
+    assert "no C++ compiler" in res.stdout
+    assert float(res.stdout.split("diff ")[1]) < 1e-5
+    assert "compiled CPU kernels unavailable" in res.stderr  # said once, as a warning
+
+
+def test_failed_build_falls_back_and_disable_switch(tmp_path: Path) -> None:
+    res = _run(FALLBACK, CXX="false", MTDP_CACHE=str(tmp_path))  # a "compiler" that fails
+    assert res.returncode == 0, res.stderr
+    assert "op None" in res.stdout and "false failed" in res.stdout
+    assert float(res.stdout.split("diff ")[1]) < 1e-5
+    assert not list(tmp_path.rglob("*.so"))  # no half-built library left behind
+    res = _run(FALLBACK, MTDP_KERNELS="0")
+    assert res.returncode == 0, res.stderr
+    assert "op None" in res.stdout and "MTDP_KERNELS=0" in res.stdout
+
+
+@needs_kernel
+def test_build_is_cached_and_reused(tmp_path: Path) -> None:
+    code = "from mtdp import kernels; print(kernels.biased_softmax() is not None)"
+    first = _run("import logging; logging.basicConfig(level=logging.INFO)\n" + code,
+                 MTDP_CACHE=str(tmp_path))
+    assert first.stdout.strip() == "True", first.stderr
+    assert "compiling CPU kernels" in first.stderr
+    libs = list(tmp_path.rglob("*.so"))
+    assert len(libs) == 1
+    again = _run("import logging; logging.basicConfig(level=logging.INFO)\n" + code,
+                 MTDP_CACHE=str(tmp_path))
+    assert again.stdout.strip() == "True" and "compiling" not in again.stderr
