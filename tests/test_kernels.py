@@ -113,3 +113,29 @@ def test_build_is_cached_and_reused(tmp_path: Path) -> None:
     again = _run("import logging; logging.basicConfig(level=logging.INFO)\n" + code,
                  MTDP_CACHE=str(tmp_path))
     assert again.stdout.strip() == "True" and "compiling" not in again.stderr
+
+
+@needs_kernel
+def test_attention_heads_equal_torch_ops_on_unequal_lengths() -> None:
+    from mtdp.student import _heads
+
+    op = kernels.attention_heads()
+    assert op is not None, kernels.unavailable_reason()
+    gen = torch.Generator().manual_seed(3)
+    H, dk, c = 4, 16, 400
+    g = torch.randn(H, 2 * c + 1, generator=gen)
+    lengths = [300, 7, 161, 1]  # more (sequence, head) tasks than threads, unequal costs
+    q = [torch.randn(H, n, dk, generator=gen) for n in lengths]
+    k = [torch.randn(H, n, dk, generator=gen) for n in lengths]
+    vt = [torch.randn(H, dk, n, generator=gen) for n in lengths]
+    offsets = [c - (n - 1) for n in lengths]
+    got = [torch.full((n, H * dk), float("nan")) for n in lengths]
+    op(q, k, vt, g, offsets, got)
+    for i, n in enumerate(lengths):
+        ref = torch.empty(n, H, dk)
+        _heads(q[i], k[i], vt[i], g, offsets[i], ref)
+        assert (got[i] - ref.view(n, H * dk)).abs().max().item() < 1e-5
+    with pytest.raises(RuntimeError, match="bias vector too short"):
+        op(q[:1], k[:1], vt[:1], g[:, :100].contiguous(), offsets[:1], got[:1])
+    with pytest.raises(RuntimeError, match="one entry per sequence"):
+        op(q, k, vt, g, offsets[:2], got)

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -122,8 +122,9 @@ class FastT5Encoder:
       zeros (the stock module returns values there that nothing uses);
     * on CPU long sequences run attention head by head (no ``[B, H, L, L]`` tensor exists),
       with keys in reverse order so that each head's bias is a sliding window over one short
-      vector rather than an ``[L, L]`` table (see :meth:`_head_tasks`); bias + softmax is one
-      compiled kernel (:mod:`mtdp.kernels`) where it could be built, torch ops otherwise;
+      vector rather than an ``[L, L]`` table (see :meth:`_qkv_reversed`); all heads of a layer
+      are one call to a compiled kernel (:mod:`mtdp.kernels`: one head per thread, bias +
+      softmax fused) where it could be built, torch ops head after head otherwise;
     * the output projection and feed-forward run in row chunks, updating the hidden state in
       place, so the ``d_ff``-wide intermediate stays in cache and no layer allocates
       batch-sized tensors;
@@ -143,7 +144,7 @@ class FastT5Encoder:
     ffn_chunk_tokens = 1024
     #: Longest position-bias table kept between calls (H × n² floats: 8 heads, 2,048 → 134 MB).
     max_cached_bias_len = 2048
-    #: Use the compiled bias + softmax kernel (:mod:`mtdp.kernels`) when it is available.
+    #: Use the compiled attention kernels (:mod:`mtdp.kernels`) when they are available.
     use_kernels = True
 
     def __init__(self, encoder: nn.Module) -> None:
@@ -324,14 +325,23 @@ class FastT5Encoder:
             s_bias = self._position_bias(Ls).unsqueeze(0).masked_fill(
                 ~s_valid[:, None, None, :], torch.finfo(x.dtype).min).contiguous()
         out = torch.empty(T, H * dk, dtype=x.dtype)  # attention output, reused by every layer
-        fused = kernels.biased_softmax() if self.use_kernels and long else None
+        compiled = kernels.attention_heads() if self.use_kernels and long else None
+        if long:
+            # Keys reversed: head h's bias at (i, j') is g[h, offset + i + j'] (_qkv_reversed).
+            g, centre = self._bias_vector(max(lengths[b] for b in long))
+            offsets = [centre - (lengths[b] - 1) for b in long]
         chunk = self.ffn_chunk_tokens or T
         for p in self._layers:
             pk = p["packed"]
-            for b in long:
-                n, o = lengths[b], starts[b]
-                _heads(self._head_tasks(F.rms_norm(x[o:o + n], (d,), None, self.eps),
-                                        p, out[o:o + n]), fused)
+            qkv = [self._qkv_reversed(F.rms_norm(x[starts[b]:starts[b] + lengths[b]], (d,), None,
+                                                 self.eps), p) for b in long]
+            outs = [out[starts[b]:starts[b] + lengths[b]] for b in long]
+            if compiled is not None:  # every head of every sequence in one call
+                compiled([t[0] for t in qkv], [t[1] for t in qkv], [t[2] for t in qkv], g,
+                         offsets, outs)
+            else:
+                for (q, k, vt), off, o in zip(qkv, offsets, outs):
+                    _heads(q, k, vt, g, off, o.view(o.shape[0], H, dk))
             if short:
                 qkv = _onednn_linear(F.rms_norm(x[s_rows], (d,), None, self.eps), pk["wqkv"])
                 ext = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[1])])
@@ -354,17 +364,15 @@ class FastT5Encoder:
         full[rows] = x
         return full.view(B, L, d)
 
-    def _head_tasks(self, h: torch.Tensor, p: dict, out: torch.Tensor) -> list[tuple]:
-        """One sequence's q, k and v from its normed hidden states ``h`` [n, d], as one task
-        per head for :func:`_heads`, each writing its slice of ``out`` [n, H*d_kv]. No
-        [H, n, n] tensor exists at once: heads run one after another.
+    def _qkv_reversed(self, h: torch.Tensor, p: dict) -> tuple[torch.Tensor, ...]:
+        """One sequence's q [H, n, dk], k [H, n, dk] and vᵀ [H, dk, n] from its normed hidden
+        states ``h`` [n, d], with keys and values in *reverse* order.
 
-        Keys and values are taken in *reverse* order. T5's bias depends only on j - i, so with
-        keys reversed (j = n-1-j') it depends on i + j': row i of the biased score matrix is a
-        sliding window over one short per-head vector (:meth:`_bias_vector`), an ``as_strided``
-        view with strides (1, 1). Adding it reads a few KB from L1 instead of streaming an
-        [H, n, n] table (32 MB at 1,000 aa) through memory; the softmax-times-v sum is the same
-        over reversed keys, so the output is unchanged.
+        T5's bias depends only on j - i, so with keys reversed (j = n-1-j') it depends on
+        i + j': row i of a head's biased score matrix is a sliding window over one short
+        vector (:meth:`_bias_vector`), not a row of an [n, n] table: adding it reads a few KB
+        from L1 instead of streaming [H, n, n] floats (32 MB at 1,000 aa) through memory. The
+        softmax-weighted sum over keys is the same in any order, so the output is unchanged.
         """
         H, dk = self.num_heads, self.d_kv
         n, hd = h.shape[0], H * dk
@@ -374,10 +382,7 @@ class FastT5Encoder:
         k = _onednn_linear(h_rev, pk["wk"]).view(n, H, dk).transpose(0, 1).contiguous()
         # vᵀ straight from Wv hᵀ, already the [H, dk, n] layout the second GEMM wants.
         vt = _onednn_linear(p["wqkv"][2 * hd:], h_rev).view(H, dk, n)
-        g, centre = self._bias_vector(n)  # bias(j - i) = g[h, centre - (j - i)]
-        first = centre - (n - 1)  # bias of (i, j') = g[h, first + i + j']
-        heads = out.view(n, H, dk)
-        return [(q[hh], k[hh], vt[hh], g[hh], first, heads[:, hh]) for hh in range(H)]
+        return q, k, vt
 
     def _bias_vector(self, length: int) -> tuple[torch.Tensor, int]:
         """``(g, c)`` with ``g`` [H, 2c+1] contiguous and ``g[h, c - r]`` the position bias of
@@ -423,25 +428,20 @@ def _onednn_linear(x: torch.Tensor, w: torch.Tensor, *, relu: bool = False,
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "relu" if relu else "none", [], "")
 
 
-def _heads(tasks: list[tuple], fused: Callable | None = None) -> None:
-    """softmax(q kᵀ + bias) v for each ``(q, k, vᵀ, g, offset, out)`` task, written into
-    ``out``; the bias of score (i, j) is ``g[offset + i + j]`` (see ``_head_tasks``).
-
-    ``fused``: :func:`mtdp.kernels.biased_softmax`, which adds the bias and exponentiates in
-    one kernel and leaves the 1/sum scale for the [n, d_kv] output; None: torch ops."""
-    for q, k, vt, g, offset, out in tasks:
-        scores = _onednn_linear(q, k)  # q kᵀ
-        if fused is not None:
-            inv_sum = scores.new_empty(scores.shape[0])
-            fused(scores, g, offset, inv_sum)
-            torch.mul(_onednn_linear(scores, vt), inv_sum[:, None], out=out)
-        else:
-            # + bias in place (oneDNN's fused "add" post-op with a full [n, n] operand
-            # doubles the score GEMM's time), then softmax in place.
-            n, m = scores.shape
-            scores.add_(g.as_strided((n, m), (1, 1), g.storage_offset() + offset))
-            torch.ops.aten._softmax.out(scores, -1, False, out=scores)
-            out.copy_(_onednn_linear(scores, vt))
+def _heads(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, g: torch.Tensor, offset: int,
+           out: torch.Tensor) -> None:
+    """One sequence's attention with torch ops, head after head (no [H, n, n] tensor):
+    ``out[:, h] = softmax(q[h] k[h]ᵀ + B) vt[h]ᵀ`` with ``B[i, j] = g[h, offset + i + j]``
+    (see ``FastT5Encoder._qkv_reversed``); ``out`` is [n, H, dk]. The compiled
+    ``mtdp.t5_attention_heads`` does the same for all heads and sequences in one call."""
+    n = q.shape[1]
+    for hh in range(q.shape[0]):
+        # q kᵀ, then + bias in place (oneDNN's fused "add" post-op with a full [n, n] operand
+        # doubles the score GEMM's time), then softmax in place.
+        scores = _onednn_linear(q[hh], k[hh])
+        scores.add_(g[hh].as_strided((n, n), (1, 1), g[hh].storage_offset() + offset))
+        torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+        out[:, hh] = _onednn_linear(scores, vt[hh])
 
 
 class StudentModel(nn.Module):
