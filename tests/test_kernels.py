@@ -113,6 +113,10 @@ def test_build_is_cached_and_reused(tmp_path: Path) -> None:
     again = _run("import logging; logging.basicConfig(level=logging.INFO)\n" + code,
                  MTDP_CACHE=str(tmp_path))
     assert again.stdout.strip() == "True" and "compiling" not in again.stderr
+    libs[0].write_bytes(b"not a shared library")  # e.g. a cache copied from another system
+    third = _run(code, MTDP_CACHE=str(tmp_path))
+    assert third.stdout.strip() == "True", third.stderr
+    assert "rebuilding" in third.stderr
 
 
 @needs_kernel

@@ -47,14 +47,19 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _cpu_model() -> str:
+def _cpu_id() -> str:
+    """The CPU's model name and feature flags: a library built with ``-march=native`` must
+    only be reused where the same instructions exist (a shared cache on mixed nodes, or VMs
+    of one CPU model with AVX-512 masked off)."""
+    found = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key = line.split(":", 1)[0].strip()
+            if key in ("model name", "flags") and key not in found:
+                found[key] = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return _platform.processor() or "unknown"
+    return " | ".join(found.values()) or _platform.processor() or "unknown"
 
 
 def _build_flags() -> list[str]:
@@ -73,7 +78,7 @@ def _build_flags() -> list[str]:
 
 def _library_path(compiler: str, flags: list[str]) -> Path:
     key = hashlib.sha256("\n".join(
-        [SOURCE.read_text(), torch.__version__, compiler, " ".join(flags), _cpu_model()]
+        [SOURCE.read_text(), torch.__version__, compiler, " ".join(flags), _cpu_id()]
     ).encode()).hexdigest()[:16]
     return cache_dir() / key / "mtdp_kernels.so"
 
@@ -115,7 +120,12 @@ def _load() -> None:
         if not target.is_file():
             log.info("mtdp: compiling CPU kernels into %s", target)
             _build(compiler, flags, target)
-        torch.ops.load_library(str(target))
+        try:
+            torch.ops.load_library(str(target))
+        except OSError as e:  # a cached build that no longer loads: rebuild it once
+            log.warning("mtdp: cached kernels %s do not load (%s); rebuilding", target, e)
+            _build(compiler, flags, target)
+            torch.ops.load_library(str(target))
 
 
 def _ensure() -> bool:
