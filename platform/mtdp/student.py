@@ -293,11 +293,12 @@ class FastT5Encoder:
 
         Tokens of all sequences are concatenated to ``[T, d]``, and the hidden state is updated
         in place layer after layer. Per layer: each long sequence gets its q, k, v from its own
-        rows and attends over exactly its ``l × l`` block, head by head; short ones are
-        gathered into one padded SDPA call (where the per-head loop's call overhead would
-        dominate); then the output projection and the feed-forward run in row chunks. Working
-        sets stay a sequence or a chunk in size, so they stay in cache, and the allocator hands
-        back the same blocks every time: one ``[T, 3d]`` qkv tensor per layer would be fresh
+        rows and attends over exactly its ``l × l`` block — all heads of all long sequences in
+        one call to the compiled kernel, or head by head with torch ops; short ones are
+        gathered into one padded SDPA call (where per-head calls would cost more than they
+        save); then the output projection and the feed-forward run in row chunks. Working sets
+        stay a sequence or a chunk in size, so they stay in cache, and the allocator hands back
+        the same blocks every time: one ``[T, 3d]`` qkv tensor per layer would be fresh
         (page-faulted) memory on every call. Padding positions come back as zeros.
         """
         stack = self.encoder.encoder
@@ -317,15 +318,16 @@ class FastT5Encoder:
             Ls = max(lengths[b] for b in short)
             s_rows = torch.cat([torch.arange(starts[b], starts[b] + lengths[b]) for b in short])
             pos = torch.arange(Ls)
-            offsets = torch.tensor([0] + [lengths[b] for b in short[:-1]]).cumsum(0)
+            s_start = torch.tensor([0] + [lengths[b] for b in short[:-1]]).cumsum(0)
             s_len = torch.tensor([lengths[b] for b in short])
-            sidx = torch.where(pos[None, :] < s_len[:, None], offsets[:, None] + pos[None, :],
+            sidx = torch.where(pos[None, :] < s_len[:, None], s_start[:, None] + pos[None, :],
                                len(s_rows))  # [Bs, Ls]
             s_valid = sidx < len(s_rows)
             s_bias = self._position_bias(Ls).unsqueeze(0).masked_fill(
                 ~s_valid[:, None, None, :], torch.finfo(x.dtype).min).contiguous()
         out = torch.empty(T, H * dk, dtype=x.dtype)  # attention output, reused by every layer
         compiled = kernels.attention_heads() if self.use_kernels and long else None
+        g, offsets = None, []
         if long:
             # Keys reversed: head h's bias at (i, j') is g[h, offset + i + j'] (_qkv_reversed).
             g, centre = self._bias_vector(max(lengths[b] for b in long))
@@ -343,8 +345,8 @@ class FastT5Encoder:
                 for (q, k, vt), off, o in zip(qkv, offsets, outs):
                     _heads(q, k, vt, g, off, o.view(o.shape[0], H, dk))
             if short:
-                qkv = _onednn_linear(F.rms_norm(x[s_rows], (d,), None, self.eps), pk["wqkv"])
-                ext = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[1])])
+                s_qkv = _onednn_linear(F.rms_norm(x[s_rows], (d,), None, self.eps), pk["wqkv"])
+                ext = torch.cat([s_qkv, s_qkv.new_zeros(1, s_qkv.shape[1])])
                 Bs, Ls = sidx.shape
                 so = self._attention(ext[sidx.reshape(-1)], s_bias, Bs, Ls, onednn=False)
                 out[s_rows] = so.view(Bs, Ls, H * dk)[s_valid]
