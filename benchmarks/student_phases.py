@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import time
 
 import torch
@@ -20,22 +19,15 @@ import torch
 from mtdp import kernels
 from mtdp import student as S
 from mtdp.tokenizer import ResidueTokenizer
+from throughput import gemm_rates  # benchmarks/throughput.py, beside this script
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def gemm_rate(n: int = 2048, repeats: int = 7) -> float:
-    """GFLOP/s of an n² fp32 GEMM through oneDNN with pre-packed weights (as the student)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    w = torch.ops.mkldnn._reorder_linear_weight(b)
-    f = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")  # noqa: E731
-    f()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+def gemm_rate() -> float:
+    """This machine's fp32 GEMM rate in GFLOP/s, as ``throughput.py`` measures it (2048²; the
+    fastest of torch's BLAS and oneDNN with plain or pre-packed weights)."""
+    return max(gemm_rates(torch.device("cpu")).values())
 
 
 def main() -> None:
@@ -89,10 +81,9 @@ def main() -> None:
              "output + feed-forward + norms": L * T * 2 * (hd * d + 2 * d * cfg.d_ff) / rate}
     per = {k: v / args.repeats for k, v in spent.items()}
     per["output + feed-forward + norms"] = total - sum(per.values())
+    compiled = "yes" if op is not None else f"no ({kernels.unavailable_reason()})"
     print(f"{args.proteins} x {args.length} aa, {torch.get_num_threads()} threads, compiled "
-          f"kernels: {'yes' if op is not None else 'no (' + str(kernels.unavailable_reason()) + ')'}"
-          f", GEMM rate {rate / 1e9:.0f} GFLOP/s (oneDNN, packed weights, 2048², best of start "
-          f"and end)")
+          f"kernel: {compiled}, GEMM rate {rate / 1e9:.0f} GFLOP/s (2048², fastest BLAS, best of start and end)")
     print(f"{'stage':<32} {'s/forward':>10} {'at GEMM rate':>13} {'efficiency':>11}")
     for k, v in per.items():
         print(f"{k:<32} {v:>10.3f} {ideal[k]:>13.3f} {100 * ideal[k] / v:>10.0f}%")

@@ -19,9 +19,9 @@ and real proteins with their real length distribution (random sample of DeepLoc 
 ``$MTDP_DATA_DIR``), truncated to 1,000 residues like every mtdp model sees them.
 
 It also measures the machine's fp32 GEMM rate (2048² matmul through torch's default BLAS, and
-through oneDNN with plain and with pre-packed weights; the fastest is the reference) and reports each model's achieved
-GFLOP/s (matmul FLOPs counted from the architecture, attention included, padding excluded)
-as a fraction of it. CPU: fp32. CUDA (when present): bf16 student, fp16 teachers (as the
+through oneDNN with plain and with pre-packed weights; the fastest is the reference) and
+reports each model's achieved GFLOP/s (matmul FLOPs counted from the architecture, attention
+included, padding excluded) as a fraction of it. CPU: fp32. CUDA (when present): bf16 student, fp16 teachers (as the
 teacher wrappers run them), SDPA.
 
     python benchmarks/throughput.py                       # default run, ~5 min on 2 cores
@@ -389,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
           "are honest without pretrained checkpoints.")
     print(f"student attention: MTDP_ATTENTION={os.environ.get('MTDP_ATTENTION', 'auto')}", end="")
     if device.type == "cpu":
-        fused = kernels.biased_softmax() is not None  # built here, outside the timed runs
-        print(", compiled bias+softmax kernel: " + (
+        fused = kernels.attention_heads() is not None  # built here, outside the timed runs
+        print(", compiled attention kernel: " + (
             "yes" if fused else f"no ({kernels.unavailable_reason()})"))
     else:
         print()

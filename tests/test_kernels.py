@@ -1,5 +1,5 @@
-"""mtdp.kernels: the compiled bias + softmax kernel equals torch's ops, refuses bad input with
-a clear error, and everything falls back to torch ops when it cannot be built."""
+"""mtdp.kernels: the compiled attention kernel equals torch's ops, refuses bad input with a
+clear error, and everything falls back to torch ops when it cannot be built."""
 from __future__ import annotations
 
 import os
@@ -15,46 +15,53 @@ from mtdp import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_CXX = shutil.which(os.environ.get("CXX") or "g++") is not None
-needs_kernel = pytest.mark.skipif(
-    not (HAVE_CXX and sys.platform == "linux"), reason="kernels are built on Linux with a C++ compiler")
+needs_kernel = pytest.mark.skipif(not (HAVE_CXX and sys.platform == "linux"),
+                                  reason="kernels are built on Linux with a C++ compiler")
 
 
-def _reference(scores: torch.Tensor, g: torch.Tensor, offset: int) -> torch.Tensor:
-    n, m = scores.shape
-    idx = offset + torch.arange(n)[:, None] + torch.arange(m)[None, :]
-    return torch.softmax(scores + g[idx], dim=-1)
+def _reference(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, g: torch.Tensor,
+               offset: int) -> torch.Tensor:
+    """Plain torch: softmax(q kᵀ + B) v per head, B[i, j] = g[h, offset + i + j]; [n, H*dk]."""
+    H, n, dk = q.shape
+    idx = offset + torch.arange(n)[:, None] + torch.arange(n)[None, :]
+    att = torch.softmax(q @ k.transpose(1, 2) + g[:, idx], dim=-1)  # [H, n, n]
+    return (att @ vt.transpose(1, 2)).transpose(0, 1).reshape(n, H * dk)
 
 
 @needs_kernel
-@pytest.mark.parametrize("n,m,scale", [(1001, 1001, 8.0), (37, 37, 1.0), (1, 1, 1.0),
-                                       (5, 300, 1.0), (200, 17, 1e3)])
-def test_kernel_equals_torch_softmax(n: int, m: int, scale: float) -> None:
-    op = kernels.biased_softmax()
+@pytest.mark.parametrize("n,scale", [(1001, 8.0), (37, 1.0), (1, 1.0), (200, 1e3)])
+def test_kernel_equals_torch_softmax(n: int, scale: float) -> None:
+    op = kernels.attention_heads()
     assert op is not None, kernels.unavailable_reason()
-    gen = torch.Generator().manual_seed(n + m)
-    g = torch.randn(n + m + 10, generator=gen) * 3
-    scores = torch.randn(n, m, generator=gen) * scale  # 1e3: exp overflows without the max
-    ref = _reference(scores, g, 4)
-    inv = torch.empty(n)
-    out = scores.clone()
-    op(out, g, 4, inv)
-    got = out * inv[:, None]
+    gen = torch.Generator().manual_seed(n)
+    H, dk = 2, 16
+    g = torch.randn(H, 2 * n + 10, generator=gen) * 3
+    q = torch.randn(H, n, dk, generator=gen) * scale  # 1e3: exp overflows without the max
+    k = torch.randn(H, n, dk, generator=gen)
+    vt = torch.randn(H, dk, n, generator=gen)
+    got = torch.empty(n, H * dk)
+    op([q], [k], [vt], g, [4], [got])
     assert torch.isfinite(got).all()
-    assert (got - ref).abs().max().item() < 1e-6
-    assert torch.allclose(got.sum(-1), torch.ones(n), atol=1e-5)
+    assert (got - _reference(q, k, vt, g, 4)).abs().max().item() < 1e-5
+    # Each row's weights sum to one: attending over all-ones values gives ones.
+    ones = torch.empty(n, H * dk)
+    op([q], [k], [torch.ones(H, dk, n)], g, [4], [ones])
+    assert torch.allclose(ones, torch.ones(n, H * dk), atol=1e-5)
 
 
 @needs_kernel
 def test_kernel_refuses_bad_input() -> None:
-    op = kernels.biased_softmax()
+    op = kernels.attention_heads()
     assert op is not None, kernels.unavailable_reason()
-    g = torch.randn(20)
+    H, n, dk = 2, 8, 4
+    q, k, vt = torch.zeros(H, n, dk), torch.zeros(H, n, dk), torch.zeros(H, dk, n)
+    g = torch.randn(H, 20)
     with pytest.raises(RuntimeError, match="bias vector too short"):
-        op(torch.zeros(8, 8), g, 6, torch.empty(8))
-    with pytest.raises(RuntimeError, match="contiguous 2-D float32"):
-        op(torch.zeros(8, 16)[:, ::2], g, 0, torch.empty(8))
-    with pytest.raises(RuntimeError, match="one value per row"):
-        op(torch.zeros(4, 4), g, 0, torch.empty(3))
+        op([q], [k], [vt], g, [6], [torch.empty(n, H * dk)])
+    with pytest.raises(RuntimeError, match="q, k and vt must be contiguous"):
+        op([torch.zeros(H, n, 2 * dk)[:, :, ::2]], [k], [vt], g, [0], [torch.empty(n, H * dk)])
+    with pytest.raises(RuntimeError, match="out must be a float32"):
+        op([q], [k], [vt], g, [0], [torch.empty(n, H * dk - 1)])
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -75,7 +82,7 @@ with torch.inference_mode():
     fast = m.encode(ids, mask)
     m.fast_inference = False
     ref = m.encode(ids, mask)
-print("op", kernels.biased_softmax())
+print("op", kernels.attention_heads())
 print("why", kernels.unavailable_reason())
 print("diff", (fast - ref)[mask.bool()].abs().max().item())
 """
@@ -103,7 +110,7 @@ def test_failed_build_falls_back_and_disable_switch(tmp_path: Path) -> None:
 
 @needs_kernel
 def test_build_is_cached_and_reused(tmp_path: Path) -> None:
-    code = "from mtdp import kernels; print(kernels.biased_softmax() is not None)"
+    code = "from mtdp import kernels; print(kernels.attention_heads() is not None)"
     first = _run("import logging; logging.basicConfig(level=logging.INFO)\n" + code,
                  MTDP_CACHE=str(tmp_path))
     assert first.stdout.strip() == "True", first.stderr

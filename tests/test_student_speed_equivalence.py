@@ -59,7 +59,7 @@ def test_fast_equals_stock_with_padding(attention: str, onednn: bool, kernel: bo
     fast.use_onednn = onednn and fast.use_onednn
     fast.use_kernels = kernel  # the compiled bias + softmax kernel, or torch's ops
     if kernel and shutil.which(os.environ.get("CXX") or "g++"):
-        assert kernels.biased_softmax() is not None, kernels.unavailable_reason()
+        assert kernels.attention_heads() is not None, kernels.unavailable_reason()
     # mixed: 131 and 7 take the batched SDPA kernel, 260 and 200 the per-head loop.
     fast.loop_attention_min_len = {"loop": 0, "sdpa": 1 << 62, "mixed": 150}[attention]
     with torch.inference_mode():

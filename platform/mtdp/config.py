@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,12 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+def cache_root() -> Path:
+    """mtdp's cache folder (UniRep weights, built kernels): ``$MTDP_CACHE`` or
+    ``~/.cache/mtdp``."""
+    return Path(os.environ.get("MTDP_CACHE") or Path.home() / ".cache" / "mtdp")
 
 
 def _flag(name: str) -> str:

@@ -1,22 +1,18 @@
-"""Optional compiled CPU kernels for the student's fused inference path.
+"""Optional compiled CPU kernel for the student's fused inference path.
 
-``csrc/attention.cpp`` holds two ops:
-
-* ``torch.ops.mtdp.biased_softmax_unnormalised``: adds T5's position bias to one head's
-  attention scores and exponentiates them in two passes over the score matrix, where torch
-  needs three plus a separate add (-45 % time for that step);
-* ``torch.ops.mtdp.t5_attention_heads``: all heads of all sequences of one layer, one head
-  per thread of torch's pool (single-threaded oneDNN GEMMs, the fused bias + softmax), in one
-  call from Python instead of ~30 (-15 % attention time on 8 × 1,000 aa).
+``csrc/attention.cpp`` holds ``torch.ops.mtdp.t5_attention_heads``: all heads of all sequences
+of one layer, one head per thread of torch's pool (single-threaded oneDNN GEMMs), with T5's
+position bias and the softmax fused into two passes over each head's scores where torch needs
+three plus a separate add; one call from Python instead of ~30 per sequence (-15 % attention
+time on 8 × 1,000 aa, -45 % for the bias + softmax step).
 
 It is compiled on first use with the system C++ compiler (``$CXX``, else ``g++``) against the
 installed torch's headers — a few seconds, once — and cached under
 ``$MTDP_CACHE/kernels`` (default ``~/.cache/mtdp/kernels``), keyed by the source, the torch
 version and the CPU, so every process on a node (Ray workers included) reuses one build.
 Everything works without it: with no compiler, another platform, a failed build, or
-``MTDP_KERNELS=0``, :func:`attention_heads` and :func:`biased_softmax` return None (the
-reason is logged once) and the caller uses plain torch ops, with the same results to float32
-rounding.
+``MTDP_KERNELS=0``, :func:`attention_heads` returns None (the reason is logged once) and
+the caller uses plain torch ops, with the same results to float32 rounding.
 """
 from __future__ import annotations
 
@@ -34,6 +30,8 @@ from typing import Callable
 
 import torch
 
+from .config import cache_root
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "attention.cpp"
@@ -43,8 +41,7 @@ _STATE: dict[str, object] = {"done": False, "ok": False, "why": None}
 
 def cache_dir() -> Path:
     """Where built kernels live: ``$MTDP_CACHE/kernels`` or ``~/.cache/mtdp/kernels``."""
-    root = os.environ.get("MTDP_CACHE") or os.path.join(Path.home(), ".cache", "mtdp")
-    return Path(root) / "kernels"
+    return cache_root() / "kernels"
 
 
 def _cpu_id() -> str:
@@ -129,7 +126,7 @@ def _load() -> None:
 
 
 def _ensure() -> bool:
-    """Build (once per node) and load (once per process) the kernels; False if unavailable."""
+    """Build (once per node) and load (once per process) the kernel; False if unavailable."""
     if not _STATE["done"]:
         with _LOCK:
             if not _STATE["done"]:
@@ -146,26 +143,15 @@ def _ensure() -> bool:
     return bool(_STATE["ok"])
 
 
-def biased_softmax() -> Callable | None:
-    """``torch.ops.mtdp.biased_softmax_unnormalised(scores, bias, offset, inv_sum)``, or None
-    when the kernels are unavailable (why: :func:`unavailable_reason`).
-
-    In place on contiguous float32 ``scores`` [n, m]: ``t = scores[i, j] + bias[offset + i +
-    j]``, then ``scores[i, j] = exp(t - max_j t)`` and ``inv_sum[i] = 1 / sum_j scores[i, j]``
-    (so ``scores * inv_sum[:, None]`` is ``softmax(t)``).
-    """
-    return torch.ops.mtdp.biased_softmax_unnormalised if _ensure() else None
-
-
 def attention_heads() -> Callable | None:
     """``torch.ops.mtdp.t5_attention_heads(q, k, vt, bias, offset, out)``, or None when the
-    kernels are unavailable.
+    kernels are unavailable (why: :func:`unavailable_reason`).
 
     For each sequence ``s`` and head ``h``: ``out[s][:, h*dk:(h+1)*dk] = softmax(q[s][h]
     k[s][h]ᵀ + B) vt[s][h]ᵀ`` with ``B[i, j] = bias[h, offset[s] + i + j]`` (``q``, ``k``
     [H, n, dk], ``vt`` [H, dk, n], float32, contiguous; ``out[s]`` [n, H*dk]). Heads run one
-    per thread of torch's pool, each with single-threaded oneDNN GEMMs and the fused bias +
-    softmax of :func:`biased_softmax`.
+    per thread of torch's pool, each with single-threaded oneDNN GEMMs and the bias + softmax
+    fused into two passes.
     """
     return torch.ops.mtdp.t5_attention_heads if _ensure() else None
 

