@@ -34,7 +34,7 @@ def write_fasta(path: str, n: int, lo: int, hi: int, seed: int = 0) -> None:
 
 def child(fasta: str, out: str, model: str) -> None:
     from mtdp.embed import embed_file
-    from mtdp.embedder import load_embedder
+    from mtdp.models.registry import load_embedder
 
     s = embed_file(load_embedder(model, device="cpu"), fasta, out, progress=False)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

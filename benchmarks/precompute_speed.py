@@ -23,8 +23,30 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from mtdp.io import data_dir
+from mtdp.precompute import PrecomputeConfig, run_precompute
+from mtdp.runtime import init_ray
+from mtdp.sequences import read_fasta, write_fasta
+
+def one_run(fasta: Path, out: Path, actors: int, args) -> dict:
+    """One precompute with ``actors`` actors per teacher; its throughput figures."""
+    cfg = PrecomputeConfig(inputs=[str(fasta)], teachers=args.teachers.split(","),
+                           output=str(out), max_len=args.max_len, num_shards=args.shards,
+                           batch_tokens=args.batch_tokens, actors_per_teacher=actors,
+                           progress=False, track=False)
+    t0 = time.perf_counter()
+    manifest = run_precompute(cfg)
+    wall = time.perf_counter() - t0
+    this = manifest.extra["this_run"]
+    return {"actors_per_teacher": actors, "teachers": cfg.teachers,
+            "proteins": manifest.rows, "residues": manifest.extra["residues"],
+            "embed_seconds": round(this["seconds"], 2),
+            "proteins_per_s": round(this["proteins_per_s"], 1),
+            "residues_per_s": round(this["tokens_per_s"], 0),
+            "steady_proteins_per_s": round(this.get("steady_proteins_per_s", 0.0), 1),
+            # Summed over actors: above the embed phase's wall time = actors overlapped.
+            "teacher_busy_seconds": manifest.extra["teacher_seconds"],
+            "run_wall_seconds": round(wall, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,43 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2,
                    help="CPUs of the local Ray (default: all)")
     args = p.parse_args(argv)
-
-    import ray
-
-    from mtdp.precompute import PrecomputeConfig, run_precompute
-    from mtdp.sequences import read_fasta, write_fasta
-
-    data = Path(os.environ.get("MTDP_DATA_DIR", Path(__file__).resolve().parents[2] / "shared"
-                               / "data"))
-    records = read_fasta(data / "deeploc1" / "deeploc_test_set.fasta")[:args.n]
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             log_to_driver=False, object_store_memory=512 << 20)
+    records = read_fasta(data_dir() / "deeploc1" / "deeploc_test_set.fasta")[:args.n]
+    init_ray(num_cpus=args.num_cpus, log_to_driver=False, object_store_memory=512 << 20)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "input.fasta"
         write_fasta(records, fasta)
         for actors in [int(a) for a in args.actors.split(",")]:
-            cfg = PrecomputeConfig(inputs=[str(fasta)], teachers=args.teachers.split(","),
-                                   output=str(Path(tmp) / f"run-{actors}"),
-                                   max_len=args.max_len, num_shards=args.shards,
-                                   batch_tokens=args.batch_tokens, actors_per_teacher=actors,
-                                   progress=False, track=False)
-            t0 = time.perf_counter()
-            manifest = run_precompute(cfg)
-            wall = time.perf_counter() - t0
-            this = manifest.extra["this_run"]
-            row = {"actors_per_teacher": actors, "teachers": cfg.teachers,
-                   "proteins": manifest.rows, "residues": manifest.extra["residues"],
-                   "embed_seconds": round(this["seconds"], 2),
-                   "proteins_per_s": round(this["proteins_per_s"], 1),
-                   "residues_per_s": round(this["tokens_per_s"], 0),
-                   "steady_proteins_per_s": round(this.get("steady_proteins_per_s", 0.0), 1),
-                   # Summed over actors: above the embed phase's wall time = actors overlapped.
-                   "teacher_busy_seconds": manifest.extra["teacher_seconds"],
-                   "run_wall_seconds": round(wall, 2)}
-            results.append(row)
-            print(json.dumps(row), flush=True)
-    ray.shutdown()
+            results.append(one_run(fasta, Path(tmp) / f"run-{actors}", actors, args))
+            print(json.dumps(results[-1]), flush=True)
     print(f"\nprecompute throughput, {args.n} proteins cut to {args.max_len}, teachers "
           f"{args.teachers}, {args.num_cpus} CPU(s) on {socket.gethostname()} (load average "
           f"{os.getloadavg()[0]:.1f} at the end; a shared machine varies):")

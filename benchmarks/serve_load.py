@@ -15,17 +15,9 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def default_fasta() -> Path:
-    """The DeepLoc 1.0 test FASTA under ``$MTDP_DATA_DIR`` (default ../shared/data)."""
-    root = Path(os.environ.get("MTDP_DATA_DIR",
-                               Path(__file__).resolve().parents[2] / "shared" / "data"))
-    return root / "deeploc1" / "deeploc_test_set.fasta"
 
 
 def load_sequences(path: str | os.PathLike, limit: int = 2000,
@@ -46,11 +38,9 @@ def load_sequences(path: str | os.PathLike, limit: int = 2000,
 async def run_load(url: str, pairs: list[tuple[str, str]], *, requests: int = 200,
                    concurrency: int = 200, per_request: int = 4,
                    timeout_s: float = 120.0) -> dict[str, Any]:
-    """Send ``requests`` POST /embed calls, ``concurrency`` in flight, and measure them.
-
-    Returns requests, proteins, errors (count), error_samples, seconds, requests_per_s,
-    proteins_per_s, p50_ms, p99_ms, max_ms.
-    """
+    """Send ``requests`` POST /embed calls, ``concurrency`` in flight, and measure them:
+    requests, errors (count), error_samples, seconds, requests_per_s, proteins_per_s, latency
+    p50_ms, p99_ms, max_ms."""
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
@@ -107,18 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=200, help="requests in flight at once")
     p.add_argument("--per-request", type=int, default=4, help="sequences per request")
     p.add_argument("--fasta", default=None, help="sequences to send (default: DeepLoc 1.0 test)")
-    p.add_argument("--max-len", type=int, default=None,
-                   help="cut sequences client-side (default: send whole, server truncates)")
+    p.add_argument("--max-len", type=int, default=None, help="cut sequences client-side")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout (s)")
     a = p.parse_args(argv)
-    pairs = load_sequences(a.fasta or default_fasta(), max_len=a.max_len)
+    from mtdp.io import data_dir
+
+    fasta = a.fasta or data_dir() / "deeploc1" / "deeploc_test_set.fasta"
+    pairs = load_sequences(fasta, max_len=a.max_len)
     res = asyncio.run(run_load(a.url, pairs, requests=a.requests, concurrency=a.concurrency,
                                per_request=a.per_request, timeout_s=a.timeout))
     print(json.dumps(res))
-    print(f"{res['ok']}/{res['requests']} ok, {res['errors']} errors in {res['seconds']} s: "
-          f"{res['requests_per_s']} req/s, {res['proteins_per_s']} proteins/s, "
-          f"latency p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms (concurrency "
-          f"{res['concurrency']}, {res['per_request']} sequences/request)")
+    print("{ok}/{requests} ok, {errors} errors in {seconds} s: {requests_per_s} req/s, "
+          "{proteins_per_s} proteins/s, latency p50 {p50_ms} ms, p99 {p99_ms} ms (concurrency "
+          "{concurrency}, {per_request} sequences/request)".format(**res))
     for err in res["error_samples"]:
         print("  " + err, file=sys.stderr)
     return 1 if res["errors"] else 0

@@ -2,7 +2,7 @@
 projection + feed-forward, each against the time it would take at this machine's GEMM rate.
 
 Wraps the fused path's two per-layer stages (``FastT5Encoder._qkv_reversed`` and the compiled
-``mtdp.t5_attention_heads`` call, or the torch-op fallback ``mtdp.student._heads``) with
+``mtdp.t5_attention_heads`` call, or the torch-op fallback ``mtdp.models.fast_t5._heads``) with
 timers; the rest of each forward is the output projection, the feed-forward and the norms.
 
     python benchmarks/student_phases.py                   # 8 x 1,000 aa, fp32, all cores
@@ -16,10 +16,11 @@ import time
 
 import torch
 
-from mtdp import kernels
-from mtdp import student as S
+from mtdp.benchmarks.perf import gemm_rates
+from mtdp.models import fast_t5 as S
+from mtdp.models import kernels
+from mtdp.models.student import StudentConfig, StudentModel
 from mtdp.tokenizer import ResidueTokenizer
-from throughput import gemm_rates  # benchmarks/throughput.py, beside this script
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -40,7 +41,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = S.StudentModel(S.StudentConfig.preset("paper")).eval()
+    model = StudentModel(StudentConfig.preset("paper")).eval()
     cfg = model.config
     seqs = ["".join(random.Random(i).choices(AA, k=args.length)) for i in range(args.proteins)]
     ids, mask = ResidueTokenizer().batch_encode(seqs)

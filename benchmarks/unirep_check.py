@@ -18,32 +18,17 @@ from __future__ import annotations
 import argparse
 import collections
 import math
-import os
 import time
-from pathlib import Path
 
-import pandas as pd
-
+from mtdp.benchmarks import pools
 from mtdp.embed import token_budget_batches
+from mtdp.models.unirep import UNIREP_SIZES, load_unirep
 from mtdp.sequences import prepare
-from mtdp.unirep import UNIREP_SIZES, load_unirep
-
-DEEPLOC2 = Path("deeploc2") / "swissprot_train_val_5partitions.csv"
 
 
-def data_dir() -> Path:
-    """``$MTDP_DATA_DIR`` or ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("MTDP_DATA_DIR",
-                               Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def sample_proteins(n: int, max_len: int, seed: int = 0, partition: int = 4) -> list[str]:
-    """``n`` DeepLoc 2.0 proteins of one homology partition, prepared (cleaned, truncated)."""
-    df = pd.read_csv(data_dir() / DEEPLOC2, usecols=["sequence", "partition"])
-    df = df[df.partition == partition]
-    if len(df) < n:
-        raise ValueError(f"partition {partition} has only {len(df)} proteins, asked for {n}")
-    return [prepare(s, max_len=max_len) for s in df.sequence.sample(n, random_state=seed)]
+def sample_proteins(n: int, max_len: int, seed: int = 0) -> list[str]:
+    """``n`` held-out DeepLoc 2.0 proteins (partition 4), prepared (cleaned, truncated)."""
+    return [prepare(s, max_len=max_len) for s in pools.sample_proteins(n, seed).sequence]
 
 
 def majority_baseline(seqs: list[str]) -> tuple[str, float, float]:

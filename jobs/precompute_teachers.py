@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Precompute teacher embeddings for distillation: FASTA/Parquet → Parquet dataset + manifest.
 
 Local (a private Ray is started)::
@@ -21,8 +22,8 @@ import sys
 
 from mtdp.config import add_dataclass_arguments, load_config
 from mtdp.precompute import PrecomputeConfig, run_precompute
+from mtdp.runtime import apply_env_defaults
 from mtdp.sequences import SequenceError
-from mtdp.teacher_data import ManifestMismatch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,15 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run (or resume) the precompute, print the manifest summary as JSON."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    apply_env_defaults()
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_config(PrecomputeConfig, args.config, args)
-    except TypeError as exc:  # a required field (inputs/teachers/output) was not given
-        parser.error(f"{exc}; give --inputs, --teachers and --output (or a --config YAML)")
-    try:
         manifest = run_precompute(cfg)
-    except (SequenceError, ManifestMismatch, ValueError, FileNotFoundError) as exc:
+    except (SequenceError, ValueError, FileNotFoundError) as exc:
         print(f"precompute_teachers: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"output": cfg.output, "rows": manifest.rows,

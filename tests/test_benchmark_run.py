@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtdp.benchmarks.runner import BenchmarkConfig, run_benchmark
+from mtdp.benchmarks.config import BenchmarkConfig
+from mtdp.benchmarks.runner import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 
 from mtdp.benchmarks import TaskUnavailable, available_tasks, load_task
-from mtdp.benchmarks.baselines import KmerEmbedder, load_baseline
+from mtdp.models.baselines import KmerEmbedder, load_baseline
 from mtdp.benchmarks.probes import ProbeConfig, fold_hash, make_folds, train_probe
-from mtdp.benchmarks.runner import cached_embeddings, model_identity, model_key
-from mtdp.benchmarks.tasks import read_deepfri_annot, resolve_task_names
-from mtdp.embedder import load_embedder
+from mtdp.benchmarks.cache import cached_embeddings
+from mtdp.models.registry import fingerprint as model_identity
+from mtdp.models.registry import fingerprint_key as model_key
+from mtdp.benchmarks.sources import read_deepfri_annot
+from mtdp.benchmarks.tasks import resolve_task_names
+from mtdp.models.registry import load_embedder
 
 
 def test_shared_data_tasks_load_prepared_and_deduplicated(data_dir: Path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mtdp.cli import main as cli_main
-from mtdp.data import DownloadError, download, fetch_swissprot, parse_metalink
+from mtdp.download import DownloadError, download, fetch_swissprot, parse_metalink
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -65,7 +65,7 @@ def test_distillation_lowers_held_out_losses_and_registers(killed_run):
     for key in ("eval/total", "eval/mlm", "eval/kd_teacher_a", "eval/kd_teacher_b"):
         assert last[key] < first[key], key
     # The saved student loads and embeds; the registry URI resolves to the same weights.
-    from mtdp.embedder import load_embedder
+    from mtdp.models.registry import load_embedder
 
     seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MSTNPKPQRKTKRNTNRRPQDVKFPGG"]
     local = load_embedder(res.student_dir, device="cpu").embed(seqs)

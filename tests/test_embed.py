@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from mtdp.cli import main
-from mtdp.embed import embed_file, read_embeddings, token_budget_batches
-from mtdp.embedder import StudentEmbedder, load_embedder
+from mtdp.embed import embed_file, token_budget_batches
+from mtdp.outputs import read_embeddings
+from mtdp.models.registry import load_embedder
+from mtdp.models.student import StudentEmbedder
 from mtdp.sequences import iter_fasta, prepare_records, write_fasta
-from mtdp.student import StudentConfig, StudentModel, load_student
+from mtdp.models.student import StudentConfig, StudentModel, load_student
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtdp import kernels
+from mtdp.models import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_CXX = shutil.which(os.environ.get("CXX") or "g++") is not None
@@ -72,8 +72,8 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 
 FALLBACK = """
 import torch
-from mtdp import kernels
-from mtdp.student import StudentConfig, StudentModel
+from mtdp.models import kernels
+from mtdp.models.student import StudentConfig, StudentModel
 from mtdp.tokenizer import ResidueTokenizer
 torch.manual_seed(0)
 m = StudentModel(StudentConfig.preset("paper", num_layers=1)).eval()
@@ -110,7 +110,7 @@ def test_failed_build_falls_back_and_disable_switch(tmp_path: Path) -> None:
 
 @needs_kernel
 def test_build_is_cached_and_reused(tmp_path: Path) -> None:
-    code = "from mtdp import kernels; print(kernels.attention_heads() is not None)"
+    code = "from mtdp.models import kernels; print(kernels.attention_heads() is not None)"
     first = _run("import logging; logging.basicConfig(level=logging.INFO)\n" + code,
                  MTDP_CACHE=str(tmp_path))
     assert first.stdout.strip() == "True", first.stderr
@@ -128,7 +128,7 @@ def test_build_is_cached_and_reused(tmp_path: Path) -> None:
 
 @needs_kernel
 def test_attention_heads_equal_torch_ops_on_unequal_lengths() -> None:
-    from mtdp.student import _heads
+    from mtdp.models.fast_t5 import _heads
 
     op = kernels.attention_heads()
     assert op is not None, kernels.unavailable_reason()

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mtdp.precompute import (FAULTS_ENV, PrecomputeConfig, load_teacher_dataset,
-                             read_teacher_table, run_precompute, teacher_matrix)
+from mtdp.precompute import FAULTS_ENV, PrecomputeConfig, run_precompute
+from mtdp.teacher_data import load_teacher_dataset, read_teacher_table, teacher_matrix
 from mtdp.sequences import SequenceError, prepare, read_fasta, write_fasta
 from mtdp.teacher_data import Manifest, ManifestMismatch, data_files, split_of, teacher_column
 
@@ -52,7 +52,7 @@ def reference(ray_session, real_gz, tmp_path_factory):
 
 
 def test_one_row_per_id_and_embeddings_match_the_teachers(reference, real_gz):
-    from mtdp.teachers import load_teacher
+    from mtdp.models.teachers import load_teacher
 
     cfg, manifest = reference
     records = read_fasta(real_gz)
@@ -172,8 +172,8 @@ def test_malformed_input_errors_then_rejects(ray_session, tmp_path, monkeypatch)
     extra = tmp_path / "extra.parquet"
     pq.write_table(pa.table({"id": ["pq1", "pq2"], "sequence": ["MKV", "GGBZ"]}), extra)
     out = tmp_path / "run"
-    from mtdp.embedder import sha256_file
-    from mtdp.teachers import save_esm2_checkpoint, tiny_random_esm2
+    from mtdp.io import sha256_file
+    from mtdp.models.teachers import save_esm2_checkpoint, tiny_random_esm2
 
     # Input handling is teacher-independent: one teacher keeps it quick; a checkpoint path
     # (written here) also shows file teachers and their sha256 in the manifest.
@@ -247,7 +247,7 @@ def test_job_help_documents_every_flag():
 
 def test_fasta_ranges_cover_every_record(real_fasta):
     """Byte ranges are cut at record starts and together hold every record exactly once."""
-    from mtdp.data import InputFile, count_records, plan_inputs, read_range
+    from mtdp.inputs import InputFile, count_records, plan_inputs, read_range
 
     files = [InputFile(str(real_fasta), str(real_fasta), "fasta", 0)]
     ranges = plan_inputs(files, range_bytes=50_000)
@@ -266,7 +266,8 @@ def test_fasta_ranges_cover_every_record(real_fasta):
 def test_a_shard_split_across_batches_is_merged_once_complete(tmp_path):
     """Ray Data normally hands the writer whole shards; if it ever splits one, the pieces wait
     as part files until every row is there, then one shard file is written."""
-    from mtdp.precompute import RunDir, _write_shards
+    from mtdp.precompute.rundir import RunDir
+    from mtdp.precompute.shards import write_shards as _write_shards
 
     n, dim, col = 6, 4, teacher_column("t")
     emb = np.arange(n * dim, dtype=np.float16).reshape(n, dim)
@@ -296,7 +297,7 @@ def test_a_shard_split_across_batches_is_merged_once_complete(tmp_path):
 def test_teacher_actor_rejects_a_bad_protein_but_stops_on_a_broken_teacher():
     import torch
 
-    from mtdp.precompute import TeacherActor
+    from mtdp.precompute.actor import TeacherActor
 
     threads = torch.get_num_threads()
     ids = [f"p{i}" for i in range(10)]

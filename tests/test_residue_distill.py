@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtdp.distill import (DistillConfig, Distiller, TeacherStats, build_selector,
-                          build_student, make_batch, run_distill)
+from mtdp.distill import DistillConfig, run_distill
+from mtdp.distill.batches import TeacherStats, make_batch
+from mtdp.distill.core import new_distiller
 from mtdp.precompute import PrecomputeConfig, run_precompute
 from mtdp.sequences import read_fasta, write_fasta
 from mtdp.teacher_data import Manifest, data_files, residue_column, teacher_column
@@ -79,10 +80,9 @@ def test_residue_loss_is_part_of_the_teachers_loss_and_is_learned(dataset: Path)
     torch.manual_seed(0)
     cfg = DistillConfig(data="-", selector="uniform", kd_loss="cosine", lr=3e-3, dropout=0.0,
                         residue_teachers=["all"], mlflow=False)
-    student = build_student(cfg, stats, 64)
+    d = new_distiller(cfg, stats, 64, total_steps=60)
+    student = d.student
     assert list(student.residue_heads) == [RES] and student.config.residue_teachers == {RES: 32}
-    d = Distiller(student, build_selector(cfg, stats, student.config.d_model), cfg,
-                  total_steps=60)
     val = [make_batch(take(np.arange(250, 300)), stats, mlm_prob=0.15, seed=1)]
     assert val[0]["residue_targets"][RES].shape == (50, val[0]["input_ids"].shape[1], 32)
 
@@ -109,7 +109,7 @@ def test_ray_distill_with_residue_teachers(dataset: Path, tmp_path: Path):
                         checkpoint_every=4, log_every=4, shuffle_buffer=0, max_steps=8,
                         register_as="", mlflow=False)
     res = run_distill(cfg)
-    from mtdp.student import load_student
+    from mtdp.models.student import load_student
 
     student = load_student(res.student_dir)
     assert list(student.residue_heads) == [RES]

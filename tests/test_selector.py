@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtdp.distill import (DistillConfig, Distiller, TeacherStats, build_selector, build_student,
-                          make_batch, split_batch)
+from mtdp.benchmarks.pools import first_proteins
+from mtdp.distill import DistillConfig
+from mtdp.distill.batches import TeacherStats, make_batch, split_batch
+from mtdp.distill.core import new_distiller
 from mtdp.losses import IGNORE, kd_loss, mask_tokens, mlm_loss
 from mtdp.selector import TeacherSelector, combine, parse_mode
-from mtdp.sequences import prepare
 from mtdp.teacher_data import Manifest, TeacherEntry, split_of, teacher_column
 from mtdp.tokenizer import MASK_ID, ResidueTokenizer
 
@@ -24,17 +25,7 @@ AA = "ACDEFGHIKLMNPQRSTVWY"
 
 def deeploc_sample(data_dir: Path, n: int, max_len: int) -> tuple[list[str], list[str]]:
     """The first ``n`` DeepLoc 2.0 partition 0–3 proteins (ids, prepared sequences)."""
-    import csv
-
-    ids, seqs = [], []
-    with open(data_dir / "deeploc2" / "swissprot_train_val_5partitions.csv") as fh:
-        for row in csv.DictReader(fh):
-            if int(row["partition"]) < 4:
-                ids.append(row["accession"])
-                seqs.append(prepare(row["sequence"], max_len=max_len))
-                if len(ids) == n:
-                    break
-    return ids, seqs
+    return first_proteins(n, max_len, data_dir=data_dir)
 
 
 def informative_and_noise(seqs: list[str], dim: int = 32, seed: int = 0
@@ -175,9 +166,7 @@ def _train_steps(mode: str, data_dir: Path, steps: int
     stats = TeacherStats.from_manifest(man)
     cfg = DistillConfig(data="-", selector=mode, batch_size=32, lr=1e-3, warmup_ratio=0.05,
                         selector_lr=3e-3, selector_warmup_steps=10, dropout=0.0)
-    student = build_student(cfg, stats, 64)
-    distiller = Distiller(student, build_selector(cfg, stats, student.config.d_model), cfg,
-                          total_steps=steps)
+    distiller = new_distiller(cfg, stats, 64, total_steps=steps)
     rows = {"id": np.array(ids), "sequence": np.array(seqs),
             **{teacher_column(n): x for n, x in feats.items()}}
     take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731

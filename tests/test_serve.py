@@ -36,7 +36,7 @@ def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random student (real class, saved the real way)."""
     import torch
 
-    from mtdp.student import StudentConfig, StudentModel
+    from mtdp.models.student import StudentConfig, StudentModel
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("serve") / "tiny-student"
@@ -76,7 +76,7 @@ def service(ray_session, student_dir: Path):
 
 @pytest.fixture(scope="module")
 def embedder(student_dir: Path):
-    from mtdp.embedder import load_embedder
+    from mtdp.models.registry import load_embedder
 
     return load_embedder(str(student_dir), device="cpu")
 
@@ -132,7 +132,7 @@ def test_embed_json_equals_embedder(service, embedder, real_pairs) -> None:
 
 def test_embed_fasta_equals_cli(service, student_dir: Path, real_pairs, tmp_path: Path) -> None:
     from mtdp.cli import main
-    from mtdp.embed import read_embeddings
+    from mtdp.outputs import read_embeddings
     from mtdp.sequences import write_fasta
 
     fasta = tmp_path / "in.fasta"

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from mtdp.embedder import StudentEmbedder, load_embedder
-from mtdp.student import (StudentConfig, StudentModel, is_student_dir, load_student,
+from mtdp.models.registry import load_embedder
+from mtdp.models.student import StudentEmbedder
+from mtdp.models.student import (StudentConfig, StudentModel, is_student_dir, load_student,
                           masked_mean)
 from mtdp.tokenizer import ResidueTokenizer
 

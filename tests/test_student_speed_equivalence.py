@@ -10,8 +10,9 @@ import shutil
 import pytest
 import torch
 
-from mtdp import kernels
-from mtdp.student import FastT5Encoder, StudentConfig, StudentModel
+from mtdp.models import kernels
+from mtdp.models.fast_t5 import FastT5Encoder
+from mtdp.models.student import StudentConfig, StudentModel
 from mtdp.tokenizer import ResidueTokenizer
 
 TOL = 1e-5

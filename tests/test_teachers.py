@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtdp.embedder import load_embedder
-from mtdp.teachers import (ESM2_MODELS, PROT_T5_HUB, REGISTRY, load_teacher,
+from mtdp.models.registry import load_embedder
+from mtdp.models.teachers import (ESM2_MODELS, PROT_T5_HUB, REGISTRY, load_teacher,
                            save_esm2_checkpoint, tiny_random_esm2, tiny_random_t5)
 
 SEQS = ["MKVLAAGGLLW", "MK", "ACDEFGHIKLMNPQRSTVWYX" * 2]

@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mtdp import unirep
-from mtdp.embedder import load_embedder
+from mtdp.benchmarks.pools import sample_proteins
+from mtdp.models import unirep
+from mtdp.models.registry import load_embedder
 from mtdp.sequences import prepare
-from mtdp.teachers import REGISTRY, load_teacher
+from mtdp.models.teachers import REGISTRY, load_teacher
 
 REF_SEQS = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "MAAAAAAAGAAGSAAPAAAAGAPGSGGAPSGSQGVLIGDR",
             "MSXGEELFTGVVPILVELDGDVNGHKF"]
@@ -55,10 +56,7 @@ def unirep64(wheel):
 
 @pytest.fixture(scope="module")
 def real_seqs(data_dir):
-    df = pd.read_csv(data_dir / "deeploc2" / "swissprot_train_val_5partitions.csv",
-                     usecols=["sequence", "partition"])
-    return [prepare(s, max_len=150) for s in df[df.partition == 4].sequence.sample(
-        24, random_state=0)]
+    return [prepare(s, max_len=150) for s in sample_proteins(24, 0, data_dir=data_dir).sequence]
 
 
 @pytest.mark.parametrize("size", [64, 256, 1900])

@@ -1,25 +1,17 @@
 """The UniRep preset's own logic (the run itself is a benchmark, not a test)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def preset():
-    spec = importlib.util.spec_from_file_location("unirep_preset",
-                                                  ROOT / "benchmarks" / "unirep_preset.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["unirep_preset"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from mtdp.experiments import preset_report, unirep_preset
+
+    return SimpleNamespace(SCALES=unirep_preset.SCALES, paired_cell=preset_report.paired_cell)
 
 
 def test_scales_share_fields_and_are_valid_distill_settings(preset):

@@ -10,7 +10,6 @@ MLflow parent run with one nested run per trial (MLFLOW_TRACKING_URI, default ./
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -29,7 +28,7 @@ Options may also come from a YAML file (--config); flags given on the command li
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: one flag per :class:`mtdp.benchmarks.runner.BenchmarkConfig` field."""
-    from mtdp.benchmarks.runner import BenchmarkConfig
+    from mtdp.benchmarks.config import BenchmarkConfig
     from mtdp.config import add_dataclass_arguments
 
     p = argparse.ArgumentParser(
@@ -44,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_tasks(data_dir: str | None) -> None:
-    from mtdp.benchmarks.tasks import TASKS, available_tasks, data_dir_default
+    from mtdp.benchmarks.tasks import TASKS, available_tasks
+    from mtdp.io import data_dir as default_data_dir
 
-    d = data_dir or str(data_dir_default())
+    d = data_dir or str(default_data_dir())
     present = set(available_tasks(d))
     for name, spec in TASKS.items():
         state = "present" if name in present else "absent"
@@ -56,21 +56,22 @@ def list_tasks(data_dir: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mtdp.runtime import apply_env_defaults
+
+    apply_env_defaults()
     args = build_parser().parse_args(argv)
-    from mtdp.benchmarks.runner import BenchmarkConfig, run_benchmark
+    from mtdp.benchmarks.config import BenchmarkConfig
+    from mtdp.benchmarks.runner import run_benchmark
     from mtdp.config import load_config
 
-    cfg = load_config(BenchmarkConfig, args.config, args)
-    if args.list_tasks:
-        list_tasks(cfg.data_dir)
-        return 0
     try:
+        cfg = load_config(BenchmarkConfig, args.config, args)
+        if args.list_tasks:
+            list_tasks(cfg.data_dir)
+            return 0
         cfg.validate()
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     result = run_benchmark(cfg)

@@ -1,29 +1,36 @@
-"""The embedding engine: any :class:`~mtdp.embedder.Embedder` + sequences → embeddings, fast.
+"""The embedding engine: any :class:`~mtdp.models.base.Embedder` + sequences → embeddings, fast.
 
+* Sequences longer than the model's ``max_len`` are cut by the one truncation rule
+  (:func:`mtdp.sequences.truncate`: the first ``max_len`` residues), or refused
+  (``too_long="error"``) — here, for every caller (CLI, Serve, precompute, benchmarks).
 * Sequences are sorted by length and grouped into batches under a *token budget* (padded
   tokens per batch), so short proteins travel in large batches and padding waste is small.
 * Batches are padded only to their longest member and run under ``torch.inference_mode``.
 * Results are restored to input order.
-* Files are streamed: a FASTA is read in chunks, each chunk embedded and appended to the
-  output, so memory stays bounded on any input size. The output appears atomically (written
-  to ``*.partial`` and renamed at the end), so a killed run never leaves a file that looks done.
+* Files are streamed (:func:`embed_file`): a FASTA is read in chunks, each chunk embedded and
+  appended to the output, so memory stays bounded on any input size; the output appears
+  atomically (:mod:`mtdp.outputs`), so a killed run never leaves a file that looks done.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from . import __version__
-from .embedder import Embedder
-from .sequences import Record, SequenceError, iter_fasta, prepare_records
+from .outputs import (embedding_table, npy_writer, output_format, parquet_schema,
+                      parquet_writer, write_rejects)
+from .sequences import Record, SequenceError, fit_length, iter_fasta, prepare_records
+
+if TYPE_CHECKING:  # the engine takes any Embedder; it needs no model code at run time
+    import torch
+
+    from .models.base import Embedder
 
 #: Padded tokens per batch. Attention memory grows with L², so the budget is in tokens, not
 #: proteins; 8k tokens keeps the paper student's CPU activations ~100 MB.
@@ -33,7 +40,7 @@ DEFAULT_BATCH_TOKENS_GPU = 65536
 DEFAULT_CHUNK = 4096
 
 
-def default_batch_tokens(device: torch.device) -> int:
+def default_batch_tokens(device: "torch.device") -> int:
     """Token budget per batch for a device."""
     return DEFAULT_BATCH_TOKENS_GPU if device.type == "cuda" else DEFAULT_BATCH_TOKENS_CPU
 
@@ -61,13 +68,26 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
     return batches
 
 
-def embed_sequences(embedder: Embedder, sequences: Sequence[str], *,
+def fit_to_model(embedder: "Embedder", sequences: Sequence[str], too_long: str = "truncate"
+                 ) -> list[str]:
+    """``sequences`` as ``embedder`` will see them: cut to its ``max_len`` (or, with
+    ``too_long="error"``, a :class:`SequenceError` naming the first one that is too long)."""
+    records = [Record(str(i), s, index=i) for i, s in enumerate(sequences, 1)]
+    fitted, _ = fit_length(records, embedder.max_len, too_long)
+    return [r.sequence for r in fitted]
+
+
+def embed_sequences(embedder: "Embedder", sequences: Sequence[str], *,
                     batch_tokens: int | None = None, per_residue: bool = False,
-                    progress: bool = False):
+                    progress: bool = False, too_long: str = "truncate"):
     """Embed prepared sequences; returns ``[N, dim]`` float32 in input order, or
     ``(array, per_residue_list)`` when ``per_residue``."""
+    if any(len(s) > embedder.max_len for s in sequences):
+        sequences = fit_to_model(embedder, sequences, too_long)
     budget = (batch_tokens or embedder.preferred_batch_tokens(per_residue)
               or default_batch_tokens(embedder.device))
+    if budget < 1:
+        raise ValueError(f"batch_tokens must be >= 1, got {budget}")
     out = np.zeros((len(sequences), embedder.dim), dtype=np.float32)
     residues: list[np.ndarray | None] = [None] * len(sequences)
     bar = _progress(len(sequences), progress, embedder.name)
@@ -99,6 +119,9 @@ class EmbedSummary:
     proteins: int = 0
     residues: int = 0
     seconds: float = 0.0
+    #: Proteins cut to ``max_len`` residues (their first ``max_len`` were embedded).
+    truncated: int = 0
+    max_len: int = 0
     rejected: list[str] = field(default_factory=list)
 
     @property
@@ -117,133 +140,103 @@ def _chunks(it: Iterable[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
-def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """``parquet`` or ``npy`` from an explicit ``fmt`` or the output file's extension."""
-    if fmt:
-        if fmt not in ("parquet", "npy"):
-            raise ValueError(f"format must be 'parquet' or 'npy', not {fmt!r}")
-        return fmt
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix == ".npy":
-        return "npy"
-    raise ValueError(f"cannot tell the output format from {path!r}: use .parquet or .npy "
-                     "(or pass --format)")
+@dataclass
+class _FileJob:
+    """One :func:`embed_file` call's settings and running counts."""
+
+    embedder: "Embedder"
+    input_path: str
+    limit: int
+    on_duplicate: str
+    on_invalid: str
+    batch_tokens: int | None
+    chunk_size: int
+    summary: EmbedSummary
+    rejects: list[SequenceError] = field(default_factory=list)
+
+    def records(self) -> Iterator[Record]:
+        return prepare_records(iter_fasta(self.input_path), max_len=None,
+                               on_duplicate=self.on_duplicate, on_invalid=self.on_invalid,
+                               rejects=self.rejects)
+
+    def chunks(self) -> Iterator[list[Record]]:
+        """Chunks of records as the model sees them (truncated), counted in the summary."""
+        for chunk in _chunks(self.records(), self.chunk_size):
+            chunk, cut = fit_length(chunk, self.limit)
+            self.summary.truncated += len(cut)
+            self.summary.proteins += len(chunk)
+            self.summary.residues += sum(len(r.sequence) for r in chunk)
+            yield chunk
+
+    def embed(self, chunk: list[Record], per_residue: bool = False):
+        return embed_sequences(self.embedder, [r.sequence for r in chunk],
+                               batch_tokens=self.batch_tokens, per_residue=per_residue)
 
 
-def parquet_schema(dim: int, per_residue: bool, metadata: dict[str, str]):
-    """Arrow schema of an embeddings file: ``id``, ``length``, ``embedding`` (+ per-residue)."""
-    import pyarrow as pa
-
-    fields = [pa.field("id", pa.string(), nullable=False),
-              pa.field("length", pa.int32(), nullable=False),
-              pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)]
-    if per_residue:
-        fields.append(pa.field("per_residue", pa.list_(pa.list_(pa.float32(), dim))))
-    return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in metadata.items()})
-
-
-def embed_file(embedder: Embedder, input_path: str | os.PathLike, output_path: str | os.PathLike,
-               *, fmt: str | None = None, batch_tokens: int | None = None,
-               chunk_size: int = DEFAULT_CHUNK, per_residue: bool = False,
-               max_len: int | None = None, on_duplicate: str = "error",
-               on_invalid: str = "error", progress: bool = True) -> EmbedSummary:
+def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
+               output_path: str | os.PathLike, *, fmt: str | None = None,
+               batch_tokens: int | None = None, chunk_size: int = DEFAULT_CHUNK,
+               per_residue: bool = False, max_len: int | None = None,
+               on_duplicate: str = "error", on_invalid: str = "error",
+               progress: bool = True) -> EmbedSummary:
     """Embed every record of a FASTA (plain or gzip) into Parquet or ``.npy`` (+ ``.ids.txt``).
 
-    Sequences are validated, cleaned and truncated to ``max_len`` (default: the model's) with
-    :func:`mtdp.sequences.prepare_records`; rows come out in input order. With
-    ``on_invalid="skip"`` or ``on_duplicate="keep-first"`` skipped records are listed in a
-    ``<output>.rejects.tsv`` file, never dropped silently.
+    Sequences are validated and cleaned (:func:`mtdp.sequences.prepare_records`) and cut to
+    ``max_len`` (default and ceiling: the model's); rows come out in input order. With
+    ``on_invalid="skip"`` or ``on_duplicate="keep-first"`` skipped records are listed in
+    ``<output>.rejects.tsv``, never dropped silently.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     fmt = output_format(output_path, fmt)
     if per_residue and fmt != "parquet":
         raise ValueError("per-residue output needs Parquet (.parquet): residue counts vary")
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
     out = Path(output_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     limit = min(max_len or embedder.max_len, embedder.max_len)
-    rejects: list[SequenceError] = []
-
-    def records() -> Iterator[Record]:
-        return prepare_records(iter_fasta(input_path), max_len=limit, on_duplicate=on_duplicate,
-                               on_invalid=on_invalid, rejects=rejects)
-
+    summary = EmbedSummary(output=str(out), model=embedder.name, dim=embedder.dim,
+                           max_len=limit)
+    job = _FileJob(embedder, os.fspath(input_path), limit, on_duplicate, on_invalid,
+                   batch_tokens, chunk_size, summary)
     meta = {"mtdp_version": __version__, "model": embedder.name, "source": embedder.source,
             "dim": str(embedder.dim), "max_len": str(limit),
             "pretrained": str(embedder.pretrained).lower(), "input": os.fspath(input_path)}
-    summary = EmbedSummary(output=str(out), model=embedder.name, dim=embedder.dim)
-    partial = out.with_name(out.name + ".partial")
     t0 = time.perf_counter()
     if fmt == "npy":
-        # A .npy needs its row count up front: a cheap first pass validates and counts.
-        n = sum(1 for _ in records())
-        rejects.clear()
-        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
-                                          shape=(n, embedder.dim))
-        ids_path = out.with_suffix(".ids.txt")
-        ids_partial = ids_path.with_name(ids_path.name + ".partial")
-        row = 0
-        bar = _progress(n, progress, embedder.name)
-        with open(ids_partial, "w") as ids_fh:
-            for chunk in _chunks(records(), chunk_size):
-                emb = embed_sequences(embedder, [r.sequence for r in chunk],
-                                      batch_tokens=batch_tokens)
-                array[row:row + len(chunk)] = emb
-                row += len(chunk)
-                ids_fh.writelines(r.id + "\n" for r in chunk)
-                summary.residues += sum(len(r.sequence) for r in chunk)
-                bar.update(len(chunk))
-        bar.close()
-        array.flush()
-        del array
-        os.replace(partial, out)
-        os.replace(ids_partial, ids_path)
-        (out.with_suffix(".meta.json")).write_text(json.dumps(meta, indent=2))
-        summary.proteins = row
+        _write_npy(job, out, meta, progress)
     else:
-        schema = parquet_schema(embedder.dim, per_residue, meta)
-        bar = _progress(None, progress, embedder.name)
-        with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
-            for chunk in _chunks(records(), chunk_size):
-                seqs = [r.sequence for r in chunk]
-                res = embed_sequences(embedder, seqs, batch_tokens=batch_tokens,
-                                      per_residue=per_residue)
-                emb, per_res = res if per_residue else (res, None)
-                cols = {"id": pa.array([r.id for r in chunk], pa.string()),
-                        "length": pa.array([len(s) for s in seqs], pa.int32()),
-                        "embedding": pa.FixedSizeListArray.from_arrays(
-                            pa.array(emb.reshape(-1), pa.float32()), embedder.dim)}
-                if per_residue:
-                    cols["per_residue"] = pa.array([r.tolist() for r in per_res],
-                                                   schema.field("per_residue").type)
-                writer.write_table(pa.table(cols, schema=schema))
-                summary.proteins += len(chunk)
-                summary.residues += sum(len(s) for s in seqs)
-                bar.update(len(chunk))
-        bar.close()
-        os.replace(partial, out)
+        _write_parquet(job, out, meta, per_residue, progress)
     summary.seconds = time.perf_counter() - t0
-    summary.rejected = [str(e) for e in rejects]
-    if rejects:
-        rej = out.with_name(out.name + ".rejects.tsv")
-        with open(rej, "w") as fh:
-            fh.write("id\trecord\treason\n")
-            fh.writelines(f"{e.seq_id}\t{e.record}\t{e.reason}\n" for e in rejects)
+    summary.rejected = [str(e) for e in job.rejects]
+    write_rejects(out, job.rejects)
     return summary
 
 
-def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Ids and ``[N, dim]`` float32 embeddings from a file written by :func:`embed_file`."""
-    p = Path(path)
-    if p.suffix == ".npy":
-        ids = p.with_suffix(".ids.txt").read_text().splitlines()
-        return ids, np.load(p)
-    import pyarrow.parquet as pq
+def _write_npy(job: _FileJob, out: Path, meta: dict[str, str], progress: bool) -> None:
+    # A .npy needs its row count up front: a cheap first pass validates and counts.
+    n = sum(1 for _ in job.records())
+    job.rejects.clear()
+    bar = _progress(n, progress, job.embedder.name)
+    with npy_writer(out, n, job.embedder.dim, meta) as (array, ids_fh):
+        row = 0
+        for chunk in job.chunks():
+            array[row:row + len(chunk)] = job.embed(chunk)
+            row += len(chunk)
+            ids_fh.writelines(r.id + "\n" for r in chunk)
+            bar.update(len(chunk))
+    bar.close()
 
-    table = pq.read_table(p, columns=["id", "embedding"])
-    dim = table.schema.field("embedding").type.list_size
-    emb = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
-    return table.column("id").to_pylist(), emb.astype(np.float32, copy=False)
+
+def _write_parquet(job: _FileJob, out: Path, meta: dict[str, str], per_residue: bool,
+                   progress: bool) -> None:
+    schema = parquet_schema(job.embedder.dim, per_residue, meta)
+    bar = _progress(None, progress, job.embedder.name)
+    with parquet_writer(out, schema) as writer:
+        for chunk in job.chunks():
+            res = job.embed(chunk, per_residue)
+            emb, per_res = res if per_residue else (res, None)
+            writer.write_table(embedding_table([r.id for r in chunk],
+                                               [len(r.sequence) for r in chunk], emb, schema,
+                                               per_res))
+            bar.update(len(chunk))
+    bar.close()
+

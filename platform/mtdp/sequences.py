@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Iterator, Sequence
 
+from .io import atomic_path
+
 #: The 20 standard residues plus the ambiguity/rare letters seen in UniProt.
 STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
 #: Letters accepted on input: standard + X (unknown) + B Z U O (ambiguous / rare, mapped to X).
@@ -52,6 +54,8 @@ class Record:
     #: 1-based record number in its source file (for error messages).
     index: int = 0
     source: str | None = field(default=None, repr=False)
+    #: Residues before truncation, when :func:`fit_length` cut the sequence.
+    original_length: int | None = field(default=None, repr=False)
 
 
 def _open_text(path: str | os.PathLike) -> IO[str]:
@@ -158,18 +162,53 @@ def validate(sequence: str, *, seq_id: str | None = None, source: str | None = N
                 position=pos)
 
 
+#: What to do with a sequence longer than a model's ``max_len``: cut it to its first
+#: ``max_len`` residues, or refuse it.
+TOO_LONG_POLICIES = ("truncate", "error")
+
+
+def truncate(sequence: str, max_len: int | None) -> str:
+    """The one truncation rule: keep the first ``max_len`` residues (the N-terminus), as in
+    the paper; ``None`` keeps everything."""
+    if max_len is None:
+        return sequence
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    return sequence if len(sequence) <= max_len else sequence[:max_len]
+
+
+def fit_length(records: Iterable[Record], max_len: int, too_long: str = "truncate"
+               ) -> tuple[list[Record], list[Record]]:
+    """Apply a length policy (:data:`TOO_LONG_POLICIES`) to prepared records: returns the
+    records as the model will see them and those that were cut (with their original length
+    in :attr:`Record.original_length`).
+
+    Raises:
+        SequenceError: ``too_long="error"`` and a record is longer than ``max_len``.
+    """
+    if too_long not in TOO_LONG_POLICIES:
+        raise ValueError(f"too_long must be one of {TOO_LONG_POLICIES}, not {too_long!r}")
+    out, cut = [], []
+    for rec in records:
+        if len(rec.sequence) > max_len:
+            if too_long == "error":
+                raise SequenceError(
+                    f"sequence of {len(rec.sequence)} residues exceeds the model's max length "
+                    f"{max_len} (too_long=error; too_long=truncate embeds its first {max_len} "
+                    "residues)", source=rec.source, record=rec.index, seq_id=rec.id)
+            rec = Record(rec.id, truncate(rec.sequence, max_len), rec.description, rec.index,
+                         rec.source, original_length=len(rec.sequence))
+            cut.append(rec)
+        out.append(rec)
+    return out, cut
+
+
 def prepare(sequence: str, *, max_len: int | None = DEFAULT_MAX_LEN, seq_id: str | None = None,
             source: str | None = None, record: int | None = None) -> str:
-    """Validate, clean and truncate one sequence exactly as every mtdp model sees it.
-
-    Truncation keeps the first ``max_len`` residues (N-terminus), as in the paper; ``None``
-    disables it.
-    """
+    """Validate, clean and truncate (:func:`truncate`) one sequence exactly as every mtdp
+    model sees it; ``max_len=None`` disables truncation."""
     validate(sequence, seq_id=seq_id, source=source, record=record)
-    seq = clean(sequence)
-    if max_len is not None and len(seq) > max_len:
-        seq = seq[:max_len]
-    return seq
+    return truncate(clean(sequence), max_len)
 
 
 def prepare_records(records: Iterable[Record], *, max_len: int | None = DEFAULT_MAX_LEN,
@@ -213,10 +252,11 @@ def prepare_records(records: Iterable[Record], *, max_len: int | None = DEFAULT_
 
 def write_fasta(records: Iterable[Record] | Iterable[tuple[str, str]], path: str | os.PathLike,
                 width: int = 60) -> None:
-    """Write records (or ``(id, sequence)`` pairs) as FASTA; ``.gz`` paths are gzip-compressed."""
+    """Write records (or ``(id, sequence)`` pairs) as FASTA, atomically; ``.gz`` paths are
+    gzip-compressed."""
     path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as fh:  # type: ignore
         for rec in records:
             rid, seq, desc = (rec.id, rec.sequence, rec.description) if isinstance(rec, Record) \
                 else (rec[0], rec[1], "")

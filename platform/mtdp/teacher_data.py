@@ -1,4 +1,5 @@
-"""The teacher-embedding dataset contract shared by precompute (writer) and distil (reader).
+"""The teacher-embedding dataset contract shared by precompute (writer) and distil (reader):
+its layout, manifest, the shard writer and the validated readers.
 
 A dataset is one directory::
 
@@ -25,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
+from .io import atomic_path, write_text
 
 FORMAT = "mtdp-teacher-embeddings"
 MANIFEST_FILE = "manifest.json"
@@ -104,11 +108,7 @@ class Manifest:
 
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write ``manifest.json`` atomically (its presence marks the dataset complete)."""
-        path = Path(run_dir) / MANIFEST_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
-        return path
+        return write_text(Path(run_dir) / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> "Manifest":
@@ -138,3 +138,104 @@ class Manifest:
 def data_files(run_dir: str | os.PathLike) -> list[str]:
     """The dataset's Parquet files, sorted."""
     return sorted(str(p) for p in (Path(run_dir) / DATA_DIR).glob("*.parquet"))
+
+
+# ---- writing and validated reading ---------------------------------------------------------
+def write_shard(table, path: str | os.PathLike) -> Path:
+    """Write one data file of the dataset atomically (zstd Parquet under a temporary name no
+    ``*.parquet`` glob sees, then renamed): a reader never meets a half-written shard."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
+
+
+def open_teacher_dataset(run_dir: str | os.PathLike, teachers: list[str] | None = None,
+                         max_len: int | None = None) -> tuple[Manifest, list[str]]:
+    """Validate a teacher dataset for a reader; returns its manifest and data files.
+
+    Raises:
+        FileNotFoundError: no manifest (the run is unfinished: rerun precompute to resume).
+        ManifestMismatch: a different truncation length, a missing teacher, data files that
+            do not add up to the manifest's row count, or a column of the wrong dimension.
+    """
+    import pyarrow.parquet as pq
+
+    manifest = Manifest.load(run_dir)
+    manifest.check(teachers=teachers, max_len=max_len)
+    files = data_files(run_dir)
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if rows != manifest.rows:
+        raise ManifestMismatch(f"{run_dir}: data files hold {rows} rows but the manifest says "
+                               f"{manifest.rows}; files were added or removed after the run")
+    if files:
+        schema = pq.read_schema(files[0])
+        for name in teachers or [t.name for t in manifest.teachers]:
+            entry = manifest.teacher(name)
+            if entry.column not in schema.names:
+                raise ManifestMismatch(f"{files[0]} has no column {entry.column!r} for teacher "
+                                       f"{name!r}")
+            size = getattr(schema.field(entry.column).type, "list_size", None)
+            if size != entry.dim:
+                raise ManifestMismatch(f"column {entry.column!r} has dimension {size}, manifest "
+                                       f"says {entry.dim}")
+    return manifest, files
+
+
+def dataset_columns(manifest: Manifest, teachers: list[str] | None = None,
+                    residue_teachers: list[str] | None = None) -> list[str]:
+    """Columns a reader takes: id, sequence, length, split, the teachers' embedding columns
+    (all teachers by default) and the per-residue columns of ``residue_teachers``."""
+    names = teachers or [t.name for t in manifest.teachers]
+    cols = ["id", "sequence", "length", "split"] + [manifest.teacher(n).column for n in names]
+    for name in residue_teachers or []:
+        col = manifest.teacher(name).residue_column
+        if not col:
+            raise ManifestMismatch(f"the dataset has no per-residue states for teacher "
+                                   f"{name!r} (rerun precompute with --per-residue {name})")
+        cols.append(col)
+    return cols
+
+
+def load_teacher_dataset(run_dir: str | os.PathLike, teachers: list[str] | None = None,
+                         max_len: int | None = None, *, split: str | None = None,
+                         residue_teachers: list[str] | None = None, limit: int | None = None):
+    """The dataset as a ``ray.data.Dataset`` after validating it (:func:`open_teacher_dataset`);
+    columns from :func:`dataset_columns`; ``split`` keeps only ``train`` or ``validation`` rows,
+    ``limit`` at most that many."""
+    import ray.data
+
+    manifest, files = open_teacher_dataset(run_dir, teachers, max_len)
+    if not files:
+        raise ManifestMismatch(f"{run_dir}: the dataset has no data files")
+    ds = ray.data.read_parquet(files, columns=dataset_columns(manifest, teachers,
+                                                              residue_teachers),
+                               override_num_blocks=len(files))
+    if split is not None:
+        ds = ds.filter(expr=f"split == '{split}'")
+    return ds.limit(limit) if limit is not None else ds
+
+
+def read_teacher_table(run_dir: str | os.PathLike, teachers: list[str] | None = None,
+                       max_len: int | None = None, *, split: str | None = None):
+    """The dataset as one ``pyarrow.Table`` (small data / single process), validated like
+    :func:`load_teacher_dataset`, rows sorted by id."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    manifest, files = open_teacher_dataset(run_dir, teachers, max_len)
+    cols = dataset_columns(manifest, teachers)
+    tables = [pq.read_table(f, columns=cols) for f in files]
+    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in cols})
+    if split is not None:
+        table = table.filter(pc.equal(table["split"], split))
+    return table.sort_by([("id", "ascending")])
+
+
+def teacher_matrix(table, manifest: Manifest, teacher: str) -> np.ndarray:
+    """One teacher's embeddings from a table as a float32 ``[N, dim]`` array."""
+    entry = manifest.teacher(teacher)
+    flat = table[entry.column].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.float32).reshape(-1, entry.dim)

@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from .runtime import apply_env_defaults
+
 DEFAULT_EXPERIMENT = "mtdp"
 #: Registered-model name under which trained students are published.
 STUDENT_MODEL_NAME = "mtdp-student"
@@ -22,7 +24,7 @@ def tracking_uri() -> str:
 def setup_mlflow(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at :func:`tracking_uri`, select ``experiment`` (created if missing) and
     return the URI. Call on the driver before any Ray worker logs (SQLite schema races)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    apply_env_defaults()
     import mlflow
 
     uri = tracking_uri()
@@ -33,7 +35,7 @@ def setup_mlflow(experiment: str = DEFAULT_EXPERIMENT) -> str:
 
 def find_student_dir(root: str | os.PathLike) -> Path:
     """The first mtdp student directory at or below ``root``."""
-    from .student import CONFIG_FILE, STUDENT_FORMAT
+    from .models.student import CONFIG_FILE, STUDENT_FORMAT
 
     root = Path(root)
     for cfg in sorted(root.rglob(CONFIG_FILE)):
@@ -60,7 +62,7 @@ def download_student(uri: str) -> Path:
 def latest_student_uri(name: str = STUDENT_MODEL_NAME) -> str | None:
     """``models:/NAME/VERSION`` of the newest registered version of ``name`` in the registry
     at :func:`tracking_uri`, or ``None`` when none is registered (what ``serve`` defaults to)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    apply_env_defaults()
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
@@ -92,21 +94,20 @@ def _student_pyfunc_class():
                 embedding row per sequence."""
 
                 def load_context(self, context) -> None:
-                    from .embedder import StudentEmbedder
-                    from .student import load_student
+                    from .models.student import StudentEmbedder, load_student
 
                     self._emb = StudentEmbedder(load_student(context.artifacts["student"]))
 
                 def predict(self, context, model_input, params=None):
                     import numpy as np
 
+                    from .embed import embed_sequences
                     from .sequences import prepare
 
                     seqs = (list(model_input["sequence"]) if hasattr(model_input, "columns")
                             else [str(s) for s in model_input])
-                    seqs = [prepare(s, max_len=self._emb.max_len, record=i + 1)
-                            for i, s in enumerate(seqs)]
-                    return np.asarray(self._emb.embed(seqs), dtype=np.float32)
+                    seqs = [prepare(s, max_len=None, record=i + 1) for i, s in enumerate(seqs)]
+                    return np.asarray(embed_sequences(self._emb, seqs), dtype=np.float32)
 
         StudentPyfunc.__module__ = __name__
         StudentPyfunc.__qualname__ = "StudentPyfunc"
@@ -127,7 +128,7 @@ def log_student(student_dir: str | os.PathLike, *, run_id: str | None = None,
     that embeds sequences, the directory inside its artifacts) and register it as
     ``registered_name``. Returns ``models:/NAME/VERSION`` (or the logged model's URI when not
     registering); :func:`download_student` turns either back into the directory."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    apply_env_defaults()
     import mlflow
     import torch
 

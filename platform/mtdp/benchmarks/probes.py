@@ -17,13 +17,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import Config, option
 from .metrics import compute_metrics
 from .tasks import PRIMARY_METRIC
 
@@ -31,20 +32,20 @@ PROTOCOLS = ("inner-val", "paper")
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(Config):
     """Probe hyper-parameters (the fixed default; ``--search`` samples lr, hidden size and
     weight decay around it)."""
 
-    hidden: int = field(default=256, metadata={"help": "probe hidden layer width"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout after the hidden layer"})
-    batch_size: int = field(default=128, metadata={"help": "probe mini-batch size"})
-    max_epochs: int = field(default=40, metadata={"help": "maximum probe epochs per fold"})
-    patience: int = field(default=5, metadata={
-        "help": "early stopping: epochs without improvement of the selection score"})
-    val_fraction: float = field(default=0.1, metadata={
-        "help": "inner validation share of the training folds (protocol inner-val)"})
+    hidden: int = option(256, ge=1, help="probe hidden layer width")
+    lr: float = option(1e-3, gt=0.0, help="AdamW learning rate")
+    weight_decay: float = option(1e-2, ge=0.0, help="AdamW weight decay")
+    dropout: float = option(0.1, ge=0.0, lt=1.0, help="dropout after the hidden layer")
+    batch_size: int = option(128, ge=1, help="probe mini-batch size")
+    max_epochs: int = option(40, ge=1, help="maximum probe epochs per fold")
+    patience: int = option(5, ge=1, help=(
+        "early stopping: epochs without improvement of the selection score"))
+    val_fraction: float = option(0.1, gt=0.0, lt=1.0, help=(
+        "inner validation share of the training folds (protocol inner-val)"))
 
 
 class MLPProbe(nn.Module):
@@ -124,6 +125,48 @@ def _predict(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tens
     return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
+@dataclass
+class _ProbeData:
+    """Standardised features and targets of one fold (statistics from the fitted rows only)."""
+
+    kind: str
+    labels: np.ndarray
+    x: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+    @classmethod
+    def fit(cls, X: np.ndarray, labels: np.ndarray, kind: str, fit_idx: np.ndarray
+            ) -> "_ProbeData":
+        x_all = np.asarray(X, dtype=np.float32)
+        mean = x_all[fit_idx].mean(axis=0)
+        std = x_all[fit_idx].std(axis=0)
+        std[std < 1e-6] = 1.0  # constant features (e.g. absent k-mers) stay 0 instead of NaN
+        data = cls(kind, labels, x_all, mean, std)
+        if kind == "regression":
+            data.y_mean = float(labels[fit_idx].mean())
+            data.y_std = float(labels[fit_idx].std()) or 1.0
+        return data
+
+    def feats(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((self.x[idx] - self.mean) / self.std)
+
+    def targets(self, idx: np.ndarray) -> torch.Tensor:
+        y = self.labels[idx]
+        if self.kind in ("binary", "multiclass"):
+            return torch.from_numpy(y.astype(np.int64))
+        if self.kind == "regression":
+            return torch.from_numpy(((y - self.y_mean) / self.y_std).astype(np.float32)
+                                    ).unsqueeze(1)
+        return torch.from_numpy(y.astype(np.float32))
+
+    def outputs(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
+        out = _predict(model, x).numpy()
+        return out.reshape(-1) * self.y_std + self.y_mean if self.kind == "regression" else out
+
+
 def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndarray,
                 test_idx: np.ndarray, config: ProbeConfig, *, protocol: str = "inner-val",
                 seed: int = 42) -> dict[str, Any]:
@@ -137,49 +180,41 @@ def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndar
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     t0 = time.perf_counter()
-    rng_seed = seed
     if protocol == "inner-val":
         fit_idx, val_idx = inner_split(train_idx, labels, kind, config.val_fraction, seed)
     else:
         fit_idx, val_idx = train_idx, np.array([], dtype=np.int64)
-
-    x_all = np.asarray(X, dtype=np.float32)
-    mean = x_all[fit_idx].mean(axis=0)
-    std = x_all[fit_idx].std(axis=0)
-    std[std < 1e-6] = 1.0  # constant features (e.g. absent k-mers) stay 0 instead of NaN
-
-    def feats(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy((x_all[idx] - mean) / std)
-
-    y_mean, y_std = 0.0, 1.0
-    if kind == "regression":
-        y_mean = float(labels[fit_idx].mean())
-        y_std = float(labels[fit_idx].std()) or 1.0
-
-    def targets(idx: np.ndarray) -> torch.Tensor:
-        y = labels[idx]
-        if kind in ("binary", "multiclass"):
-            return torch.from_numpy(y.astype(np.int64))
-        if kind == "regression":
-            return torch.from_numpy(((y - y_mean) / y_std).astype(np.float32)).unsqueeze(1)
-        return torch.from_numpy(y.astype(np.float32))
-
-    x_fit, y_fit = feats(fit_idx), targets(fit_idx)
-    x_test = feats(test_idx)
-    x_val = feats(val_idx) if len(val_idx) else None
-    y_val = targets(val_idx) if len(val_idx) else None
-
-    torch.manual_seed(rng_seed)
-    gen = torch.Generator().manual_seed(rng_seed)
+    data = _ProbeData.fit(X, labels, kind, fit_idx)
+    torch.manual_seed(seed)
     model = MLPProbe(X.shape[1], config.hidden, _out_dim(kind, labels), config.dropout)
+    best_epoch, epoch, best_val_loss = _fit(model, data, fit_idx, val_idx, test_idx, config,
+                                            protocol, seed)
+    x_test = data.feats(test_idx)
+    result: dict[str, Any] = {f"test_{k}": v for k, v in compute_metrics(
+        kind, labels[test_idx], data.outputs(model, x_test)).items()}
+    if len(val_idx):
+        result["val_loss"] = best_val_loss
+        val_metrics = compute_metrics(kind, labels[val_idx],
+                                      data.outputs(model, data.feats(val_idx)))
+        result[f"val_{PRIMARY_METRIC[kind]}"] = val_metrics[PRIMARY_METRIC[kind]]
+    result.update(best_epoch=best_epoch, epochs=epoch, n_train=len(fit_idx),
+                  n_val=len(val_idx), n_test=len(test_idx),
+                  probe_seconds=time.perf_counter() - t0)
+    return result
+
+
+def _fit(model: nn.Module, data: _ProbeData, fit_idx: np.ndarray, val_idx: np.ndarray,
+         test_idx: np.ndarray, config: ProbeConfig, protocol: str, seed: int
+         ) -> tuple[int, int, float]:
+    """Train with early stopping; leaves the best epoch's weights in ``model``. Returns
+    ``(best_epoch, epochs_run, best_val_loss)``."""
+    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = _loss_fn(kind)
-    primary = PRIMARY_METRIC[kind]
-
-    def outputs(x: torch.Tensor) -> np.ndarray:
-        out = _predict(model, x).numpy()
-        return out.reshape(-1) * y_std + y_mean if kind == "regression" else out
-
+    loss_fn = _loss_fn(data.kind)
+    primary = PRIMARY_METRIC[data.kind]
+    x_fit, y_fit, x_test = data.feats(fit_idx), data.targets(fit_idx), data.feats(test_idx)
+    x_val = data.feats(val_idx) if len(val_idx) else None
+    y_val = data.targets(val_idx) if len(val_idx) else None
     best_score, best_epoch, best_state, stale, epoch = -np.inf, 0, None, 0, 0
     best_val_loss = float("nan")
     for epoch in range(1, config.max_epochs + 1):
@@ -198,12 +233,12 @@ def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndar
             score = -val_loss
         else:
             # Optimistic reference protocol: the test fold picks the epoch.
-            score = compute_metrics(kind, labels[test_idx], outputs(x_test))[primary]
+            score = compute_metrics(data.kind, data.labels[test_idx],
+                                    data.outputs(model, x_test))[primary]
             score = -np.inf if np.isnan(score) else score
             val_loss = float("nan")
         if score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_val_loss = val_loss
+            best_score, best_epoch, stale, best_val_loss = score, epoch, 0, val_loss
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
@@ -211,16 +246,7 @@ def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndar
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    result: dict[str, Any] = {f"test_{k}": v for k, v in
-                              compute_metrics(kind, labels[test_idx], outputs(x_test)).items()}
-    if x_val is not None:
-        result["val_loss"] = best_val_loss
-        val_metrics = compute_metrics(kind, labels[val_idx], outputs(x_val))
-        result[f"val_{primary}"] = val_metrics[primary]
-    result.update(best_epoch=best_epoch, epochs=epoch, n_train=len(fit_idx),
-                  n_val=len(val_idx), n_test=len(test_idx),
-                  probe_seconds=time.perf_counter() - t0)
-    return result
+    return best_epoch, epoch, best_val_loss
 
 
 def probe_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
@@ -247,3 +273,18 @@ def probe_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
                          protocol=config["protocol"], seed=int(config["seed"]) + fold)
     result["test_fold_hash"] = fold_hash(task["ids"], test_idx)
     tune.report(result)
+
+
+def linear_probe_cv(X: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
+                    C: float = 0.1) -> float:
+    """Mean accuracy of a standardised L2 logistic regression under stratified ``folds``-fold
+    CV: the quick probe of settings sweeps (no Ray, no early stopping); benchmarks use the
+    MLP probe (:func:`train_probe`)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+    return float(cross_val_score(model, X, labels, cv=cv).mean())

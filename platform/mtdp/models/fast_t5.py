@@ -1,99 +1,19 @@
-"""The student: a small T5 encoder with masked mean pooling, an embedding projection, an MLM
-head and one distillation head per teacher.
+"""Fused inference path of the student's T5 encoder (CPU: oneDNN + packed tokens; CUDA: SDPA).
 
-Paper configuration: ``T5EncoderModel`` with d_model 512, d_ff 2048, 8 heads, d_kv 64, 6 layers,
-vocabulary 128 (~19M encoder parameters); per-protein embedding = Linear(512 → 1280) of the
-mean of the residue states (pad and ``</s>`` excluded).
-
-A trained student is a self-describing directory (``config.json`` + ``model.safetensors``)
-loaded with :func:`load_student`.
+:class:`FastT5Encoder` recomputes a ReLU ``T5EncoderModel`` forward on that module's own
+parameters, arranged for speed; :meth:`mtdp.models.student.StudentModel.encode` uses it in
+inference. Equal to the stock module within float32 rounding (tests/test_student_speed_equivalence.py).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, kernels
-from .tokenizer import MASK_ID, VOCAB_SIZE, residue_mask
+from . import kernels
 
-STUDENT_FORMAT = "mtdp-student"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass
-class StudentConfig:
-    """Architecture of the student (all fields saved in ``config.json``)."""
-
-    d_model: int = 512
-    d_ff: int = 2048
-    num_layers: int = 6
-    num_heads: int = 8
-    d_kv: int = 64
-    vocab_size: int = VOCAB_SIZE
-    #: Size of the per-protein embedding (the projection's output).
-    embed_dim: int = 1280
-    dropout: float = 0.1
-    feed_forward_proj: str = "relu"
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    #: Truncation length the student is meant to see (the paper's 1,000).
-    max_len: int = 1000
-    #: Teacher name → teacher embedding dimension; one distillation head each.
-    teachers: dict[str, int] = field(default_factory=dict)
-    #: Teacher name → dimension of its per-residue states; one per-residue head each
-    #: (d_model → dim on every hidden state), trained by per-residue distillation.
-    residue_teachers: dict[str, int] = field(default_factory=dict)
-    #: Free-form provenance (training run id, teachers' sources, ...).
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "StudentConfig":
-        """``paper`` (the published 6-layer student) or ``tiny`` (2 layers, d_model 64, for
-        tests and CPU demos)."""
-        presets = {
-            "paper": {},
-            "tiny": dict(d_model=64, d_ff=256, num_layers=2, num_heads=4, d_kv=16, embed_dim=128),
-            # A CPU-trainable middle ground for real distillation demos on a laptop.
-            "small": dict(d_model=256, d_ff=1024, num_layers=4, num_heads=4, d_kv=64,
-                          embed_dim=512),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown student preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown student config field(s): {sorted(unknown)}")
-        return cls(**d)
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` [B, L, D] over positions where ``mask`` [B, L] is true.
-
-    Rows with no valid position give zeros rather than NaN.
-    """
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    total = (hidden * m).sum(dim=1)
-    count = m.sum(dim=1).clamp_min(1.0)
-    return total / count
-
-
-# ---- fused inference path ---------------------------------------------------------------
 def _onednn_linear_available() -> bool:
     """True when this torch build has oneDNN's fused linear (``mkldnn::_linear_pointwise``)."""
     try:
@@ -123,7 +43,7 @@ class FastT5Encoder:
     * on CPU long sequences run attention head by head (no ``[B, H, L, L]`` tensor exists),
       with keys in reverse order so that each head's bias is a sliding window over one short
       vector rather than an ``[L, L]`` table (see :meth:`_qkv_reversed`); all heads of a layer
-      are one call to a compiled kernel (:mod:`mtdp.kernels`: one head per thread, bias +
+      are one call to a compiled kernel (:mod:`mtdp.models.kernels`: one head per thread, bias +
       softmax fused) where it could be built, torch ops head after head otherwise;
     * the output projection and feed-forward run in row chunks, updating the hidden state in
       place, so the ``d_ff``-wide intermediate stays in cache and no layer allocates
@@ -144,7 +64,7 @@ class FastT5Encoder:
     ffn_chunk_tokens = 1024
     #: Longest position-bias table kept between calls (H × n² floats: 8 heads, 2,048 → 134 MB).
     max_cached_bias_len = 2048
-    #: Use the compiled attention kernels (:mod:`mtdp.kernels`) when they are available.
+    #: Use the compiled attention kernels (:mod:`mtdp.models.kernels`) when they are available.
     use_kernels = True
 
     def __init__(self, encoder: nn.Module) -> None:
@@ -303,7 +223,6 @@ class FastT5Encoder:
         """
         stack = self.encoder.encoder
         B, L = input_ids.shape
-        H, dk = self.num_heads, self.d_kv
         rows = valid.reshape(-1).nonzero().squeeze(1)  # packed row -> position in [B*L]
         x = stack.embed_tokens(input_ids.reshape(-1)[rows])  # [T, d]
         T, d = x.shape
@@ -312,20 +231,8 @@ class FastT5Encoder:
             starts.append(starts[-1] + n)
         long = [b for b in range(B) if lengths[b] >= self.loop_attention_min_len]
         short = [b for b in range(B) if 0 < lengths[b] < self.loop_attention_min_len]
-        if short:
-            # Short sequences: one padded batch for SDPA, gathered from their packed rows
-            # (index Ts = an appended zero row stands for padding).
-            Ls = max(lengths[b] for b in short)
-            s_rows = torch.cat([torch.arange(starts[b], starts[b] + lengths[b]) for b in short])
-            pos = torch.arange(Ls)
-            s_start = torch.tensor([0] + [lengths[b] for b in short[:-1]]).cumsum(0)
-            s_len = torch.tensor([lengths[b] for b in short])
-            sidx = torch.where(pos[None, :] < s_len[:, None], s_start[:, None] + pos[None, :],
-                               len(s_rows))  # [Bs, Ls]
-            s_valid = sidx < len(s_rows)
-            s_bias = self._position_bias(Ls).unsqueeze(0).masked_fill(
-                ~s_valid[:, None, None, :], torch.finfo(x.dtype).min).contiguous()
-        out = torch.empty(T, H * dk, dtype=x.dtype)  # attention output, reused by every layer
+        plan = self._short_plan(short, starts, lengths, x.dtype) if short else None
+        out = torch.empty(T, self.num_heads * self.d_kv, dtype=x.dtype)  # reused by every layer
         compiled = kernels.attention_heads() if self.use_kernels and long else None
         g, offsets = None, []
         if long:
@@ -333,30 +240,12 @@ class FastT5Encoder:
             g, centre = self._bias_vector(max(lengths[b] for b in long))
             offsets = [centre - (lengths[b] - 1) for b in long]
         chunk = self.ffn_chunk_tokens or T
+        spans = [(starts[b], starts[b] + lengths[b]) for b in long]
         for p in self._layers:
-            pk = p["packed"]
-            qkv = [self._qkv_reversed(F.rms_norm(x[starts[b]:starts[b] + lengths[b]], (d,), None,
-                                                 self.eps), p) for b in long]
-            outs = [out[starts[b]:starts[b] + lengths[b]] for b in long]
-            if compiled is not None:  # every head of every sequence in one call
-                compiled([t[0] for t in qkv], [t[1] for t in qkv], [t[2] for t in qkv], g,
-                         offsets, outs)
-            else:
-                for (q, k, vt), off, o in zip(qkv, offsets, outs):
-                    _heads(q, k, vt, g, off, o.view(o.shape[0], H, dk))
-            if short:
-                s_qkv = _onednn_linear(F.rms_norm(x[s_rows], (d,), None, self.eps), pk["wqkv"])
-                ext = torch.cat([s_qkv, s_qkv.new_zeros(1, s_qkv.shape[1])])
-                Bs, Ls = sidx.shape
-                so = self._attention(ext[sidx.reshape(-1)], s_bias, Bs, Ls, onednn=False)
-                out[s_rows] = so.view(Bs, Ls, H * dk)[s_valid]
-            for c in range(0, T, chunk):
-                # x + o Woᵀ, then + relu(RMSNorm(.) Wiᵀ) Woᵀ, written back over x's rows.
-                xc = x[c:c + chunk]
-                y = _onednn_linear(out[c:c + chunk], pk["wo"], add=xc)
-                h = F.rms_norm(y, (d,), None, self.eps)
-                xc.copy_(_onednn_linear(_onednn_linear(h, pk["wi"], relu=True), pk["wo_ff"],
-                                        add=y))
+            self._long_attention(x, out, p, spans, g, offsets, compiled)
+            if plan is not None:
+                self._short_attention(x, out, p["packed"], plan)
+            self._output_and_ffn(x, out, p["packed"], chunk)
         for c in range(0, T, chunk):  # final norm in place, chunk by chunk (no [T, d] temps)
             xc = x[c:c + chunk]
             xc.copy_(F.rms_norm(xc, (d,), stack.final_layer_norm.weight, self.eps))
@@ -365,6 +254,62 @@ class FastT5Encoder:
         full = x.new_zeros(B * L, d)
         full[rows] = x
         return full.view(B, L, d)
+
+    def _short_plan(self, short: list[int], starts: list[int], lengths: list[int],
+                    dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Short sequences run as one padded SDPA batch gathered from their packed rows:
+        ``(rows, index [Bs, Ls], valid [Bs, Ls], bias)``, where index ``len(rows)`` (an
+        appended zero row) stands for padding."""
+        Ls = max(lengths[b] for b in short)
+        s_rows = torch.cat([torch.arange(starts[b], starts[b] + lengths[b]) for b in short])
+        pos = torch.arange(Ls)
+        s_start = torch.tensor([0] + [lengths[b] for b in short[:-1]]).cumsum(0)
+        s_len = torch.tensor([lengths[b] for b in short])
+        sidx = torch.where(pos[None, :] < s_len[:, None], s_start[:, None] + pos[None, :],
+                           len(s_rows))  # [Bs, Ls]
+        s_valid = sidx < len(s_rows)
+        s_bias = self._position_bias(Ls).unsqueeze(0).masked_fill(
+            ~s_valid[:, None, None, :], torch.finfo(dtype).min).contiguous()
+        return s_rows, sidx, s_valid, s_bias
+
+    def _long_attention(self, x: torch.Tensor, out: torch.Tensor, p: dict,
+                        spans: list[tuple[int, int]], g: torch.Tensor | None,
+                        offsets: list[int], compiled) -> None:
+        """Attention of every long sequence (rows ``spans`` of the packed ``x``) into ``out``:
+        all heads in one compiled call, or head by head with torch ops."""
+        if not spans:
+            return
+        d = x.shape[1]
+        qkv = [self._qkv_reversed(F.rms_norm(x[a:b], (d,), None, self.eps), p)
+               for a, b in spans]
+        outs = [out[a:b] for a, b in spans]
+        if compiled is not None:  # every head of every sequence in one call
+            compiled([t[0] for t in qkv], [t[1] for t in qkv], [t[2] for t in qkv], g,
+                     offsets, outs)
+        else:
+            for (q, k, vt), off, o in zip(qkv, offsets, outs):
+                _heads(q, k, vt, g, off, o.view(o.shape[0], self.num_heads, self.d_kv))
+
+    def _short_attention(self, x: torch.Tensor, out: torch.Tensor, pk: dict,
+                         plan: tuple[torch.Tensor, ...]) -> None:
+        """Attention of the short sequences as one padded SDPA batch (see :meth:`_short_plan`)."""
+        s_rows, sidx, s_valid, s_bias = plan
+        s_qkv = _onednn_linear(F.rms_norm(x[s_rows], (x.shape[1],), None, self.eps), pk["wqkv"])
+        ext = torch.cat([s_qkv, s_qkv.new_zeros(1, s_qkv.shape[1])])
+        Bs, Ls = sidx.shape
+        so = self._attention(ext[sidx.reshape(-1)], s_bias, Bs, Ls, onednn=False)
+        out[s_rows] = so.view(Bs, Ls, self.num_heads * self.d_kv)[s_valid]
+
+    def _output_and_ffn(self, x: torch.Tensor, out: torch.Tensor, pk: dict, chunk: int) -> None:
+        """``x + o Woᵀ``, then ``+ relu(RMSNorm(.) Wiᵀ) Woᵀ``, in row chunks written back over
+        ``x`` (the ``d_ff``-wide intermediate stays in cache)."""
+        d = x.shape[1]
+        for c in range(0, x.shape[0], chunk):
+            xc = x[c:c + chunk]
+            y = _onednn_linear(out[c:c + chunk], pk["wo"], add=xc)
+            h = F.rms_norm(y, (d,), None, self.eps)
+            xc.copy_(_onednn_linear(_onednn_linear(h, pk["wi"], relu=True), pk["wo_ff"],
+                                    add=y))
 
     def _qkv_reversed(self, h: torch.Tensor, p: dict) -> tuple[torch.Tensor, ...]:
         """One sequence's q [H, n, dk], k [H, n, dk] and vᵀ [H, dk, n] from its normed hidden
@@ -444,132 +389,3 @@ def _heads(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, g: torch.Tensor, 
         scores.add_(g[hh].as_strided((n, n), (1, 1), g[hh].storage_offset() + offset))
         torch.ops.aten._softmax.out(scores, -1, False, out=scores)
         out[:, hh] = _onednn_linear(scores, vt[hh])
-
-
-class StudentModel(nn.Module):
-    """T5 encoder + pooling + projection + MLM head + per-teacher heads."""
-
-    def __init__(self, config: StudentConfig, attn_implementation: str = "sdpa") -> None:
-        super().__init__()
-        from transformers import T5Config, T5EncoderModel
-
-        self.config = config
-        t5 = T5Config(
-            vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.d_kv,
-            d_ff=config.d_ff, num_layers=config.num_layers, num_heads=config.num_heads,
-            dropout_rate=config.dropout, feed_forward_proj=config.feed_forward_proj,
-            relative_attention_num_buckets=config.relative_attention_num_buckets,
-            relative_attention_max_distance=config.relative_attention_max_distance,
-            pad_token_id=0, eos_token_id=1, is_encoder_decoder=False, use_cache=False,
-        )
-        # SDPA keeps T5's relative position bias exact (it is passed as the additive mask).
-        t5._attn_implementation = attn_implementation
-        self.encoder = T5EncoderModel(t5)
-        self.proj = nn.Linear(config.d_model, config.embed_dim)
-        self.mlm_head = nn.Linear(config.d_model, config.vocab_size)
-        self.teacher_heads = nn.ModuleDict(
-            {name: nn.Linear(config.embed_dim, dim) for name, dim in config.teachers.items()})
-        self.residue_heads = nn.ModuleDict(
-            {name: nn.Linear(config.d_model, dim)
-             for name, dim in config.residue_teachers.items()})
-        #: Use the fused inference path in :meth:`encode` (set False to time/compare the stock one).
-        self.fast_inference = True
-        self._fast: FastT5Encoder | None = None  # built lazily; holds no parameters of its own
-
-    @property
-    def mask_id(self) -> int:
-        return MASK_ID
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states [B, L, d_model].
-
-        In inference (eval mode, no autograd) this runs :class:`FastT5Encoder`, a fused
-        re-implementation of the same computation on the same parameters (equal to the stock
-        ``T5EncoderModel`` at every real position within float32 rounding, see
-        tests/test_student_speed_equivalence.py; on CPU padding positions are zeros);
-        training and anything needing gradients uses the stock ``transformers`` module.
-        """
-        if self.fast_inference and not self.training and not torch.is_grad_enabled() \
-                and FastT5Encoder.supports(self.encoder):
-            if self._fast is None:
-                self._fast = FastT5Encoder(self.encoder)
-            return self._fast(input_ids, attention_mask)
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                pool_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Returns ``hidden`` [B, L, d], ``pooled`` [B, d], ``embedding`` [B, embed_dim] and
-        ``mlm_logits`` [B, L, vocab].
-
-        ``pool_mask`` defaults to the real residues of ``input_ids``; pass the residue mask of
-        the *unmasked* input when ``input_ids`` contains MLM mask tokens.
-        """
-        hidden = self.encode(input_ids, attention_mask)
-        if pool_mask is None:
-            pool_mask = residue_mask(input_ids)
-        pooled = masked_mean(hidden, pool_mask)
-        return {"hidden": hidden, "pooled": pooled, "embedding": self.proj(pooled),
-                "mlm_logits": self.mlm_head(hidden)}
-
-    def teacher_logits(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each teacher head applied to the per-protein embedding."""
-        return {name: head(embedding) for name, head in self.teacher_heads.items()}
-
-    def embed_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     per_residue: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-protein embeddings, and optionally per-residue ones (projection of each residue
-        state, so their mean equals the per-protein embedding)."""
-        hidden = self.encode(input_ids, attention_mask)
-        rmask = residue_mask(input_ids)
-        emb = self.proj(masked_mean(hidden, rmask))
-        return emb, (self.proj(hidden) if per_residue else None)
-
-    def num_parameters(self, encoder_only: bool = False) -> int:
-        mod = self.encoder if encoder_only else self
-        return sum(p.numel() for p in mod.parameters())
-
-    # ---- persistence -------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created)."""
-        from safetensors.torch import save_model
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        meta = {"format": STUDENT_FORMAT, "mtdp_version": __version__,
-                "config": self.config.to_dict()}
-        # Write weights first, config last: a directory with config.json is complete.
-        # save_model de-duplicates T5's tied embedding (shared == embed_tokens).
-        save_model(self, str(d / WEIGHTS_FILE), metadata={"format": STUDENT_FORMAT})
-        tmp = d / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        tmp.replace(d / CONFIG_FILE)
-        return d
-
-
-def is_student_dir(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a directory saved by :meth:`StudentModel.save`."""
-    cfg = Path(path) / CONFIG_FILE
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("format") == STUDENT_FORMAT
-    except (json.JSONDecodeError, OSError):
-        return False
-
-
-def load_student(directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-                 ) -> StudentModel:
-    """Load a student saved by :meth:`StudentModel.save` (in eval mode)."""
-    from safetensors.torch import load_model
-
-    d = Path(directory)
-    if not is_student_dir(d):
-        raise FileNotFoundError(f"{d} is not an mtdp student directory (expected {CONFIG_FILE} "
-                                f"with format {STUDENT_FORMAT!r} and {WEIGHTS_FILE})")
-    meta = json.loads((d / CONFIG_FILE).read_text())
-    model = StudentModel(StudentConfig.from_dict(meta["config"]))
-    weights = d / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing")
-    load_model(model, str(weights), strict=True, device=str(map_location))
-    return model.eval()

@@ -23,14 +23,13 @@ import platform as _platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .config import cache_root
+from ..io import atomic_path, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +80,14 @@ def _library_path(compiler: str, flags: list[str]) -> Path:
 
 
 def _build(compiler: str, flags: list[str], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Build to a temporary name and rename: processes building at once never load a
     # half-written library, and the last rename wins with an identical file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        res = subprocess.run([compiler, str(SOURCE), "-o", tmp, *flags],
+    with atomic_path(target, suffix=".so") as tmp:
+        res = subprocess.run([compiler, str(SOURCE), "-o", str(tmp), *flags],
                              capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{compiler} failed ({res.returncode}): "
                                f"{res.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class _Disabled(RuntimeError):

@@ -8,8 +8,8 @@
 * ``random-student[:preset]``: a randomly initialised mtdp student (seeded), the paper's
   architecture by default (``random-student:tiny`` for tests).
 
-All are :class:`~mtdp.embedder.Embedder` subclasses, so they take the same path as any model
-(:func:`mtdp.embedder.load_embedder` → :mod:`mtdp.embed`).
+All are :class:`~mtdp.models.base.Embedder` subclasses, so they take the same path as any model
+(:func:`mtdp.models.registry.load_embedder` → :mod:`mtdp.embed`).
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..embedder import Embedder, StudentEmbedder
 from ..sequences import STANDARD_AA
+from .base import Embedder
+from .student import StudentConfig, StudentEmbedder, StudentModel
 
 #: Largest k offered: 20^4 = 160k features would not fit a probe on a CPU.
 MAX_K = 3
@@ -88,8 +89,6 @@ class AACEmbedder(KmerEmbedder):
 
 def random_student(preset: str = "paper", seed: int = 0) -> StudentEmbedder:
     """A randomly initialised mtdp student (deterministic for ``seed``). NOT trained."""
-    from ..student import StudentConfig, StudentModel
-
     # Forked RNG: the same random student in every process, the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,6 +1,6 @@
 """Teachers: big protein language models whose per-protein embeddings the student learns.
 
-All teachers implement :class:`mtdp.embedder.Embedder`. Real loaders:
+All teachers implement :class:`mtdp.models.base.Embedder`. Real loaders:
 
 * ESM-2 (every size) through ``fair-esm``: a hub name (downloads when online) or a local ``.pt``
   checkpoint. Per-protein = mean of the last layer over residues, BOS/EOS excluded, exactly as
@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .embedder import Embedder
-from .student import masked_mean
-from .tokenizer import EOS_ID, PAD_ID, ResidueTokenizer
+from ..tokenizer import EOS_ID, PAD_ID, ResidueTokenizer
+from .base import Embedder
+from .pooling import masked_mean
 
 ESM2_MODELS = {
     # name: (layers, embed_dim, heads)

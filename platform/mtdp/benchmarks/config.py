@@ -1,0 +1,74 @@
+"""Settings of a benchmark run (``tune/benchmark.py`` flags / YAML keys of the same names)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..config import option
+from .probes import PROTOCOLS, ProbeConfig
+from .tasks import resolve_task_names
+
+
+@dataclass
+class BenchmarkConfig(ProbeConfig):
+    """Everything a benchmark run needs (CLI flags / YAML keys of ``tune/benchmark.py``)."""
+
+    models: list[str] = option(factory=lambda: ["aac", "kmer2"], help=(
+        "model specs, comma-separated: student dirs (student:PATH), MLflow URIs, teacher "
+        "names (esm2_t33_650M_UR50D, tiny-random-esm2 ...), local checkpoints, or baselines "
+        "aac, kmer1..kmer3, random-student[:preset]"))
+    tasks: list[str] = option(factory=lambda: ["all"], help=(
+        "tasks, comma-separated (membrane, localization, go, go_bp, go_cc, meltome, esol, "
+        "deepsol) or 'all' (the five paper tasks + deepsol; absent data is skipped)"))
+    folds: int = option(10, ge=2, help="cross-validation folds")
+    max_proteins: int | None = option(None, ge=2, help=(
+        "seeded random subset of at most this many proteins per task (speed); None = all"))
+    seed: int = option(42, ge=0, help="seed of folds, subsets and probes")
+    protocol: str = option("inner-val", choices=PROTOCOLS, help=(
+        "inner-val: early stopping on a validation split of the training folds; paper: best "
+        "epoch picked on the test fold (OPTIMISTIC, for comparison only)"))
+    search: int = option(0, ge=0, help=(
+        "probe hyper-parameter samples per fold (lr, hidden, weight decay) chosen on the "
+        "inner validation split; 0 = the fixed config"))
+    output_dir: str = option("runs/benchmark", help=(
+        "where summary.md/.csv, trials.csv, benchmark.png go"))
+    cache_dir: str | None = option(None, help=(
+        "embedding cache (default: OUTPUT_DIR/../embedding-cache)"))
+    data_dir: str | None = option(None, help=(
+        "task data folder (default: $MTDP_DATA_DIR, else ../shared/data beside a checkout)"))
+    device: str | None = option(None, help=(
+        "embedding device (cpu, cuda ...; default: best found)"))
+    batch_tokens: int | None = option(None, ge=1, help=(
+        "padded tokens per embedding batch (default: by device)"))
+    threads: int | None = option(None, ge=1, help=(
+        "torch CPU threads for embedding in the driver (default: torch's choice)"))
+    cpus_per_trial: float = option(0.5, gt=0.0, help=(
+        "CPUs reserved per Tune trial (fractional: leaves room for other Ray work)"))
+    max_concurrent: int | None = option(None, ge=1, help=(
+        "trials at a time (default: number of CPUs in the Ray cluster)"))
+    experiment: str = option("mtdp-benchmark", help="MLflow experiment")
+    run_name: str | None = option(None, help="MLflow parent run name")
+    address: str | None = option(None, help="Ray cluster address (default: start a local Ray)")
+
+    def probe_config(self) -> ProbeConfig:
+        """The probe part of this config."""
+        return ProbeConfig(**{f.name: getattr(self, f.name)
+                              for f in dataclasses.fields(ProbeConfig)})
+
+    def model_specs(self) -> list[str]:
+        specs = [m for m in self.models if m]
+        if not specs:
+            raise ValueError("no model given (--models)")
+        return specs
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad option (combinations; single fields are checked on
+        construction)."""
+        if self.search and self.protocol == "paper":
+            raise ValueError("--search selects on the inner validation split; it cannot be "
+                             "combined with --protocol paper")
+        if self.max_proteins is not None and self.max_proteins < 2 * self.folds:
+            raise ValueError(f"--max-proteins {self.max_proteins} is too small for "
+                             f"{self.folds} folds")
+        resolve_task_names(self.tasks)
+        self.model_specs()

@@ -1,0 +1,40 @@
+"""``mtdp data``: fetch input and benchmark data (resumable, checksum-verified downloads)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..download import SWISSPROT_METALINK_URL, SWISSPROT_URL, DownloadError, fetch_swissprot
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    """``mtdp data swissprot``: download (or check a local copy of) UniProtKB/Swiss-Prot."""
+    p = sub.add_parser("data", help="fetch input data sets (Swiss-Prot)")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    sp = dsub.add_parser(
+        "swissprot", help="download UniProtKB/Swiss-Prot FASTA (resumable, verified)",
+        description="Download uniprot_sprot.fasta.gz from UniProt (resumes a partial download, "
+                    "checks size and MD5 from RELEASE.metalink), or check a local copy; prints "
+                    "the path to pass to jobs/precompute_teachers.py --inputs.")
+    sp.add_argument("-o", "--out-dir", default=".", help="folder to download into (default .)")
+    sp.add_argument("--local", default=None,
+                    help="use this existing FASTA (plain or .gz) instead of downloading")
+    sp.add_argument("--url", default=SWISSPROT_URL, help="source URL (default: UniProt)")
+    sp.add_argument("--metalink", default=SWISSPROT_METALINK_URL,
+                    help="metalink with size/MD5 ('' to skip)")
+    sp.add_argument("--md5", default=None, help="expected MD5 (overrides the metalink)")
+    sp.add_argument("--sha256", default=None, help="expected SHA-256")
+    sp.add_argument("--quiet", action="store_true", help="no progress messages")
+    sp.set_defaults(func=_run_swissprot)
+
+
+def _run_swissprot(args: argparse.Namespace) -> int:
+    try:
+        path = fetch_swissprot(args.out_dir, local=args.local, url=args.url,
+                               metalink_url=args.metalink or None, md5=args.md5,
+                               sha256=args.sha256, progress=not args.quiet)
+    except DownloadError as exc:
+        print(f"mtdp data: error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

@@ -1,0 +1,70 @@
+"""``mtdp embed``: embed the proteins of a FASTA file into Parquet or ``.npy``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+EPILOG_EMBED = """\
+examples:
+  mtdp embed proteins.fasta -o proteins.parquet --model runs/student
+  mtdp embed proteins.fasta.gz -o emb.npy --model esm2_t33_650M_UR50D
+  mtdp embed proteins.fasta -o emb.parquet --model ~/models/esm2_t33_650M_UR50D.pt
+  mtdp embed proteins.fasta -o emb.parquet --model models:/mtdp-student/1 --per-residue
+
+The output has one row per input protein, in input order: Parquet columns id, length (after
+truncation), embedding (a fixed-size float32 list); or a .npy matrix plus OUT.ids.txt.
+Sequences are checked (amino-acid letters only), upper-cased, U/Z/O/B mapped to X, and cut to
+--max-len residues (default: the model's, 1,000 for the student).
+"""
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed", help="embed the proteins of a FASTA file with a student or teacher",
+        description="Embed every protein of a FASTA file (plain or .gz) into one vector each.",
+        epilog=EPILOG_EMBED, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="FASTA file (plain or gzip-compressed)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file: .parquet (recommended) or .npy (+ .ids.txt beside it)")
+    p.add_argument("-m", "--model", required=True,
+                   help="student directory, MLflow URI (models:/NAME/VERSION), teacher name "
+                        "(see `mtdp teachers`) or local teacher checkpoint (ESM-2 .pt / ProtT5 "
+                        "directory)")
+    p.add_argument("--format", choices=["parquet", "npy"], default=None,
+                   help="output format (default: from the output file's extension)")
+    p.add_argument("--per-residue", action="store_true",
+                   help="also store one vector per residue (Parquet only; large)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="truncate proteins to this many residues (default: the model's limit)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per batch (default 8192 on CPU, 65536 on GPU); lower it "
+                        "if you run out of memory")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best found)")
+    p.add_argument("--keep-first-duplicate", action="store_true",
+                   help="on repeated ids keep the first record instead of stopping")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip invalid records (listed in OUTPUT.rejects.tsv) instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from ..embed import embed_file
+    from ..models.registry import load_embedder
+
+    model = load_embedder(args.model, device=args.device)
+    summary = embed_file(
+        model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
+        per_residue=args.per_residue, max_len=args.max_len,
+        on_duplicate="keep-first" if args.keep_first_duplicate else "error",
+        on_invalid="skip" if args.skip_invalid else "error", progress=not args.quiet)
+    d = summary.to_dict()
+    rejected = d.pop("rejected")
+    d["rejected"] = len(rejected)
+    print(json.dumps(d))
+    if rejected:
+        print(f"{len(rejected)} record(s) skipped, see {args.output}.rejects.tsv",
+              file=sys.stderr)
+    return 0

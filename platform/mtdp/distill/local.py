@@ -1,0 +1,39 @@
+"""Training in one process, without Ray: rows held in memory (numpy columns as Ray Data hands
+them over), shuffled each epoch, one :meth:`~.core.Distiller.train_step` per batch. For
+sweeps, checks and notebooks; the job (:mod:`.ray_job`) streams rows through Ray Train."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .batches import TeacherStats, make_batch
+from .core import Distiller
+
+
+def take_rows(rows: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+    """The rows ``idx`` of column arrays ``rows`` (``id``, ``sequence``, teacher columns)."""
+    return {k: (np.asarray(v, dtype=object) if isinstance(v, list) else v)[idx]
+            for k, v in rows.items()}
+
+
+def train_epochs(dist: Distiller, rows: dict[str, Any], stats: TeacherStats, *, epochs: int,
+                 batch_size: int, seed: int = 0,
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None
+                 ) -> dict[str, float]:
+    """Train ``epochs`` passes over ``rows`` (a seeded permutation per epoch, the last partial
+    batch dropped; MLM masks seeded by the epoch); returns the last step's metrics and calls
+    ``on_epoch(epoch, metrics)`` after each pass."""
+    n = len(rows["id"])
+    if n < batch_size:
+        raise ValueError(f"{n} proteins, fewer than one batch of {batch_size}")
+    rng, metrics = np.random.default_rng(seed), {}
+    for ep in range(epochs):
+        order = rng.permutation(n)
+        for i in range(0, n - batch_size + 1, batch_size):
+            batch = make_batch(take_rows(rows, order[i:i + batch_size]), stats,
+                               mlm_prob=dist.cfg.mlm_prob, seed=ep, device=dist.device)
+            metrics = dist.train_step(batch)
+        if on_epoch is not None:
+            on_epoch(ep, metrics)
+    return metrics

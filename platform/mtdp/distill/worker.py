@@ -1,0 +1,212 @@
+"""The Ray Train worker: plain PyTorch training of a :class:`~.core.Distiller` plus three Ray
+calls — ``get_dataset_shard`` (the rank's stream of rows), ``get_checkpoint`` (resume) and
+``report`` (metrics and checkpoints).
+
+Checkpoints hold the student, heads, selector, optimisers, schedulers, step and data position
+(``state.pt``, loaded with ``weights_only=True``: nothing but tensors and plain values, so a
+checkpoint folder cannot run code in the workers that read it) and the student directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..runtime import apply_env_defaults
+from ..teacher_data import Manifest
+from .batches import TeacherStats, make_batch
+from .config import DistillConfig
+from .core import Distiller, build_selector, build_student, lr_lambda
+
+STATE_FILE = "state.pt"
+STUDENT_SUBDIR = "student"
+FAIL_MARKER = ".injected_failure_done"
+
+
+@dataclass
+class WorkerPlan:
+    """What the driver hands every worker (``train_loop_config``)."""
+
+    cfg: dict[str, Any]
+    steps_per_epoch: int
+    total_steps: int
+    run_dir: str
+    mlflow_run_id: str | None = None
+    mlflow_uri: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class MlflowLogger:
+    """Rank-0 metric logging into the driver's MLflow run (re-attached after restarts)."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        apply_env_defaults()
+        from mlflow import MlflowClient
+
+        self.client, self.run_id = MlflowClient(tracking_uri=uri), run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()])
+
+
+def train_loop(plan: WorkerPlan) -> None:
+    """Ray Train worker function (runs on every rank)."""
+    _Worker(plan).run()
+
+
+class _Worker:
+    def __init__(self, plan: WorkerPlan) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self.plan = plan
+        self.cfg = cfg = DistillConfig(**plan.cfg)
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = device = ray.train.torch.get_device()
+        manifest = Manifest.load(cfg.data)
+        self.stats = TeacherStats.from_manifest(manifest, cfg.teachers or None,
+                                                cfg.residue_teachers).to(device)
+        self.student = build_student(cfg, self.stats, manifest.max_len, plan.metadata)
+        model = ray.train.torch.prepare_model(self.student)
+        selector = build_selector(cfg, self.stats, self.student.config.d_model,
+                                  self.rank).to(device)
+        self.dist = Distiller(model, selector, cfg, plan.total_steps, device)
+        self.start_epoch, self.skip, self.resumed_from = 0, 0, -1
+        self.mlflow = MlflowLogger(plan.mlflow_uri, plan.mlflow_run_id) \
+            if self.rank == 0 and plan.mlflow_run_id else None
+        self.seen = self.tokens = 0
+        self.t0 = time.time()
+
+    def restore(self) -> None:
+        """Continue from the latest checkpoint, if Ray Train hands one back."""
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location=self.device, weights_only=True)
+        dist, cfg = self.dist, self.cfg
+        dist.load_state(state)
+        self.start_epoch, self.skip = int(state["epoch"]), int(state["batch_in_epoch"])
+        self.resumed_from = dist.step
+        # A later --resume may raise max_steps / epochs: re-point the schedule at the new total.
+        dist.scheduler.lr_lambdas[0] = lr_lambda(self.plan.total_steps, cfg.warmup_ratio,
+                                                 cfg.schedule)
+        print(f"[rank {self.rank}] resumed from checkpoint at step {dist.step} "
+              f"(epoch {self.start_epoch}, batch {self.skip})")
+
+    def validation(self) -> list[dict[str, Any]]:
+        """Validation batches (and, for the RL selector, the fixed reward batch)."""
+        import ray.train
+
+        cfg = self.cfg
+        rows = list(ray.train.get_dataset_shard("validation").iter_batches(
+            batch_size=64, batch_format="numpy"))
+        if cfg.selector == "rl" and rows:
+            first = {k: v[:cfg.reward_batch_size] for k, v in rows[0].items()}
+            self.dist.reward_batch = make_batch(first, self.stats, mlm_prob=cfg.mlm_prob,
+                                                seed=cfg.seed + 7, device=self.device)
+        return [make_batch(r, self.stats, mlm_prob=cfg.mlm_prob, seed=cfg.seed,
+                           device=self.device) for r in rows]
+
+    def report(self, epoch: int, batch_in_epoch: int, metrics: dict[str, float],
+               checkpoint: bool) -> None:
+        """Metrics to MLflow (rank 0) and, with ``checkpoint``, a checkpoint to Ray Train."""
+        import ray.train
+
+        metrics = {**metrics, "step": self.dist.step, "epoch": epoch,
+                   "resumed_from_step": self.resumed_from}
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k: v for k, v in metrics.items()
+                                     if isinstance(v, (int, float))}, step=self.dist.step)
+        if not checkpoint:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.rank == 0:
+                torch.save(self.dist.state(epoch=epoch, batch_in_epoch=batch_in_epoch),
+                           Path(tmp) / STATE_FILE)
+                self.student.save(Path(tmp) / STUDENT_SUBDIR)
+                (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp)
+                             if self.rank == 0 else None)
+
+    def epoch_rows(self, epoch: int) -> Iterator[dict[str, Any]]:
+        import ray.train
+
+        cfg = self.cfg
+        return ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=cfg.batch_size // self.world, batch_format="numpy", drop_last=True,
+            local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+            local_shuffle_seed=cfg.seed + epoch if cfg.shuffle_buffer else None)
+
+    def run(self) -> None:
+        self.restore()
+        val_batches = self.validation()
+        epoch = self.start_epoch
+        while self.dist.step < self.plan.total_steps:  # epochs × steps_per_epoch, or max_steps
+            trained = self.train_epoch(epoch, val_batches)
+            if trained < 0:
+                raise RuntimeError(f"rank {self.rank}: the train split gave no batch of "
+                                   f"{self.cfg.batch_size // self.world} proteins; lower "
+                                   "batch_size or add data")
+            self.skip = 0
+            epoch += 1
+
+    def train_epoch(self, epoch: int, val_batches: list[dict[str, Any]]) -> int:
+        """One pass over this rank's train stream; returns the last batch index (-1: none)."""
+        cfg, dist, per_epoch = self.cfg, self.dist, self.plan.steps_per_epoch
+        b = -1
+        for b, rows in enumerate(self.epoch_rows(epoch)):
+            if b >= per_epoch:
+                break
+            if b < self.skip:  # resumed mid-epoch: these batches were already trained on
+                continue
+            self.maybe_fail()
+            batch = make_batch(rows, self.stats, mlm_prob=cfg.mlm_prob,
+                               seed=cfg.seed * 7919 + epoch, device=self.device)
+            metrics = dist.train_step(batch)
+            self.seen += len(batch["ids"]) * self.world
+            self.tokens += int(batch["attention_mask"].sum()) * self.world
+            done = dist.step >= self.plan.total_steps
+            last = b + 1 >= per_epoch
+            evaluate = done or last or (cfg.eval_every and dist.step % cfg.eval_every == 0)
+            ckpt = done or last or (cfg.checkpoint_every and
+                                    dist.step % cfg.checkpoint_every == 0)
+            if dist.step % cfg.log_every == 0 or evaluate or ckpt:
+                el = max(time.time() - self.t0, 1e-9)
+                metrics["perf/proteins_per_s"] = self.seen / el
+                metrics["perf/tokens_per_s"] = self.tokens / el
+                metrics.update({f"selector/rate_{k}": v for k, v in
+                                dist.selector.rates().items()})
+                if evaluate:
+                    metrics.update(dist.evaluate(val_batches))
+                position = (epoch + 1, 0) if last else (epoch, b + 1)
+                self.report(*position, metrics, checkpoint=bool(ckpt))
+            if done:
+                break
+        return b
+
+    def maybe_fail(self) -> None:
+        """TESTING (``fail_at_step``): kill rank 0 once, to exercise fault tolerance."""
+        cfg, marker = self.cfg, Path(self.plan.run_dir) / FAIL_MARKER
+        if cfg.fail_at_step and self.dist.step == cfg.fail_at_step and self.rank == 0 \
+                and not marker.exists():
+            marker.write_text("1")
+            # Let the controller register the last reported checkpoint first (it polls
+            # workers every ~2 s); a crash right after a report could otherwise lose it.
+            time.sleep(5)
+            print(f"[rank 0] injected failure at step {self.dist.step}: killing this worker")
+            os.kill(os.getpid(), signal.SIGKILL)

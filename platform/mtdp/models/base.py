@@ -1,0 +1,79 @@
+"""The one interface every embedding model implements (student, teachers, baselines).
+
+Models are created from a user's ``--model`` string by :mod:`mtdp.models.registry`; batching,
+ordering, truncation and I/O live in :mod:`mtdp.embed`.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from typing import Any, Sequence
+
+import torch
+
+from ..io import sha256_file
+from ..sequences import DEFAULT_MAX_LEN
+
+
+def best_device() -> torch.device:
+    """CUDA if present, else CPU (MPS is skipped: T5 relative bias ops are unreliable there)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Embedder(abc.ABC):
+    """A model that maps protein sequences to per-protein vectors.
+
+    Subclasses implement :meth:`embed_batch` on already prepared sequences (validated, cleaned,
+    at most :attr:`max_len` residues); :func:`mtdp.embed.embed_sequences` does the rest.
+    """
+
+    #: Short name used in columns, logs and tables.
+    name: str
+    #: Per-protein embedding dimension.
+    dim: int
+    #: Longest sequence the model accepts (residues); longer inputs are truncated.
+    max_len: int = DEFAULT_MAX_LEN
+    #: Where the weights came from: hub name, checkpoint path, or ``random-init``.
+    source: str = ""
+    #: True only for models with real trained weights.
+    pretrained: bool = False
+    device: torch.device = torch.device("cpu")
+
+    @abc.abstractmethod
+    def embed_batch(self, sequences: Sequence[str], per_residue: bool = False
+                    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Embed one batch. Returns a float32 CPU tensor [B, dim] and, if ``per_residue``, one
+        float32 CPU tensor [L_i, dim] per sequence."""
+
+    @abc.abstractmethod
+    def to(self, device: str | torch.device) -> "Embedder":
+        """Move the model to ``device`` (and choose its precision there); returns self."""
+
+    def num_parameters(self) -> int:
+        """Number of model parameters (0 for feature baselines)."""
+        return 0
+
+    def preferred_batch_tokens(self, per_residue: bool = False) -> int | None:
+        """A model-specific token budget for :func:`mtdp.embed.embed_sequences` when the caller
+        gives none (``None``: the engine's device default)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance of this model for manifests and MLflow params."""
+        info: dict[str, Any] = {"name": self.name, "class": type(self).__name__, "dim": self.dim,
+                                "max_len": self.max_len, "source": self.source,
+                                "pretrained": self.pretrained,
+                                "parameters": self.num_parameters()}
+        if self.source and os.path.isfile(self.source):
+            info["sha256"] = sha256_file(self.source)
+        return info
+
+    def embed(self, sequences: Sequence[str], *, batch_tokens: int | None = None,
+              per_residue: bool = False, progress: bool = False, too_long: str = "truncate"):
+        """Embed prepared sequences in input order: [N, dim] float32 array (plus per-residue
+        arrays if asked), through :func:`mtdp.embed.embed_sequences` (length-sorted
+        token-budget batches, the model's truncation rule)."""
+        from ..embed import embed_sequences
+
+        return embed_sequences(self, sequences, batch_tokens=batch_tokens,
+                               per_residue=per_residue, progress=progress, too_long=too_long)

@@ -1,0 +1,142 @@
+"""The one place a ``--model`` string becomes a model: :func:`resolve` classifies a spec
+(without loading anything), :func:`load_embedder` builds it, :func:`display_identity` names
+it for users, :func:`fingerprint` identifies its outputs for caches and stores.
+
+Specs, tried in this order:
+
+* an MLflow model URI: ``models:/NAME/VERSION``, ``runs:/<id>/student`` (``mlflow:URI``);
+* a student directory (``config.json`` + ``model.safetensors``), optionally ``student:PATH``;
+* a teacher name from the registry (``esm2_t33_650M_UR50D``, ``prot_t5_xl_uniref50``,
+  ``unirep1900``, ``tiny-random-esm2`` ...), see ``mtdp teachers``;
+* a local teacher checkpoint: an ESM-2 ``.pt`` file or a ProtT5 (``T5EncoderModel``) directory;
+* a no-weight baseline: ``aac``, ``kmer1``..``kmer3``, ``random-student[:preset]``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import sha256_file
+from . import baselines, teachers
+from .base import Embedder, best_device
+from .student import WEIGHTS_FILE, StudentEmbedder, is_student_dir, load_student
+
+#: Prefixes of model URIs resolved through MLflow.
+MLFLOW_PREFIXES = ("models:/", "runs:/", "mlflow:")
+KINDS = ("mlflow", "student", "teacher", "checkpoint", "baseline")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A classified model spec: ``kind`` (one of :data:`KINDS`) and ``value`` (the URI, the
+    absolute path of a local student/checkpoint, or the registered name)."""
+
+    kind: str
+    value: str
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def accepted_forms() -> str:
+    """What a model spec may be (for error messages)."""
+    return ("a student directory, an MLflow URI (models:/NAME/VERSION), a teacher name ("
+            + ", ".join(sorted(teachers.REGISTRY)) + "), a local teacher checkpoint (ESM-2 .pt "
+            "file or ProtT5 directory) or a no-weight baseline (aac, kmer1..kmer3, "
+            "random-student[:preset])")
+
+
+def resolve(spec: str | ModelSpec) -> ModelSpec:
+    """Classify ``spec`` without loading it; local paths become absolute (so the spec means
+    the same in a Ray worker or Serve replica started elsewhere).
+
+    Raises:
+        ValueError: the spec matches nothing (the message lists what is accepted), or
+            ``student:PATH`` is not a student directory.
+    """
+    if isinstance(spec, ModelSpec):
+        return spec
+    spec = str(spec).strip()
+    if spec.startswith(MLFLOW_PREFIXES):
+        return ModelSpec("mlflow", spec)
+    path = spec[len("student:"):] if spec.startswith("student:") else spec
+    if is_student_dir(path):
+        return ModelSpec("student", str(Path(path).expanduser().resolve()))
+    if spec.startswith("student:"):
+        raise ValueError(f"{path} is not an mtdp student directory (config.json + "
+                         "model.safetensors)")
+    if spec in teachers.REGISTRY:
+        return ModelSpec("teacher", spec)
+    if spec and os.path.exists(os.path.expanduser(spec)):
+        return ModelSpec("checkpoint", str(Path(spec).expanduser().resolve()))
+    if baselines.is_baseline_spec(spec):
+        return ModelSpec("baseline", spec)
+    raise ValueError(f"unknown model {spec!r}: give {accepted_forms()}")
+
+
+def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = None,
+                  **kwargs: Any) -> Embedder:
+    """Resolve ``spec`` (see :func:`resolve`) and load it on ``device`` (default: best).
+    ``kwargs`` go to a teacher's factory; ``name=`` names a student."""
+    ms = resolve(spec)
+    dev = torch.device(device) if device is not None else best_device()
+    if ms.kind == "mlflow":
+        from ..tracking import download_student
+
+        local = download_student(ms.value)
+        return StudentEmbedder(load_student(local), name=kwargs.get("name", "student"),
+                               source=ms.value).to(dev)
+    if ms.kind == "student":
+        return StudentEmbedder(load_student(ms.value), name=kwargs.get("name", "student"),
+                               source=ms.value).to(dev)
+    if ms.kind in ("teacher", "checkpoint"):
+        return teachers.load_teacher(ms.value, **kwargs).to(dev)
+    return baselines.load_baseline(ms.value).to(dev)
+
+
+def display_identity(spec: str | ModelSpec, embedder: Embedder) -> tuple[str, str]:
+    """A display name and version: ``models:/NAME/V`` → (NAME, V); a student directory →
+    (its folder name, sha256 of its weights, 12 hex); anything else → (its name, its source)."""
+    ms = resolve(spec)
+    if ms.value.startswith("models:/"):
+        parts = ms.value[len("models:/"):].split("/")
+        return parts[0], (parts[1] if len(parts) > 1 else "latest")
+    if ms.kind == "mlflow":
+        return ms.value, ms.value
+    if ms.kind == "student":
+        return Path(ms.value).name, sha256_file(Path(ms.value) / WEIGHTS_FILE)[:12]
+    return embedder.name, embedder.source or "unknown"
+
+
+def fingerprint(embedder: Embedder) -> dict[str, Any]:
+    """What makes an embedder's output unique: its description plus a weight fingerprint
+    (checkpoint files are hashed by :meth:`~Embedder.describe`; student directories by their
+    weight files; random-init and hub models by a digest of a few parameter tensors)."""
+    info = dict(embedder.describe())
+    src = info.get("source") or ""
+    if src and os.path.isdir(src):
+        h = hashlib.sha256()
+        for p in sorted(Path(src).glob("*.safetensors")) + sorted(Path(src).glob("*.bin")):
+            h.update(p.name.encode())
+            h.update(bytes.fromhex(sha256_file(p)))
+        info["weights_sha256"] = h.hexdigest()
+    module = getattr(embedder, "model", None)
+    if module is not None and hasattr(module, "parameters") and "sha256" not in info:
+        params = list(module.parameters())
+        h = hashlib.sha256()
+        for t in (params[:2] + params[-2:]):
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        info["weights_fingerprint"] = h.hexdigest()
+    return info
+
+
+def fingerprint_key(identity: dict[str, Any]) -> str:
+    """Short stable key of a :func:`fingerprint`."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:12]

@@ -1,0 +1,179 @@
+"""Teacher precompute on Ray Data: proteins → one Parquet dataset of teacher embeddings.
+
+The output is exactly the contract of :mod:`mtdp.teacher_data` (``RUN/data/*.parquet`` plus
+``RUN/manifest.json`` written last). The run has three phases, each restartable:
+
+1. **Stage** (Ray Data): inputs are cut into pieces (:mod:`mtdp.inputs`) that tasks parse in
+   parallel; every record goes through :func:`mtdp.sequences.prepare` (the student's code path),
+   gets its split (:func:`mtdp.teacher_data.split_of`) and a shard from a stable hash of its id.
+   A ``groupby(shard)`` brings every copy of an id together, so duplicates are found globally;
+   each shard's prepared rows are written to ``RUN/work/stage/``. Invalid records and duplicate
+   ids are errors by default (all of them listed), or rejects (``on_invalid="skip"``,
+   ``on_duplicate="keep-first"``).
+2. **Embed** (Ray Data): for every shard not yet finished, one ``map_batches`` per teacher on an
+   actor pool (one model load per actor; ``num_gpus`` per actor on GPU clusters, a fraction of a
+   CPU otherwise so read/write tasks still get scheduled). A shard arrives as one batch and
+   :func:`mtdp.embed.embed_sequences` sorts it by length into token-budget batches. A failing
+   batch is retried by halving down to single proteins; a protein that still fails (or gives a
+   non-finite fp16 vector) becomes a reject with its reason. Dead actors are restarted and their
+   work retried by Ray (``max_restarts``/``max_task_retries``).
+3. **Write**: a shard is written once all its teachers are done — a done-marker with its stats,
+   then the Parquet file via temp file + rename. A finished shard is never rewritten; a rerun
+   with the same arguments skips finished shards. When every shard is finished, the rejects
+   file and the manifest (per-feature train mean/std merged from the shard markers) are written.
+
+Everything is tracked in one MLflow run per invocation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ..io import sha256_file, write_json
+from ..runtime import init_ray, ray_get
+from ..teacher_data import MANIFEST_FILE, Manifest, ManifestMismatch, teacher_column
+from .config import PrecomputeConfig
+from .pipeline import embed_shards
+from .rundir import REJECTS_FILE, RunDir, claim, fingerprint, log
+from .rundir import faults as read_faults
+from .shards import finalize
+from .stage import stage
+
+
+def _describe_teacher(spec: str) -> dict:
+    """Load a teacher (in a Ray task, not on the driver) and return its provenance."""
+    from ..models.teachers import load_teacher
+
+    info = load_teacher(spec).describe()
+    info["spec"] = spec
+    return info
+
+
+def resolve_teachers(cfg: PrecomputeConfig, run: RunDir):
+    """Teacher provenance (``describe()`` + column) for every spec; returns a callable that
+    waits for the result, so the model loads in Ray tasks overlap with staging."""
+    import ray
+
+    if run.teachers.is_file():
+        cached = json.loads(run.teachers.read_text())
+        if [t["spec"] for t in cached] == cfg.teachers:
+            for t in cached:  # a checkpoint replaced under the same path must not be mixed in
+                if t.get("sha256") and os.path.isfile(t["source"]) \
+                        and sha256_file(t["source"]) != t["sha256"]:
+                    raise ManifestMismatch(f"teacher checkpoint {t['source']} changed since this "
+                                           "run started (sha256 differs); use a new --output")
+            return lambda: cached
+    task = ray.remote(num_cpus=0.5)(_describe_teacher)
+    futures = [task.remote(s) for s in cfg.teachers]
+
+    def wait() -> list[dict]:
+        infos = ray_get(futures)
+        names = [t["name"] for t in infos]
+        columns = [teacher_column(n) for n in names]
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"teachers {cfg.teachers} give clashing names {names}; rename a "
+                             "checkpoint file")
+        for t in infos:
+            if cfg.max_len > t["max_len"]:
+                raise ValueError(f"max_len {cfg.max_len} exceeds teacher {t['name']}'s limit "
+                                 f"of {t['max_len']} residues; lower --max-len")
+            t["column"] = teacher_column(t["name"])
+        write_json(run.teachers, infos)
+        return infos
+
+    return wait
+
+
+def run_precompute(cfg: PrecomputeConfig) -> Manifest:
+    """Run (or resume) a precompute and return the finished dataset's :class:`Manifest`.
+
+    Raises:
+        SequenceError: bad input records under the ``error`` policies, or an unreadable input
+            (truncated gzip, not FASTA) — before anything is embedded.
+        ManifestMismatch: ``cfg.output`` holds finished shards of a run with other arguments.
+        ValueError, FileNotFoundError: a bad setting or a missing input.
+    """
+    cfg.validate()
+    run = RunDir(cfg.output)
+    state = claim(run, fingerprint(cfg))
+    if (run.root / MANIFEST_FILE).is_file():
+        log(cfg, f"{run.root} is already complete")
+        return Manifest.load(run.root)
+    faults = read_faults()
+    init_ray(cfg.ray_address)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = cfg.progress
+    try:
+        return _tracked(cfg, run, state, faults)
+    finally:
+        ctx.enable_progress_bars = bars  # the caller's setting, e.g. inside jobs/distill.py
+
+
+def _tracked(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict) -> Manifest:
+    if not cfg.track:
+        return _run(cfg, run, state, faults, None)
+    from ..tracking import setup_mlflow
+
+    setup_mlflow(cfg.experiment)
+    import mlflow
+
+    with mlflow.start_run(run_name=f"precompute-{Path(cfg.output).name}") as mrun:
+        mlflow.log_params({
+            "teachers": ",".join(cfg.teachers)[:6000], "inputs": ",".join(cfg.inputs)[:6000],
+            "output": os.path.abspath(cfg.output), "max_len": cfg.max_len,
+            "validation_fraction": cfg.validation_fraction, "batch_tokens": cfg.batch_tokens,
+            "actors_per_teacher": cfg.actors_per_teacher, "on_invalid": cfg.on_invalid,
+            "on_duplicate": cfg.on_duplicate})
+        return _run(cfg, run, state, faults, mrun)
+
+
+def _run(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict, mrun) -> Manifest:
+    t0 = time.perf_counter()
+    teachers_future = resolve_teachers(cfg, run)
+    stage_summary = stage(cfg, run, state)
+    log(cfg, f"staged in {time.perf_counter() - t0:.1f} s")
+    teachers = teachers_future()
+    emb = embed_shards(cfg, run, teachers, stage_summary, faults)
+    manifest, seconds = finalize(cfg, run, teachers, stage_summary, state)
+    wall = time.perf_counter() - t0
+    # Figures of this invocation (in the returned object only; the saved manifest describes
+    # the dataset, not how many attempts it took).
+    manifest.extra["this_run"] = {
+        **emb, "wall_seconds": round(wall, 3),
+        "proteins_per_s": emb["rows_embedded"] / emb["seconds"] if emb["seconds"] else 0.0,
+        "tokens_per_s": emb["residues_embedded"] / emb["seconds"] if emb["seconds"] else 0.0}
+    log(cfg, f"done: {manifest.rows:,} rows, {manifest.extra['rejected']} rejected, "
+             f"{emb['shards_written']} shard(s) written now in {wall:.1f} s -> {run.root}")
+    if mrun is not None:
+        _log_run(mrun, run, manifest, emb, stage_summary, seconds, wall)
+    return manifest
+
+
+def _log_run(mrun, run: RunDir, manifest: Manifest, emb: dict, stage_summary: dict,
+             seconds: dict[str, float], wall: float) -> None:
+    """This invocation's figures and the dataset's manifest/rejects into its MLflow run."""
+    import mlflow
+
+    rate = emb["rows_embedded"] / emb["seconds"] if emb["seconds"] else 0.0
+    metrics = {"records_read": stage_summary["records"], "rows": manifest.rows,
+               "rejected": manifest.extra["rejected"],
+               "num_shards": stage_summary["num_shards"],
+               "shards_written": emb["shards_written"],
+               "shards_done_before": emb["shards_done_before"], "proteins_per_s": rate,
+               "tokens_per_s": emb["residues_embedded"] / emb["seconds"]
+               if emb["seconds"] else 0.0, "wall_seconds": wall}
+    # Per teacher: throughput of one actor while busy (summed busy time over all shards).
+    res = manifest.extra["residues"]
+    for name, sec in seconds.items():
+        if sec > 0:
+            metrics[f"{name}.proteins_per_s"] = manifest.rows / sec
+            metrics[f"{name}.tokens_per_s"] = res / sec
+    mlflow.log_metrics(metrics)
+    mlflow.log_artifact(str(run.root / MANIFEST_FILE))
+    mlflow.log_artifact(str(run.root / REJECTS_FILE))
+    manifest.extra["mlflow_run_id"] = mrun.info.run_id

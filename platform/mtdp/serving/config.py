@@ -1,0 +1,101 @@
+"""Application arguments of the embedding service, and which model it serves."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config, option
+
+#: Environment variable naming the model when no ``model=`` application argument is given.
+MODEL_ENV = "MTDP_SERVE_MODEL"
+
+
+@dataclass
+class ServeConfig(Config):
+    """Application arguments of the embedding service (``serve run serve.app:mtdp KEY=VALUE``
+    or the ``args:`` block of a Serve config YAML); text values are converted to each field's
+    type and range-checked like every mtdp config."""
+
+    model: str | None = option(None, help=(
+        "student directory, MLflow URI (models:/mtdp-student/3), or teacher name; default "
+        f"${MODEL_ENV}, else the newest registered 'mtdp-student' in MLflow"))
+    device: str | None = option(None, help=(
+        "cpu, cuda, cuda:1 ... (default: best found on the replica)"))
+    max_sequences: int = option(512, ge=1, help=(
+        "most sequences accepted in one request (more: 413)"))
+    max_per_residue_values: int = option(50_000_000, ge=1, help=(
+        "most per-residue numbers in one answer (residues x dim; 200 MB as float32); more: "
+        "413 instead of exhausting the replica's memory"))
+    batch_tokens: int | None = option(None, ge=1, help=(
+        "padded tokens per forward pass (default 8192 on CPU, 65536 on GPU)"))
+    queue_tokens: int | None = option(None, ge=1, help=(
+        "tokens gathered from concurrent requests into one batch before it is length-sorted "
+        "into forward passes (default 4 x batch_tokens)"))
+    batch_wait_timeout_s: float = option(0.01, ge=0.0, help=(
+        "how long a batch waits for more requests before it runs"))
+    num_replicas: int = option(1, ge=1, help=(
+        "fixed number of replicas (ignored when max_replicas is set)"))
+    min_replicas: int = option(1, ge=0, help="autoscaling lower bound")
+    max_replicas: int | None = option(None, ge=1, help=(
+        "turn autoscaling on, up to this many replicas"))
+    target_ongoing_requests: float = option(32.0, gt=0.0, help=(
+        "autoscaling target of in-flight requests per replica"))
+    max_ongoing_requests: int = option(256, ge=1, help=(
+        "requests a replica holds at once (high, so batches can fill)"))
+    num_cpus: float = option(1.0, ge=0.0, help="CPUs reserved per replica")
+    num_gpus: float = option(0.0, ge=0.0, help="GPUs reserved per replica")
+    torch_threads: int | None = option(None, ge=1, help=(
+        "torch intra-op threads per replica (default: Ray's, = num_cpus)"))
+    #: Filled by :func:`mtdp.serving.app.build_app`: the tracking URI the model spec was
+    #: resolved against, so a replica started elsewhere fetches ``models:/`` from the same
+    #: registry.
+    tracking_uri: str | None = option(None, help="MLflow tracking URI for models:/ specs")
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None) -> "ServeConfig":
+        """Build from application arguments (strings from the ``serve run`` command line are
+        converted to each field's type).
+
+        Raises:
+            ValueError: an unknown argument, or a value of the wrong type or out of range.
+        """
+        args = {k.replace("-", "_"): v for k, v in (args or {}).items()}
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(args) - set(names))
+        if unknown:
+            raise ValueError(f"unknown mtdp serve argument(s) {unknown}; valid: {names}")
+        try:
+            return cls(**args)
+        except ValueError as exc:
+            raise ValueError(f"mtdp serve argument {exc}") from None
+
+
+def resolve_model_spec(spec: str | None) -> str:
+    """The model to serve: ``spec``, else ``$MTDP_SERVE_MODEL``, else the newest registered
+    ``mtdp-student`` in MLflow — resolved on the driver (:func:`mtdp.models.registry.resolve`:
+    local paths become absolute, replicas may run elsewhere), so a wrong model fails
+    ``serve run`` at once with a clear message instead of a replica that retries forever.
+
+    Raises:
+        ValueError: nothing to serve, or a spec no loader understands.
+    """
+    from ..models.registry import resolve
+    from ..tracking import STUDENT_MODEL_NAME, latest_student_uri, tracking_uri
+
+    spec = spec or os.environ.get(MODEL_ENV) or None
+    if spec is None:
+        spec = latest_student_uri()
+        if spec is None:
+            raise ValueError(
+                f"no model to serve: no model=... argument, no ${MODEL_ENV}, and no registered "
+                f"'{STUDENT_MODEL_NAME}' model in MLflow at {tracking_uri()}. Train and register "
+                "a student with `python jobs/distill.py`, or pass one: `serve run "
+                "serve.app:mtdp model=PATH/TO/student` (also models:/mtdp-student/N or a teacher "
+                "name; `mtdp student init --preset tiny DIR` writes an untrained one)")
+        return spec
+    try:
+        return resolve(spec).value
+    except ValueError as exc:
+        raise ValueError(f"model={spec!r}: {exc}") from None
