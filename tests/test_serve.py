@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(180)
 
 MAX_LEN = 200          # the tiny student's max length: real DeepLoc proteins exceed it
 MAX_SEQUENCES = 20     # per-request limit configured for the test service
+MAX_BODY = 200_000
 MAX_PER_RESIDUE_VALUES = 128 * 1000   # per-residue answers up to 1,000 residues (dim 128)
 
 
@@ -65,7 +66,8 @@ def service(ray_session, student_dir: Path):
         # Arguments as strings, exactly as `serve run serve.app:mtdp KEY=VALUE` passes them.
         app = mtdp({"model": str(student_dir), "max_sequences": str(MAX_SEQUENCES),
                     "device": "cpu", "batch_wait_timeout_s": "0.02",
-                    "max_per_residue_values": str(MAX_PER_RESIDUE_VALUES)})
+                    "max_per_residue_values": str(MAX_PER_RESIDUE_VALUES),
+                    "max_body_bytes": str(MAX_BODY)})
         serve.run(app, name="mtdp", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -183,6 +185,11 @@ BAD_INPUTS = [
     ("FASTA not text", "/embed/fasta", b">a\nMK\xff\xfeT\n", 400, ["not UTF-8"]),
     ("FASTA invalid letter", "/embed/fasta", b">a\nMKT\n>b x\nMK*T\n", 422,
      ["record 2", "'b'", "position 3"]),
+    ("JSON nested 20,000 deep", "/embed", b'{"sequences": ' + b"[" * 20000 + b"]" * 20000
+     + b"}", 400, ["could not be parsed"]),
+    ("body over the size limit", "/embed", b'{"sequences": "' + b"A" * (MAX_BODY + 10) + b'"}',
+     413, [f"limit is {MAX_BODY:,}"]),
+    ("unknown path", "/embedd", b"{}", 404, ["Not Found"]),
     ("FASTA too many", "/embed/fasta",
      "".join(f">p{i}\nMKT\n" for i in range(MAX_SEQUENCES + 1)).encode(), 413,
      [f"limit is {MAX_SEQUENCES}"]),
@@ -288,3 +295,14 @@ def test_production_config_is_valid(student_dir: Path) -> None:
     assert app._bound_deployment.name == DEPLOYMENT_NAME
     assert opts.autoscaling_config.max_replicas == app_cfg["args"]["max_replicas"]
     assert opts.max_ongoing_requests == app_cfg["args"]["max_ongoing_requests"]
+
+
+def test_trailing_stop_is_accepted_everywhere_and_info_shows_no_path(service) -> None:
+    """POST /embed follows the CLI and /embed/fasta: one trailing '*' is a stop codon."""
+    a = service.post("/embed", json=_seqs(("a", "MKTAYIAKQR*")))
+    b = service.post("/embed/fasta", content=b">a\nMKTAYIAKQR*\n",
+                     headers={"content-type": "text/plain"})
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    assert a.json()["embeddings"] == b.json()["embeddings"] and a.json()["lengths"] == [10]
+    info = service.get("/info").json()
+    assert info["source"].startswith("local:") and "/" not in info["source"]

@@ -1,4 +1,4 @@
-"""The student's fused inference path (mtdp.student.FastT5Encoder) computes exactly what the
+"""The student's fused inference path (mtdp.models.fast_t5.FastT5Encoder) computes exactly what the
 stock transformers T5EncoderModel computes, on padded batches, for every attention path."""
 from __future__ import annotations
 

@@ -36,6 +36,24 @@ def option(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None
     return dataclasses.field(default=default, metadata=meta)
 
 
+def bounded(tp: type, **limits: float):
+    """An ``argparse`` type: text → ``tp``, refused (with the bound in the message) outside
+    ``ge``/``gt``/``le``/``lt`` — for plain command-line options that are not config fields."""
+    def convert(text: str):
+        try:
+            value = parse_value(tp, text)
+        except (ValueError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            b = limits.get(key)
+            if b is not None and not {"ge": value >= b, "gt": value > b, "le": value <= b,
+                                      "lt": value < b}[key]:
+                raise argparse.ArgumentTypeError(f"must be {word} {b:g}, got {text}")
+        return value
+    convert.__name__ = tp.__name__
+    return convert
+
+
 def flag(name: str) -> str:
     """The command-line flag of a field: ``batch_tokens`` → ``--batch-tokens``."""
     return "--" + name.replace("_", "-")

@@ -8,6 +8,7 @@ returns a local copy (``--local``) on machines without network.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import http.client
 import os
@@ -177,10 +178,12 @@ def check_fasta_file(path: str | os.PathLike) -> Path:
     kind = input_kind(p)  # FileNotFoundError naming the file when it is missing
     try:
         with (gzip.open(p, "rb") if kind == "fasta.gz" else open(p, "rb")) as fh:
-            head = fh.read(1)
+            head = fh.read(4)
     except (OSError, EOFError, zlib.error) as exc:
         raise SequenceError(f"not a readable gzip file ({exc})", source=str(p)) from exc
-    if head != b">":
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8):]
+    if head[:1] != b">":
         raise SequenceError("does not start with a '>' header: not a FASTA file", source=str(p))
     return p
 

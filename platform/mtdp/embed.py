@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
-from .outputs import (embedding_table, npy_writer, output_format, parquet_schema,
-                      parquet_writer, write_rejects)
+from .outputs import (check_output, embedding_table, npy_writer, output_format,
+                      parquet_schema, parquet_writer, write_rejects)
 from .sequences import Record, SequenceError, fit_length, iter_fasta, prepare_records
 
 if TYPE_CHECKING:  # the engine takes any Embedder; it needs no model code at run time
@@ -155,9 +155,16 @@ class _FileJob:
     rejects: list[SequenceError] = field(default_factory=list)
 
     def records(self) -> Iterator[Record]:
-        return prepare_records(iter_fasta(self.input_path), max_len=None,
-                               on_duplicate=self.on_duplicate, on_invalid=self.on_invalid,
-                               rejects=self.rejects)
+        return prepare_records(self._read(), max_len=None, on_duplicate=self.on_duplicate,
+                               on_invalid=self.on_invalid, rejects=self.rejects)
+
+    def _read(self) -> Iterator[Record]:
+        n = 0
+        for n, rec in enumerate(iter_fasta(self.input_path), 1):
+            yield rec
+        if n == 0:  # an empty input is a mistake, as the server's 400 says for an empty body
+            raise _NoRecords("no FASTA records (expected '>id' header lines); nothing to embed",
+                             source=self.input_path)
 
     def chunks(self) -> Iterator[list[Record]]:
         """Chunks of records as the model sees them (truncated), counted in the summary."""
@@ -187,6 +194,7 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
     ``<output>.rejects.tsv``, never dropped silently.
     """
     fmt = output_format(output_path, fmt)
+    check_output(output_path, fmt, [input_path])
     if per_residue and fmt != "parquet":
         raise ValueError("per-residue output needs Parquet (.parquet): residue counts vary")
     if max_len is not None and max_len < 1:
@@ -209,6 +217,10 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
     summary.rejected = [str(e) for e in job.rejects]
     write_rejects(out, job.rejects)
     return summary
+
+
+class _NoRecords(SequenceError):
+    """The input holds no FASTA record at all (raised before the output is committed)."""
 
 
 def _write_npy(job: _FileJob, out: Path, meta: dict[str, str], progress: bool) -> None:

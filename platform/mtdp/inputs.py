@@ -8,9 +8,11 @@ streaming, to a plain file (:func:`materialize_input`).
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import os
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -57,6 +59,8 @@ class InputRange:
 def input_kind(path: str | os.PathLike) -> str:
     """``parquet``, ``fasta.gz`` or ``fasta`` from the file's magic bytes."""
     p = Path(path)
+    if p.is_dir():
+        raise SequenceError("is a directory, not an input file", source=str(p))
     if not p.is_file():
         raise FileNotFoundError(f"input {p}: no such file")
     with open(p, "rb") as fh:
@@ -76,7 +80,7 @@ def gunzip_to(src: str | os.PathLike, dst: str | os.PathLike) -> str:
             while block := fin.read(1 << 20):
                 fout.write(block)
                 written += len(block)
-    except (EOFError, OSError, gzip.BadGzipFile) as exc:
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error) as exc:
         raise SequenceError(f"corrupt or truncated gzip file ({exc}) after {written:,} "
                             "decompressed bytes; re-download or re-compress it",
                             source=os.fspath(src)) from exc
@@ -146,6 +150,8 @@ def count_records(r: InputRange) -> int:
     with open(r.path, "rb") as fh:
         fh.seek(r.start)
         data = fh.read(r.end - r.start)
+    if r.start == 0 and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     return data.count(b"\n>") + (1 if data[:1] == b">" else 0)
 
 
@@ -172,8 +178,11 @@ def read_range(r: InputRange) -> Iterator[Record]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SequenceError(f"not a text FASTA file: undecodable byte at offset "
-                            f"{r.start + exc.start}", source=r.source) from exc
+        before = data[:exc.start]
+        record = r.first_record - 1 + before.count(b"\n>") + (1 if data[:1] == b">" else 0)
+        raise SequenceError(f"byte {r.start + exc.start:,} of the file is not UTF-8 text (a "
+                            "binary file, or another encoding?)", source=r.source,
+                            record=record or None) from exc
     offset = r.first_record - 1
     try:
         for rec in iter_fasta(io.StringIO(text), name=r.source):

@@ -37,6 +37,34 @@ def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
                      "(or pass --format)")
 
 
+def companions(path: str | os.PathLike, fmt: str) -> list[Path]:
+    """Every file an output of format ``fmt`` writes (``.npy`` has its ids and metadata)."""
+    out = Path(path)
+    files = [out, out.with_name(out.name + ".rejects.tsv")]
+    if fmt == "npy":
+        files += [out.with_suffix(".ids.txt"), out.with_suffix(".meta.json")]
+    return files
+
+
+def check_output(path: str | os.PathLike, fmt: str, inputs: list[str | os.PathLike]) -> None:
+    """Refuse, before any work, an output that would destroy an input or cannot be written:
+    one of its files is an input (the same file, symbolic links and hard links included), an
+    existing directory, or lies under a parent that is a file."""
+    out = Path(path)
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"output {out}: {parent} is a file, not a folder")
+            break
+    ins = [Path(p) for p in inputs if os.path.exists(p)]
+    for f in companions(out, fmt):
+        if f.is_dir():
+            raise ValueError(f"output {f} is an existing directory; give a file name")
+        if f.exists() and any(os.path.samefile(f, i) for i in ins):
+            raise ValueError(f"output {f} is the input file itself; writing it would destroy "
+                             "the input — choose another output name")
+
+
 def parquet_schema(dim: int, per_residue: bool, metadata: dict[str, str]):
     """Arrow schema of an embeddings file: ``id``, ``length``, ``embedding`` (+ per-residue)."""
     import pyarrow as pa

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 #: Set when absent, before ray / mlflow / transformers are imported.
@@ -18,16 +19,28 @@ ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
+    # Tune's console reporter: the classic one is silent at verbose=0 (the new one still
+    # prints where results are stored); mtdp prints its own trial counter.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 #: Passed on to Ray workers when set in the driver.
 WORKER_ENV = ("MTDP_DATA_DIR", "MTDP_CACHE", "MTDP_UNIREP_WEIGHTS", "MTDP_KERNELS",
-              "MTDP_ATTENTION", "HF_HUB_OFFLINE", "HF_HOME", "MLFLOW_TRACKING_URI")
+              "MTDP_ATTENTION", "HF_HUB_OFFLINE", "HF_HOME", "MLFLOW_TRACKING_URI",
+              "RAY_DATA_LOGGING_CONFIG")
+
+
+#: Ray Data's console at WARNING (every record still in the session log), see the file.
+RAY_DATA_LOGGING = str(Path(__file__).with_name("ray_data_logging.yaml"))
 
 
 def apply_env_defaults() -> None:
-    """Set :data:`ENV_DEFAULTS` where the environment does not already say otherwise."""
+    """Set :data:`ENV_DEFAULTS` where the environment does not already say otherwise, and
+    Ray Data's quieter console (:data:`RAY_DATA_LOGGING`) unless ``MTDP_RAY_DATA_LOGS=1``."""
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("MTDP_RAY_DATA_LOGS", "").lower() not in ("1", "true", "yes"):
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", RAY_DATA_LOGGING)
 
 
 def worker_env() -> dict[str, str]:
@@ -53,11 +66,65 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     runtime_env["env_vars"] = {**worker_env(), **runtime_env.get("env_vars", {})}
+    hook = "mtdp.runtime.setup_cluster_worker"
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kwargs.setdefault("include_dashboard", False)
+        hook = "mtdp.runtime.setup_local_worker"
         address = "local"
+    runtime_env.setdefault("worker_process_setup_hook", hook)
     ray.init(address=address, runtime_env=runtime_env, **kwargs)
+    _reconfigure_ray_data()
+
+
+def setup_cluster_worker() -> None:
+    """``worker_process_setup_hook`` of every worker: name its own cluster in
+    ``$RAY_ADDRESS``. Ray Train's placement-group cleaner looks the cluster up through the
+    State API with no address; with more than one Ray on the host (a throw-away head beside
+    another ``ray start``) that lookup fails with "Found multiple active Ray instances" and
+    the cleaner's thread dies with a 30-line traceback."""
+    import ray
+
+    try:
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - a hook must never stop a worker from starting
+        pass
+
+
+#: Loggers of Ray components whose messages on a private local cluster are noise: Ray Train's
+#: placement-group cleaner polls the State API, which lives in the dashboard that a private
+#: local Ray runs without, and warns on every poll (it guards against an ungracefully dying
+#: controller of a long-lived cluster; a private cluster ends with its driver anyway).
+QUIET_LOCAL = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def setup_local_worker() -> None:
+    """``worker_process_setup_hook`` of private local clusters: :func:`setup_cluster_worker`,
+    and :data:`QUIET_LOCAL` silenced."""
+    import logging
+
+    setup_cluster_worker()
+    for name in QUIET_LOCAL:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class DropProgressNotice:
+    """Logging filter: drop Ray Data's "Progress bars disabled" notice (mtdp turns its bars
+    off in jobs on purpose and prints its own progress)."""
+
+    def filter(self, record) -> bool:
+        return "Progress bars disabled" not in record.getMessage()
+
+
+def _reconfigure_ray_data() -> None:
+    """Ray Data reads its logging configuration when imported: if it was imported before
+    :func:`apply_env_defaults` set ours, apply it now."""
+    import sys
+
+    if "ray.data" in sys.modules and os.environ.get("RAY_DATA_LOGGING_CONFIG"):
+        from ray.data._internal.logging import configure_logging
+
+        configure_logging()
 
 
 def ray_get(refs):

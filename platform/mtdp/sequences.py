@@ -6,8 +6,8 @@ sequence: :func:`prepare` validates, cleans (ProtTrans convention) and truncates
 from __future__ import annotations
 
 import gzip
-import io
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Iterator, Sequence
 
@@ -58,41 +58,58 @@ class Record:
     original_length: int | None = field(default=None, repr=False)
 
 
-def _open_text(path: str | os.PathLike) -> IO[str]:
-    path = os.fspath(path)
+_BOM = "\ufeff"
+
+
+def _lines(source: str | os.PathLike | IO[str], label: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a FASTA file (plain or gzip, by magic bytes) or text handle;
+    files are read as bytes and decoded line by line, so an undecodable byte is reported at
+    its own line. A leading UTF-8 byte-order mark is dropped."""
+    if not isinstance(source, (str, os.PathLike)):
+        for lineno, line in enumerate(source, 1):
+            yield lineno, (line.lstrip(_BOM) if lineno == 1 else line)
+        return
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise SequenceError("no such file", source=label)
+    if os.path.isdir(path):
+        raise SequenceError("is a directory, not a FASTA file", source=label)
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict")
-    return open(path, "r", encoding="utf-8")
+    with (gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _Undecodable(lineno, exc.start, raw.startswith(b">")) from exc
+            yield lineno, (text.lstrip(_BOM) if lineno == 1 else text)
+
+
+class _Undecodable(Exception):
+    def __init__(self, lineno: int, column: int, header: bool) -> None:
+        super().__init__(lineno, column)
+        self.lineno, self.column, self.header = lineno, column, header
 
 
 def iter_fasta(source: str | os.PathLike | IO[str], *, name: str | None = None) -> Iterator[Record]:
     """Stream records from a FASTA file (plain or gzip, detected by magic bytes) or text handle.
 
     Multi-line records are joined; blank lines and ``;`` comment lines are skipped; whitespace
-    and a trailing ``*`` (stop) inside sequences are removed. Letters are NOT validated here
-    (see :func:`prepare`), so a reader never loses records silently.
+    inside sequences is removed; a UTF-8 byte-order mark is accepted. Letters are NOT validated
+    here (see :func:`prepare`), so a reader never loses records silently.
 
     Raises:
-        SequenceError: text before the first header, an empty header, a truncated/corrupt gzip
-            or a file that is not UTF-8 text.
+        SequenceError: a directory or missing file, text before the first header, an empty
+            header, a truncated/corrupt gzip, or a byte that is not UTF-8 — naming the file,
+            the record and the line.
     """
-    if isinstance(source, (str, os.PathLike)):
-        label = name or os.fspath(source)
-        if not os.path.exists(source):
-            raise SequenceError("no such file", source=label)
-        handle: IO[str] = _open_text(source)
-        close = True
-    else:
-        label = name or getattr(source, "name", "<stream>")
-        handle, close = source, False
-    index = 0
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike))
+                     else getattr(source, "name", "<stream>"))
+    index, lineno = 0, 0
     header: str | None = None
     chunks: list[str] = []
-    lineno = 0
     try:
-        for lineno, line in enumerate(handle, 1):
+        for lineno, line in _lines(source, label):
             line = line.strip()
             if not line or line.startswith(";"):
                 continue
@@ -102,32 +119,28 @@ def iter_fasta(source: str | os.PathLike | IO[str], *, name: str | None = None) 
                 index += 1
                 header = line[1:].strip()
                 if not header:
-                    raise SequenceError(f"empty header at line {lineno}", source=label, record=index)
+                    raise SequenceError(f"empty header at line {lineno}", source=label,
+                                        record=index)
                 chunks = []
+            elif header is None:
+                raise SequenceError(f"line {lineno} has sequence data before any '>' header; "
+                                    "is this FASTA?", source=label)
             else:
-                if header is None:
-                    raise SequenceError(
-                        f"line {lineno} has sequence data before any '>' header; is this FASTA?",
-                        source=label)
                 chunks.append(line)
         if header is not None:
             yield _make_record(header, chunks, index, label)
-    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+    except _Undecodable as exc:
+        raise SequenceError(f"not a text FASTA file: line {exc.lineno}, byte {exc.column + 1} "
+                            "is not UTF-8 (a binary file, or another encoding?)", source=label,
+                            record=(index + exc.header) or None) from None
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise SequenceError(f"corrupt or truncated file after line {lineno} ({exc}); "
                             f"{index} record(s) read before the damage", source=label) from exc
-    except UnicodeDecodeError as exc:
-        raise SequenceError(f"not a text FASTA file (undecodable byte after line {lineno})",
-                            source=label) from exc
-    finally:
-        if close:
-            handle.close()
 
 
 def _make_record(header: str, chunks: list[str], index: int, source: str) -> Record:
     parts = header.split(None, 1)
-    seq = "".join("".join(c.split()) for c in chunks)
-    if seq.endswith("*"):
-        seq = seq[:-1]
+    seq = drop_stop("".join("".join(c.split()) for c in chunks))
     return Record(id=parts[0], sequence=seq, description=parts[1] if len(parts) > 1 else "",
                   index=index, source=source)
 
@@ -160,6 +173,12 @@ def validate(sequence: str, *, seq_id: str | None = None, source: str | None = N
                 f"invalid character {ch!r}: allowed are the amino-acid letters "
                 f"{STANDARD_AA} plus X B Z U O", source=source, record=record, seq_id=seq_id,
                 position=pos)
+
+
+def drop_stop(sequence: str) -> str:
+    """The one stop-codon rule: a single trailing ``*`` (translated sequences) is dropped —
+    by the FASTA reader and by :func:`prepare`, so files and requests agree."""
+    return sequence[:-1] if sequence.endswith("*") else sequence
 
 
 #: What to do with a sequence longer than a model's ``max_len``: cut it to its first
@@ -206,7 +225,9 @@ def fit_length(records: Iterable[Record], max_len: int, too_long: str = "truncat
 def prepare(sequence: str, *, max_len: int | None = DEFAULT_MAX_LEN, seq_id: str | None = None,
             source: str | None = None, record: int | None = None) -> str:
     """Validate, clean and truncate (:func:`truncate`) one sequence exactly as every mtdp
-    model sees it; ``max_len=None`` disables truncation."""
+    model sees it — from a file, a request or a table alike. One trailing ``*`` (a stop codon
+    in translated sequences) is dropped; ``max_len=None`` disables truncation."""
+    sequence = drop_stop(sequence)
     validate(sequence, seq_id=seq_id, source=source, record=record)
     return truncate(clean(sequence), max_len)
 

@@ -24,12 +24,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import __version__
-from .io import atomic_path, write_text
+from .io import atomic_path, sha256_file, write_text
 
 FORMAT = "mtdp-teacher-embeddings"
 MANIFEST_FILE = "manifest.json"
@@ -95,6 +95,8 @@ class Manifest:
     format: str = FORMAT
     mtdp_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Data file name → its record when written (``rows``, ``bytes``, ``sha256``).
+    files: dict[str, dict] = field(default_factory=dict)
 
     def teacher(self, name: str) -> TeacherEntry:
         for t in self.teachers:
@@ -141,30 +143,72 @@ def data_files(run_dir: str | os.PathLike) -> list[str]:
 
 
 # ---- writing and validated reading ---------------------------------------------------------
-def write_shard(table, path: str | os.PathLike) -> Path:
+def write_shard(table, path: str | os.PathLike,
+                before_commit: Callable[[dict], None] | None = None) -> dict:
     """Write one data file of the dataset atomically (zstd Parquet under a temporary name no
-    ``*.parquet`` glob sees, then renamed): a reader never meets a half-written shard."""
+    ``*.parquet`` glob sees, then renamed): a reader never meets a half-written shard.
+
+    Returns the file's record ``{rows, bytes, sha256}``; ``before_commit(record)`` runs after
+    the data is written and before the rename (to persist the record first)."""
     import pyarrow.parquet as pq
 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    return Path(path)
+        record = {"rows": table.num_rows, "bytes": tmp.stat().st_size,
+                  "sha256": sha256_file(tmp)}
+        if before_commit is not None:
+            before_commit(record)
+    return record
+
+
+def verify_shard(path: str | os.PathLike, record: dict | None = None,
+                 checksum: bool = True) -> str | None:
+    """Why the data file ``path`` is not the one committed (``None``: it is): missing,
+    unreadable as Parquet, or — against its ``record`` from :func:`write_shard` — a different
+    row count, size or SHA-256 (``checksum=False`` skips the hash)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.is_file():
+        return "missing"
+    try:
+        rows = pq.ParquetFile(p).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        return f"not a readable Parquet file ({exc})"
+    if record:
+        if rows != record.get("rows", rows):
+            return f"{rows} rows, {record['rows']} were written"
+        if p.stat().st_size != record.get("bytes", p.stat().st_size):
+            return f"{p.stat().st_size} bytes, {record['bytes']} were written"
+        if checksum and record.get("sha256") and sha256_file(p) != record["sha256"]:
+            return "its SHA-256 differs from the one recorded when it was written"
+    return None
 
 
 def open_teacher_dataset(run_dir: str | os.PathLike, teachers: list[str] | None = None,
-                         max_len: int | None = None) -> tuple[Manifest, list[str]]:
-    """Validate a teacher dataset for a reader; returns its manifest and data files.
+                         max_len: int | None = None, verify: bool = True
+                         ) -> tuple[Manifest, list[str]]:
+    """Validate a teacher dataset for a reader; returns its manifest and data files. Every
+    data file must be readable and match its record in the manifest (rows, size and, with
+    ``verify``, SHA-256).
 
     Raises:
         FileNotFoundError: no manifest (the run is unfinished: rerun precompute to resume).
-        ManifestMismatch: a different truncation length, a missing teacher, data files that
-            do not add up to the manifest's row count, or a column of the wrong dimension.
+        ManifestMismatch: a different truncation length, a missing teacher, a damaged data
+            file (named), data files that do not add up to the manifest's row count, or a
+            column of the wrong dimension.
     """
     import pyarrow.parquet as pq
 
     manifest = Manifest.load(run_dir)
     manifest.check(teachers=teachers, max_len=max_len)
     files = data_files(run_dir)
+    for f in files:
+        problem = verify_shard(f, manifest.files.get(Path(f).name), checksum=verify)
+        if problem:
+            raise ManifestMismatch(f"{f} is damaged: {problem}. Rerun the precompute with the "
+                                   "same arguments: it names and recomputes damaged shards")
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if rows != manifest.rows:
         raise ManifestMismatch(f"{run_dir}: data files hold {rows} rows but the manifest says "

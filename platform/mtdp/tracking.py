@@ -136,12 +136,24 @@ def log_student(student_dir: str | os.PathLike, *, run_id: str | None = None,
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", "mlflow", "safetensors",
             "transformers", "numpy", "pandas"]
-    with mlflow.start_run(run_id=run_id, nested=False):
-        mlflow.log_artifacts(str(student_dir), artifact_path="student_dir")
-        info = mlflow.pyfunc.log_model(
-            name=artifact_path, python_model=_student_pyfunc_class()(),
-            artifacts={"student": str(student_dir)}, pip_requirements=reqs,
-            registered_model_name=registered_name or None)
+    import logging
+    import warnings
+
+    # The pyfunc wrapper is our own class (resolved by name, see _student_pyfunc_class):
+    # MLflow's generic warnings about type hints and CloudPickle are not for our users.
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with mlflow.start_run(run_id=run_id, nested=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            mlflow.log_artifacts(str(student_dir), artifact_path="student_dir")
+            info = mlflow.pyfunc.log_model(
+                name=artifact_path, python_model=_student_pyfunc_class()(),
+                artifacts={"student": str(student_dir)}, pip_requirements=reqs,
+                registered_model_name=registered_name or None)
+    finally:
+        pyfunc_log.setLevel(level)
     if registered_name:
         return f"models:/{registered_name}/{info.registered_model_version}"
     return info.model_uri

@@ -82,7 +82,7 @@ def student_checks(dev: torch.device, seqs: list[str]) -> None:
 
 
 def _pool(hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    from mtdp.student import masked_mean
+    from ..models.pooling import masked_mean
     from mtdp.tokenizer import residue_mask
 
     return masked_mean(hidden, residue_mask(ids))

@@ -110,7 +110,8 @@ def embed_all(cfg: BenchmarkConfig, tasks: list[Task], log=print
 
 
 def run_tune(cfg: BenchmarkConfig, tasks: list[Task], models: list[ModelInfo],
-             arrays: dict[str, np.ndarray], folds: dict[str, list[np.ndarray]], storage: Path):
+             arrays: dict[str, np.ndarray], folds: dict[str, list[np.ndarray]], storage: Path,
+             log=print):
     """One Tune trial per (model, task, fold[, hyper-parameter sample]); returns the
     :class:`ray.tune.ResultGrid`."""
     import ray
@@ -136,6 +137,7 @@ def run_tune(cfg: BenchmarkConfig, tasks: list[Task], models: list[ModelInfo],
                      weight_decay=tune.loguniform(1e-5, 1e-1))
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = cfg.max_concurrent or max(1, int(cpus))
+    total = len(models) * len(tasks) * cfg.folds * max(1, cfg.search)
     trainable = tune.with_resources(tune.with_parameters(probe_trial, data=data),
                                     {"cpu": cfg.cpus_per_trial})
     from ray.tune.search import BasicVariantGenerator
@@ -150,8 +152,35 @@ def run_tune(cfg: BenchmarkConfig, tasks: list[Task], models: list[ModelInfo],
             search_alg=BasicVariantGenerator(random_state=cfg.seed,
                                              max_concurrent=concurrent)),
         run_config=tune.RunConfig(storage_path=str(storage.resolve()),
-                                  name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", verbose=0))
+                                  name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", verbose=0,
+                                  callbacks=[trial_counter(total, log)]))
     return tuner.fit()
+
+
+def trial_counter(total: int, log=print):
+    """A Tune callback logging ``[benchmark] trial 5/60 done: model × task, fold 3 (...)``
+    as each trial ends, so the probe phase is never silent for minutes."""
+    from ray import tune
+
+    class TrialCounter(tune.Callback):
+        def __init__(self) -> None:
+            self.done, self.t0 = 0, time.perf_counter()
+
+        def _line(self, trial, what: str) -> None:
+            self.done += 1
+            c = trial.config
+            el = time.perf_counter() - self.t0
+            eta = el / self.done * (total - self.done)
+            log(f"[benchmark] trial {self.done}/{total} {what}: {c.get('model')} × "
+                f"{c.get('task')}, fold {c.get('fold')} ({el:.0f} s, ~{eta:.0f} s left)")
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._line(trial, "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._line(trial, "FAILED")
+
+    return TrialCounter()
 
 
 def collect_trials(grid, cfg: BenchmarkConfig, tasks: list[Task], models: list[ModelInfo]):
@@ -204,7 +233,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> BenchmarkResult:
     models, arrays = embed_all(cfg, tasks, log)
     folds = {t.name: make_folds(t.kind, t.labels, cfg.folds, cfg.seed) for t in tasks}
     t_probe = time.perf_counter()
-    grid = run_tune(cfg, tasks, models, arrays, folds, out / "tune")
+    grid = run_tune(cfg, tasks, models, arrays, folds, out / "tune", log)
     log(f"[benchmark] {len(grid)} Tune trials in {time.perf_counter() - t_probe:.1f} s")
     trials, errors = collect_trials(grid, cfg, tasks, models)
     summary = report.summarize(trials[trials["selected"]], tasks, models)

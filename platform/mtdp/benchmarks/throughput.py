@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import Config, option
 from ..embed import default_batch_tokens, embed_sequences
 from ..io import data_dir
 from ..models import kernels
@@ -79,22 +80,22 @@ def build(name: str) -> Embedder:
 
 
 @dataclass
-class ThroughputConfig:
+class ThroughputConfig(Config):
     """The run's inputs and repeats (``benchmarks/throughput.py`` flags)."""
 
-    models: list[str] = field(default_factory=lambda: list(MODELS))
-    device: str = "auto"
-    threads: int | None = None
-    fixed_len: int = 1000
-    student_fixed: int = 8
-    teacher_fixed: int = 4
-    student_real: int = 64
-    teacher_real: int = 2
-    repeats: int = 3
-    teacher_repeats: int = 1
-    batch_tokens: int | None = None
-    fasta: Path | None = None
-    seed: int = 0
+    models: list[str] = option(factory=lambda: list(MODELS), help="models to time")
+    device: str = option("auto", help="cpu, cuda or auto")
+    threads: int | None = option(None, ge=1, help="torch CPU threads")
+    fixed_len: int = option(1000, ge=1, help="residues per fixed-length protein")
+    student_fixed: int = option(8, ge=0, help="fixed-length proteins, student")
+    teacher_fixed: int = option(4, ge=0, help="fixed-length proteins, teachers")
+    student_real: int = option(64, ge=1, help="real proteins, student")
+    teacher_real: int = option(2, ge=0, help="real proteins, teachers")
+    repeats: int = option(3, ge=1, help="timed repeats per student run")
+    teacher_repeats: int = option(1, ge=1, help="timed repeats per teacher run")
+    batch_tokens: int | None = option(None, ge=1, help="token budget per batch")
+    fasta: str | None = option(None, help="real proteins (FASTA)")
+    seed: int = option(0, ge=0, help="seed of the inputs")
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _setup(cfg: ThroughputConfig) -> _Run:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if cfg.device == "auto" else cfg.device)
     torch.set_num_threads(cfg.threads or physical_cores())
-    fasta = cfg.fasta or data_dir() / "deeploc1" / "deeploc_test_set.fasta"
+    fasta = Path(cfg.fasta) if cfg.fasta else data_dir() / "deeploc1" / "deeploc_test_set.fasta"
     teachers = [m for m in cfg.models if m in ("esm2_650m", "prott5_xl")]
     students = [m for m in cfg.models if m.startswith("student")]
     n_tfix = cfg.teacher_fixed if teachers else 0

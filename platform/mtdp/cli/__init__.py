@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args) or 0
-    except (SequenceError, ValueError, FileNotFoundError) as exc:
+    except (SequenceError, ValueError, OSError) as exc:  # a user mistake: one line, no trace
         print(f"mtdp {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from ..config import bounded
+from ..sequences import SequenceError
 
 
 EPILOG_EMBED = """\
@@ -36,9 +40,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="output format (default: from the output file's extension)")
     p.add_argument("--per-residue", action="store_true",
                    help="also store one vector per residue (Parquet only; large)")
-    p.add_argument("--max-len", type=int, default=None,
+    p.add_argument("--max-len", type=bounded(int, ge=1), default=None,
                    help="truncate proteins to this many residues (default: the model's limit)")
-    p.add_argument("--batch-tokens", type=int, default=None,
+    p.add_argument("--batch-tokens", type=bounded(int, ge=1), default=None,
                    help="padded tokens per batch (default 8192 on CPU, 65536 on GPU); lower it "
                         "if you run out of memory")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best found)")
@@ -53,7 +57,13 @@ def add(sub: argparse._SubParsersAction) -> None:
 def _run_embed(args: argparse.Namespace) -> int:
     from ..embed import embed_file
     from ..models.registry import load_embedder
+    from ..outputs import check_output, output_format
 
+    # Everything that can be checked without the model is checked before it loads.
+    if os.path.isdir(args.input) or not os.path.isfile(args.input):
+        raise SequenceError("is a directory, not a FASTA file" if os.path.isdir(args.input)
+                            else "no such file", source=args.input)
+    check_output(args.output, output_format(args.output, args.format), [args.input])
     model = load_embedder(args.model, device=args.device)
     summary = embed_file(
         model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
@@ -64,6 +74,10 @@ def _run_embed(args: argparse.Namespace) -> int:
     rejected = d.pop("rejected")
     d["rejected"] = len(rejected)
     print(json.dumps(d))
+    if summary.truncated:
+        print(f"{summary.truncated:,} of {summary.proteins:,} protein(s) were longer than "
+              f"{summary.max_len:,} residues and were cut to their first {summary.max_len:,} "
+              "(the model's limit; --max-len to lower it)", file=sys.stderr)
     if rejected:
         print(f"{len(rejected)} record(s) skipped, see {args.output}.rejects.tsv",
               file=sys.stderr)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from ..config import bounded
 
 
 def add_teachers(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +53,7 @@ def add_student(sub: argparse._SubParsersAction) -> None:
                                         "starting point; NOT trained)")
     init.add_argument("output", help="directory to create")
     init.add_argument("--preset", default="paper", choices=["paper", "small", "tiny"])
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--seed", type=bounded(int, ge=0), default=0)
     init.set_defaults(func=_run_student_init)
     info = ssub.add_parser("info", help="print a student's configuration and size")
     info.add_argument("path")
@@ -62,12 +65,15 @@ def _run_student_init(args: argparse.Namespace) -> int:
 
     from ..models.student import StudentConfig, StudentModel
 
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder; choose a new directory")
     torch.manual_seed(args.seed)
     cfg = StudentConfig.preset(args.preset, metadata={"init": "random", "seed": args.seed})
     model = StudentModel(cfg)
-    model.save(args.output)
+    model.save(out)
     print(f"wrote random {args.preset} student ({model.num_parameters():,} parameters) to "
-          f"{args.output}")
+          f"{out}")
     return 0
 
 

@@ -28,7 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import Config, option
 from ..io import write_text
+from ..losses import KD_KINDS
 from ..sequences import write_fasta
 
 TEACHERS = ["unirep1900", "unirep256"]
@@ -63,30 +65,30 @@ SCALES: dict[str, dict] = {
 
 
 @dataclass
-class PresetConfig:
+class PresetConfig(Config):
     """One preset run: a scale's fields (any may be overridden) plus where things go."""
 
-    scale: str
-    pool: int
-    max_len: int
-    task_proteins: int
-    folds: int
-    preset: str
-    epochs: int
-    batch_size: int
-    lr: float
-    kd_loss: str
-    mlm_weight: float
-    dropout: float
-    residue: str
-    residue_weight: float
-    tasks: str
-    modes: str = ",".join(MODES)
-    workdir: str = "runs/unirep-preset"
-    results: str = "benchmarks/results"
-    threads: int = 0
-    seed: int = 0
-    fresh: bool = False
+    scale: str = option(choices=tuple(SCALES), help="default, quick or large")
+    pool: int = option(ge=16, help="distillation pool proteins")
+    max_len: int = option(ge=1, help="truncate pool proteins to this many residues")
+    task_proteins: int = option(ge=10, help="proteins per benchmark task (seeded subset)")
+    folds: int = option(ge=2, help="cross-validation folds")
+    preset: str = option(choices=("tiny", "small", "paper"), help="student size")
+    epochs: int = option(ge=1, help="distillation epochs")
+    batch_size: int = option(ge=1, help="proteins per step")
+    lr: float = option(gt=0.0, help="peak learning rate")
+    kd_loss: str = option(choices=KD_KINDS, help="distillation loss")
+    mlm_weight: float = option(ge=0.0, help="weight of the MLM loss")
+    dropout: float = option(ge=0.0, lt=1.0, help="student dropout")
+    residue: str = option(help="teachers whose per-residue states are distilled ('' none)")
+    residue_weight: float = option(ge=0.0, help="weight of the per-residue loss")
+    tasks: str = option(help="benchmark tasks, comma-separated")
+    modes: str = option(",".join(MODES), help="distillation modes, comma-separated")
+    workdir: str = option("runs/unirep-preset", help="all outputs go here")
+    results: str = option("benchmarks/results", help="where the table is written")
+    threads: int = option(0, ge=0, help="torch threads for task embedding (0: default)")
+    seed: int = option(0, ge=0, help="seed of the pool and the students")
+    fresh: bool = option(False, help="delete the workdir first")
 
     @classmethod
     def for_scale(cls, scale: str, **overrides) -> "PresetConfig":

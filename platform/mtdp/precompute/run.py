@@ -36,7 +36,7 @@ from ..runtime import init_ray, ray_get
 from ..teacher_data import MANIFEST_FILE, Manifest, ManifestMismatch, teacher_column
 from .config import PrecomputeConfig
 from .pipeline import embed_shards
-from .rundir import REJECTS_FILE, RunDir, claim, fingerprint, log
+from .rundir import REJECTS_FILE, RunDir, claim, drop_damaged, fingerprint, log
 from .rundir import faults as read_faults
 from .shards import finalize
 from .stage import stage
@@ -98,6 +98,7 @@ def run_precompute(cfg: PrecomputeConfig) -> Manifest:
     cfg.validate()
     run = RunDir(cfg.output)
     state = claim(run, fingerprint(cfg))
+    drop_damaged(run, cfg)
     if (run.root / MANIFEST_FILE).is_file():
         log(cfg, f"{run.root} is already complete")
         return Manifest.load(run.root)

@@ -132,3 +132,33 @@ def write_rejects_tsv(path: Path, rejects: list[dict]) -> None:
         for r in rejects:
             reason = str(r["reason"]).replace("\t", " ").replace("\n", " ")
             fh.write(f"{r['id']}\t{r['source']}\t{r['record']}\t{r['stage']}\t{reason}\n")
+
+
+def drop_damaged(run: RunDir, cfg: PrecomputeConfig) -> list[str]:
+    """Find finished shards whose data file is not the one committed (truncated, replaced,
+    unreadable: :func:`mtdp.teacher_data.verify_shard` against the record in its marker, or in
+    the manifest of a complete run), name them, and remove them with their markers — and the
+    manifest, since the dataset is then incomplete — so this run recomputes them. Returns the
+    damaged files' names."""
+    import json
+
+    from ..teacher_data import Manifest, verify_shard
+
+    records: dict[str, dict] = {}
+    if (run.root / MANIFEST_FILE).is_file():
+        records = Manifest.load(run.root).files
+    bad = []
+    for f in map(Path, data_files(run.root)):
+        marker = run.done / f.with_suffix(".json").name
+        rec = records.get(f.name) or (json.loads(marker.read_text()).get("file")
+                                      if marker.is_file() else None)
+        problem = verify_shard(f, rec)
+        if problem:
+            print(f"[precompute] damaged shard {f}: {problem}; recomputing it",
+                  file=sys.stderr, flush=True)
+            bad.append(f.name)
+            f.unlink()
+            marker.unlink(missing_ok=True)
+    if bad:
+        (run.root / MANIFEST_FILE).unlink(missing_ok=True)
+    return bad

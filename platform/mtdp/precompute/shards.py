@@ -116,8 +116,13 @@ def _finish_shard(run: RunDir, shard: int, table, columns: list[str]) -> dict:
                            "stage": "embed", "reason": r["_reject"]}
                           for r in bad.select(["id", "source", "record", "_reject"]).to_pylist()],
               "seconds": seconds, "stats": stats, "written": time.time()}
-    write_json(run.marker(shard), marker)  # marker first: data file present ⇒ marker present
-    write_shard(data, run.data_file(shard))
+
+    def commit_marker(record: dict) -> None:
+        # The marker, with the file's row count and checksum, is written first: a data file
+        # present means its marker is, and a damaged file is recognised on resume.
+        write_json(run.marker(shard), {**marker, "file": record})
+
+    write_shard(data, run.data_file(shard), before_commit=commit_marker)
     return {"shard": shard, "rows": data.num_rows, "rejected": bad.num_rows,
             "residues": marker["residues"], "finished_at": time.time()}
 
@@ -163,6 +168,8 @@ def finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: di
                "teacher_info": {t["name"]: {k: v for k, v in t.items() if k != "column"}
                                 for t in teachers},
                "teacher_seconds": {k: round(v, 3) for k, v in seconds.items()}})
+    manifest.files = {run.data_file(int(s)).name: m["file"]
+                      for s, m in zip(stage["shards"], markers) if m.get("file")}
     manifest.save(run.root)
     # Staged copies are no longer needed; markers and run state stay for auditing.
     shutil.rmtree(run.stage, ignore_errors=True)

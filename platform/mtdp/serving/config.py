@@ -28,6 +28,8 @@ class ServeConfig(Config):
     max_per_residue_values: int = option(50_000_000, ge=1, help=(
         "most per-residue numbers in one answer (residues x dim; 200 MB as float32); more: "
         "413 instead of exhausting the replica's memory"))
+    max_body_bytes: int = option(32 << 20, ge=1024, help=(
+        "largest request body accepted (more: 413, before it is parsed)"))
     batch_tokens: int | None = option(None, ge=1, help=(
         "padded tokens per forward pass (default 8192 on CPU, 65536 on GPU)"))
     queue_tokens: int | None = option(None, ge=1, help=(

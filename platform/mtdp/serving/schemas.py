@@ -148,3 +148,28 @@ def encode_npy(array: np.ndarray, dtype: str = "float32") -> str:
 def decode_npy(text: str) -> np.ndarray:
     """Inverse of :func:`encode_npy`, for clients: base64 ``.npy`` → array."""
     return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
+
+
+#: Error names of plain HTTP errors (FastAPI's own 400/404/405 ...), in the documented format.
+_HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+                405: "method_not_allowed", 413: "body_too_large"}
+
+
+async def http_error(request: Request, exc) -> JSONResponse:
+    """Starlette/FastAPI ``HTTPException`` (unknown path, wrong method, a body FastAPI could not
+    parse — e.g. JSON nested thousands deep) in the documented error format."""
+    detail = str(exc.detail)
+    if detail == "There was an error parsing the body":
+        detail = ("the request body could not be parsed (not JSON, or nested too deeply to "
+                  "parse)")
+    return RequestError(exc.status_code, _HTTP_ERRORS.get(exc.status_code, "http_error"),
+                        detail).response()
+
+
+async def body_too_large(request: Request, exc) -> JSONResponse:
+    """A streamed body that passed the size limit (:mod:`.security`)."""
+    from .security import GuardMiddleware
+
+    return RequestError(413, "body_too_large", f"the request body has more than "
+                        f"{GuardMiddleware.max_body:,} bytes, the limit (split the request)"
+                        ).response()

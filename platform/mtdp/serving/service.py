@@ -36,13 +36,16 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from .. import __version__
 from ..sequences import SequenceError, fit_length, iter_fasta, prepare_records, records_from_pairs
 from .config import ServeConfig
 from .schemas import (ERROR_RESPONSES, DType, EmbedRequest, EmbedResponse, Format, InfoResponse,
-                      RequestError, encode_npy, request_error, validation_error)
+                      RequestError, body_too_large, encode_npy, http_error, request_error,
+                      validation_error)
+from .security import BodyTooLarge, GuardMiddleware
 
 log = logging.getLogger("mtdp.serving")
 
@@ -54,7 +57,9 @@ _TOKEN_OVERHEAD = 2
 api = FastAPI(
     title="mtdp embeddings", version=__version__,
     description=__doc__.split("\n\n", 1)[1] if __doc__ else "",
-    exception_handlers={RequestValidationError: validation_error, RequestError: request_error})
+    exception_handlers={RequestValidationError: validation_error, RequestError: request_error,
+                        StarletteHTTPException: http_error, BodyTooLarge: body_too_large})
+api.add_middleware(GuardMiddleware)
 
 
 @dataclass
@@ -80,6 +85,16 @@ class _BatchSizeWarningFilter(logging.Filter):
         return "is larger than `max_ongoing_requests`" not in record.getMessage()
 
 
+def public_source(source: str) -> str:
+    """Where the weights came from, without the server's file paths: a local file or folder
+    is named by its base name only (``models:/`` URIs, hub and registry names stay)."""
+    container, _, member = source.partition("!")
+    if container.startswith("/") or os.path.exists(container):
+        return f"local:{os.path.basename(container.rstrip('/'))}" + (
+            f"!{os.path.basename(member)}" if member else "")
+    return source
+
+
 # ---- the deployment --------------------------------------------------------------------------
 # Everything the class uses must be defined above it: @serve.deployment serialises the class
 # when this module is imported.
@@ -96,6 +111,7 @@ class EmbeddingService:
 
         logging.getLogger("ray.serve").addFilter(_BatchSizeWarningFilter())
         self.config = cfg = ServeConfig(**config)
+        GuardMiddleware.configure(cfg.max_body_bytes)
         if cfg.tracking_uri:
             # models:/ URIs must resolve against the registry the driver saw.
             os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking_uri)
@@ -239,7 +255,8 @@ class EmbeddingService:
     def info(self) -> InfoResponse:
         e = self.embedder
         return InfoResponse(
-            model=self.model_name, model_version=self.model_version, source=e.source,
+            model=self.model_name, model_version=self.model_version,
+            source=public_source(e.source),
             mtdp_version=__version__, dim=e.dim, max_len=e.max_len, device=str(e.device),
             parameters=e.num_parameters(), pretrained=e.pretrained,
             max_sequences=self.config.max_sequences, batch_tokens=self.batch_tokens,
