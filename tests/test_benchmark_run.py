@@ -75,12 +75,17 @@ def test_ten_fold_benchmark_kmer_and_tiny_teacher(ray_session, data_dir, tmp_pat
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"summary.md", "summary.csv", "benchmark.png", "trials.csv"} <= artifacts
 
-    # A second run reuses every cached embedding.
+    # A second run with a new probe setting embeds nothing: every embedding is in the store.
+    assert all(sum(m.embedded.values()) > 0 for m in result.models)
     cached = BenchmarkConfig(**{**cfg.__dict__, "tasks": "esol", "folds": 2,
                                 "output_dir": str(tmp_path / "out2")})
     again = run_benchmark(cached)
     assert len(again.trials) == 4
-    assert len(list((tmp_path / "cache").rglob("*.parquet"))) == 10
+    assert [m.embedded for m in again.models] == [{"esol": 0}, {"esol": 0}]
+    from mtdp.store import EmbeddingStore
+
+    store = EmbeddingStore(tmp_path / "cache", create=False)
+    assert len(store.models()) == 2
 
 
 def test_cli_search_and_paper_protocol(ray_session, data_dir, tmp_path, capsys):

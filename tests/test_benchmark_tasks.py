@@ -10,8 +10,8 @@ from mtdp.benchmarks import TaskUnavailable, available_tasks, load_task
 from mtdp.models.baselines import KmerEmbedder, load_baseline
 from mtdp.benchmarks.probes import ProbeConfig, fold_hash, make_folds, train_probe
 from mtdp.benchmarks.cache import cached_embeddings
-from mtdp.models.registry import fingerprint as model_identity
-from mtdp.models.registry import fingerprint_key as model_key
+from mtdp.store.keys import fingerprint as model_identity
+from mtdp.store.keys import fingerprint_key as model_key
 from mtdp.benchmarks.sources import read_deepfri_annot
 from mtdp.benchmarks.tasks import resolve_task_names
 from mtdp.models.registry import load_embedder
@@ -136,16 +136,21 @@ def test_random_student_baseline_is_seeded_and_untrained():
 
 
 def test_embedding_cache_embeds_once(tmp_path: Path, data_dir: Path):
+    """The benchmark's embeddings go through the store: a second call computes nothing, and
+    reports the throughput the store recorded for the model."""
+    from mtdp.store import EmbeddingStore
+
     task = load_task("esol", data_dir, max_proteins=40, seed=0)
     model = load_embedder("tiny-random-esm2", device="cpu")
     first, rate, hit, count = cached_embeddings(model, task, tmp_path)
     assert not hit and rate > 0 and count == 40 and first.shape == (40, model.dim)
     again, rate2, hit2, count2 = cached_embeddings(model, task, tmp_path)
-    assert hit2 and rate2 == pytest.approx(rate, rel=1e-3) and count2 == 40
+    assert hit2 and rate2 == pytest.approx(rate, rel=1e-3) and count2 == 0
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(first[:3], model.embed(task.sequences[:3]), atol=1e-5)
-    files = list(tmp_path.rglob("*.parquet"))
-    assert len(files) == 1 and task.data_hash()[:16] in files[0].name
+    store = EmbeddingStore(tmp_path)
+    (m,) = store.models()
+    assert store.model(m["identity"], m["name"]).count() == 40
 
 
 @pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel", "regression"])

@@ -23,6 +23,7 @@ KUBERAY = CLUSTER / "kuberay"
 # Entry-point script → (module, config dataclass) its flags are fields of.
 JOB_CONFIGS = {
     "jobs/distill.py": ("mtdp.distill", "DistillConfig"),
+    "jobs/embed.py": ("mtdp.embed_job", "EmbedJobConfig"),
     "jobs/precompute_teachers.py": ("mtdp.precompute", "PrecomputeConfig"),
 }
 

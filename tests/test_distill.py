@@ -3,9 +3,6 @@ and registered (``models:/mtdp-student/N`` embeds), a killed worker resumes from
 checkpoint, ``--resume`` continues the step count, and 2-worker DDP follows 1 worker."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -21,7 +21,7 @@ from fastapi import Request  # module level: FastAPI resolves the endpoint's ann
 from mtdp.cli import main
 from mtdp.config import load_config
 from mtdp.models.student import StudentConfig, StudentModel
-from mtdp.sequences import SequenceError, iter_fasta, prepare, write_fasta
+from mtdp.sequences import SequenceError, iter_fasta, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 FASTA = ">a first\nMKTAYIAKQRQISFVK\n>b\nMSTNPKPQRKTKRN\n>c\nMKVLAAGIVALLLAAGCS\n"
@@ -417,7 +417,7 @@ def test_kernel_cache_must_belong_to_the_user(tmp_path, monkeypatch) -> None:
 
 # ---- the embedded default ------------------------------------------------------------------
 def test_demo_config_uses_real_teachers_and_ends_with_a_probe() -> None:
-    from mtdp.experiments.demo import demo_distill_config, load_demo  # noqa: F401
+    from mtdp.experiments.demo import load_demo
 
     cfg = load_demo()
     assert cfg.teachers == ["unirep256", "unirep64"] and cfg.probe_proteins > 0

@@ -53,8 +53,9 @@ def real_pairs(real_fasta: Path) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, student_dir: Path):
-    """Base URL of the running service; Serve is shut down afterwards."""
+def service(ray_session, student_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Base URL of the running service (with an embedding store); Serve is shut down
+    afterwards."""
     import httpx
     from ray import serve
 
@@ -67,7 +68,8 @@ def service(ray_session, student_dir: Path):
         app = mtdp({"model": str(student_dir), "max_sequences": str(MAX_SEQUENCES),
                     "device": "cpu", "batch_wait_timeout_s": "0.02",
                     "max_per_residue_values": str(MAX_PER_RESIDUE_VALUES),
-                    "max_body_bytes": str(MAX_BODY)})
+                    "max_body_bytes": str(MAX_BODY),
+                    "store": str(tmp_path_factory.mktemp("serve-store") / "store")})
         serve.run(app, name="mtdp", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -306,3 +308,25 @@ def test_trailing_stop_is_accepted_everywhere_and_info_shows_no_path(service) ->
     assert a.json()["embeddings"] == b.json()["embeddings"] and a.json()["lengths"] == [10]
     info = service.get("/info").json()
     assert info["source"].startswith("local:") and "/" not in info["source"]
+
+
+def test_store_answers_repeats_with_the_same_embeddings(service, embedder) -> None:
+    """With a store, a sequence seen before is read back (counted in /info), equal to the
+    computed answer; the same sequence under a new id is a repeat too."""
+    rng = np.random.default_rng(7)  # sequences no other test sent
+    pairs = [(f"s{k}", "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 40 + 9 * k)))
+             for k in range(6)]
+    before = service.get("/info").json()
+    assert before["store"] is True
+    first = service.post("/embed", json=_seqs(*pairs))
+    mid = service.get("/info").json()
+    renamed = [(f"copy-{i}", s) for i, s in pairs]
+    again = service.post("/embed", json=_seqs(*renamed))
+    after = service.get("/info").json()
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert mid["store_computed"] - before["store_computed"] == len(pairs)
+    assert after["store_computed"] == mid["store_computed"]
+    assert after["store_reused"] - mid["store_reused"] == len(pairs)
+    a, b = np.asarray(first.json()["embeddings"]), np.asarray(again.json()["embeddings"])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, embedder.embed(_prepared(pairs)), atol=2e-5)

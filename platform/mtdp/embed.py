@@ -23,14 +23,17 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
+from .store.keys import seq_hash, store_identity
 from .outputs import (check_output, embedding_table, npy_writer, output_format,
                       parquet_schema, parquet_writer, write_rejects)
-from .sequences import Record, SequenceError, fit_length, iter_fasta, prepare_records
+from .sequences import (Record, SequenceError, fit_length, iter_fasta, prepare_records,
+                        windows)
 
 if TYPE_CHECKING:  # the engine takes any Embedder; it needs no model code at run time
     import torch
 
     from .models.base import Embedder
+    from .store.lance import EmbeddingStore, ModelTable
 
 #: Padded tokens per batch. Attention memory grows with L², so the budget is in tokens, not
 #: proteins; 8k tokens keeps the paper student's CPU activations ~100 MB.
@@ -68,22 +71,33 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
     return batches
 
 
-def fit_to_model(embedder: "Embedder", sequences: Sequence[str], too_long: str = "truncate"
-                 ) -> list[str]:
-    """``sequences`` as ``embedder`` will see them: cut to its ``max_len`` (or, with
-    ``too_long="error"``, a :class:`SequenceError` naming the first one that is too long)."""
+def fit_to_model(embedder: "Embedder", sequences: Sequence[str], too_long: str = "truncate",
+                 max_len: int | None = None) -> list[str]:
+    """``sequences`` as ``embedder`` will see them: cut to its ``max_len`` (or a lower
+    ``max_len``; with ``too_long="error"``, a :class:`SequenceError` naming the first one
+    that is too long)."""
     records = [Record(str(i), s, index=i) for i, s in enumerate(sequences, 1)]
-    fitted, _ = fit_length(records, embedder.max_len, too_long)
+    fitted, _ = fit_length(records, max_len or embedder.max_len, too_long)
     return [r.sequence for r in fitted]
 
 
 def embed_sequences(embedder: "Embedder", sequences: Sequence[str], *,
                     batch_tokens: int | None = None, per_residue: bool = False,
-                    progress: bool = False, too_long: str = "truncate"):
+                    progress: bool = False, too_long: str = "truncate",
+                    window_overlap: int | None = None, max_len: int | None = None):
     """Embed prepared sequences; returns ``[N, dim]`` float32 in input order, or
-    ``(array, per_residue_list)`` when ``per_residue``."""
-    if any(len(s) > embedder.max_len for s in sequences):
-        sequences = fit_to_model(embedder, sequences, too_long)
+    ``(array, per_residue_list)`` when ``per_residue``.
+
+    Sequences longer than the model's ``max_len``: ``too_long="truncate"`` embeds their first
+    ``max_len`` residues, ``"error"`` refuses them, ``"window"`` embeds overlapping windows
+    (:func:`mtdp.sequences.windows`) and returns their length-weighted mean (per-residue: each
+    residue's mean over the windows that hold it)."""
+    limit = min(max_len or embedder.max_len, embedder.max_len)
+    if too_long == "window" and any(len(s) > limit for s in sequences):
+        return _embed_windows(embedder, sequences, batch_tokens, per_residue, progress,
+                              window_overlap, limit)
+    if any(len(s) > limit for s in sequences):
+        sequences = fit_to_model(embedder, sequences, too_long, limit)
     budget = (batch_tokens or embedder.preferred_batch_tokens(per_residue)
               or default_batch_tokens(embedder.device))
     if budget < 1:
@@ -100,6 +114,85 @@ def embed_sequences(embedder: "Embedder", sequences: Sequence[str], *,
         bar.update(len(batch))
     bar.close()
     return (out, residues) if per_residue else out
+
+
+@dataclass
+class CacheCounts:
+    """Proteins of one or more :func:`embed_cached` calls: distinct sequences computed, and
+    proteins answered from the store."""
+
+    new: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+
+def model_table(store: "EmbeddingStore", embedder: "Embedder", too_long: str = "truncate",
+                max_len: int | None = None, create: bool = True) -> "ModelTable":
+    """``embedder``'s table in ``store`` for sequences cut (or windowed) at ``max_len``
+    (default: the model's limit), registered on first use (unless ``create=False``)."""
+    identity = store_identity(embedder, too_long)
+    if max_len is not None:
+        identity["max_len"] = min(max_len, identity["max_len"])
+    return store.model(identity, embedder.name, create=create)
+
+
+def embed_cached(embedder: "Embedder", sequences: Sequence[str], table: "ModelTable | None",
+                 *, batch_tokens: int | None = None, too_long: str = "truncate",
+                 max_len: int | None = None, counts: CacheCounts | None = None) -> np.ndarray:
+    """``[N, dim]`` embeddings of prepared (not yet truncated) ``sequences`` in order, through
+    the store: rows of ``table`` are keyed by the SHA-256 of the whole prepared sequence; the
+    stored ones are read, the distinct missing ones computed (:func:`embed_sequences`, same
+    length policy) and added. ``table=None``: no store, everything computed."""
+    counts = counts if counts is not None else CacheCounts()
+    limit = min(max_len or embedder.max_len, embedder.max_len)
+    hashes = [seq_hash(s) for s in sequences]
+    found = table.lookup(hashes) if table is not None else {}
+    todo = {h: s for h, s in zip(hashes, sequences) if h not in found}
+    if todo:
+        t0 = time.perf_counter()
+        seqs = list(todo.values())
+        emb = embed_sequences(embedder, seqs, batch_tokens=batch_tokens, too_long=too_long,
+                              max_len=limit)
+        took = time.perf_counter() - t0
+        counts.seconds += took
+        found.update(zip(todo, emb))
+        if table is not None:
+            seen = [len(s) if too_long == "window" else min(len(s), limit) for s in seqs]
+            table.add(list(todo), seen, emb)
+            table.record_time(len(seqs), took)
+    counts.new += len(todo)
+    counts.reused += len(sequences) - len(todo)  # from the store, or a repeat within the call
+    return np.stack([found[h] for h in hashes]).astype(np.float32, copy=False) if hashes \
+        else np.zeros((0, embedder.dim), dtype=np.float32)
+
+
+def _embed_windows(embedder: "Embedder", sequences: Sequence[str], batch_tokens: int | None,
+                   per_residue: bool, progress: bool, overlap: int | None, limit: int):
+    """``too_long="window"``: every sequence as its windows, embedded together, recombined."""
+    pieces, owner, spans = [], [], []
+    for i, s in enumerate(sequences):
+        for a, b in windows(len(s), limit, overlap):
+            pieces.append(s[a:b])
+            owner.append(i)
+            spans.append((a, b))
+    res = embed_sequences(embedder, pieces, batch_tokens=batch_tokens, per_residue=per_residue,
+                          progress=progress)
+    emb, per_res = res if per_residue else (res, None)
+    out = np.zeros((len(sequences), embedder.dim), dtype=np.float64)
+    weight = np.zeros(len(sequences))
+    for k, i in enumerate(owner):  # length-weighted mean of the windows
+        out[i] += (spans[k][1] - spans[k][0]) * emb[k]
+        weight[i] += spans[k][1] - spans[k][0]
+    out = (out / weight[:, None]).astype(np.float32)
+    if not per_residue:
+        return out
+    stitched = [np.zeros((len(s), embedder.dim)) for s in sequences]
+    counts = [np.zeros(len(s)) for s in sequences]
+    for k, i in enumerate(owner):  # each residue: mean over the windows that hold it
+        a, b = spans[k]
+        stitched[i][a:b] += per_res[k]
+        counts[i][a:b] += 1
+    return out, [(r / c[:, None]).astype(np.float32) for r, c in zip(stitched, counts)]
 
 
 def _progress(total: int | None, enabled: bool, desc: str):
@@ -121,6 +214,11 @@ class EmbedSummary:
     seconds: float = 0.0
     #: Proteins cut to ``max_len`` residues (their first ``max_len`` were embedded).
     truncated: int = 0
+    #: Proteins longer than ``max_len`` embedded in overlapping windows (``too_long=window``).
+    windowed: int = 0
+    #: With a store: distinct sequences computed now, and proteins answered from the store.
+    new: int = 0
+    reused: int = 0
     max_len: int = 0
     rejected: list[str] = field(default_factory=list)
 
@@ -152,7 +250,11 @@ class _FileJob:
     batch_tokens: int | None
     chunk_size: int
     summary: EmbedSummary
+    too_long: str = "truncate"
+    table: "ModelTable | None" = None
     rejects: list[SequenceError] = field(default_factory=list)
+    counts: CacheCounts = field(default_factory=CacheCounts)
+    ids: list[tuple[str, str]] = field(default_factory=list)
 
     def records(self) -> Iterator[Record]:
         return prepare_records(self._read(), max_len=None, on_duplicate=self.on_duplicate,
@@ -169,15 +271,28 @@ class _FileJob:
     def chunks(self) -> Iterator[list[Record]]:
         """Chunks of records as the model sees them (truncated), counted in the summary."""
         for chunk in _chunks(self.records(), self.chunk_size):
-            chunk, cut = fit_length(chunk, self.limit)
+            self.summary.windowed += sum(len(r.sequence) > self.limit for r in chunk) \
+                if self.too_long == "window" else 0
+            _, cut = fit_length(chunk, self.limit, self.too_long)  # "error": raises here
             self.summary.truncated += len(cut)
             self.summary.proteins += len(chunk)
-            self.summary.residues += sum(len(r.sequence) for r in chunk)
+            self.summary.residues += sum(self.seen(r.sequence) for r in chunk)
             yield chunk
 
+    def seen(self, sequence: str) -> int:
+        """Residues of ``sequence`` the model embeds (all of them in windows)."""
+        return len(sequence) if self.too_long == "window" else min(len(sequence), self.limit)
+
     def embed(self, chunk: list[Record], per_residue: bool = False):
-        return embed_sequences(self.embedder, [r.sequence for r in chunk],
-                               batch_tokens=self.batch_tokens, per_residue=per_residue)
+        seqs = [r.sequence for r in chunk]
+        if self.table is not None:
+            self.ids.extend((r.id, seq_hash(r.sequence)) for r in chunk)
+        if per_residue:  # per-residue states are not stored: computed every time
+            return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens,
+                                   per_residue=True, too_long=self.too_long,
+                                   max_len=self.limit)
+        return embed_cached(self.embedder, seqs, self.table, batch_tokens=self.batch_tokens,
+                            too_long=self.too_long, max_len=self.limit, counts=self.counts)
 
 
 def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
@@ -185,7 +300,9 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
                batch_tokens: int | None = None, chunk_size: int = DEFAULT_CHUNK,
                per_residue: bool = False, max_len: int | None = None,
                on_duplicate: str = "error", on_invalid: str = "error",
-               progress: bool = True) -> EmbedSummary:
+               progress: bool = True, too_long: str = "truncate",
+               store: "EmbeddingStore | None" = None, run: str | None = None
+               ) -> EmbedSummary:
     """Embed every record of a FASTA (plain or gzip) into Parquet or ``.npy`` (+ ``.ids.txt``).
 
     Sequences are validated and cleaned (:func:`mtdp.sequences.prepare_records`) and cut to
@@ -203,8 +320,9 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
     limit = min(max_len or embedder.max_len, embedder.max_len)
     summary = EmbedSummary(output=str(out), model=embedder.name, dim=embedder.dim,
                            max_len=limit)
+    table = model_table(store, embedder, too_long, limit) if store is not None else None
     job = _FileJob(embedder, os.fspath(input_path), limit, on_duplicate, on_invalid,
-                   batch_tokens, chunk_size, summary)
+                   batch_tokens, chunk_size, summary, too_long, table)
     meta = {"mtdp_version": __version__, "model": embedder.name, "source": embedder.source,
             "dim": str(embedder.dim), "max_len": str(limit),
             "pretrained": str(embedder.pretrained).lower(), "input": os.fspath(input_path)}
@@ -215,7 +333,12 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
         _write_parquet(job, out, meta, per_residue, progress)
     summary.seconds = time.perf_counter() - t0
     summary.rejected = [str(e) for e in job.rejects]
+    summary.new, summary.reused = job.counts.new, job.counts.reused
     write_rejects(out, job.rejects)
+    if store is not None and run:
+        store.write_ids(run, [i for i, _ in job.ids], [h for _, h in job.ids])
+    if table is not None:
+        table.optimize()
     return summary
 
 
@@ -247,7 +370,7 @@ def _write_parquet(job: _FileJob, out: Path, meta: dict[str, str], per_residue: 
             res = job.embed(chunk, per_residue)
             emb, per_res = res if per_residue else (res, None)
             writer.write_table(embedding_table([r.id for r in chunk],
-                                               [len(r.sequence) for r in chunk], emb, schema,
+                                               [job.seen(r.sequence) for r in chunk], emb, schema,
                                                per_res))
             bar.update(len(chunk))
     bar.close()

@@ -182,8 +182,27 @@ def drop_stop(sequence: str) -> str:
 
 
 #: What to do with a sequence longer than a model's ``max_len``: cut it to its first
-#: ``max_len`` residues, or refuse it.
-TOO_LONG_POLICIES = ("truncate", "error")
+#: ``max_len`` residues, refuse it, or embed overlapping windows (:func:`windows`).
+TOO_LONG_POLICIES = ("truncate", "error", "window")
+
+
+def windows(length: int, max_len: int, overlap: int | None = None) -> list[tuple[int, int]]:
+    """The ``[start, end)`` windows that ``window`` embeds a sequence of ``length`` residues
+    in: at most ``max_len`` residues each, consecutive windows sharing ``overlap`` residues
+    (default ``max_len // 4``), the first at 0 and the last ending at ``length`` (it may be
+    shorter). A sequence of at most ``max_len`` residues is one window."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    overlap = max_len // 4 if overlap is None else overlap
+    if not 0 <= overlap < max_len:
+        raise ValueError(f"window overlap must be in [0, {max_len}), got {overlap}")
+    out, start = [], 0
+    while True:
+        end = min(start + max_len, length)
+        out.append((start, end))
+        if end >= length:
+            return out
+        start += max_len - overlap
 
 
 def truncate(sequence: str, max_len: int | None) -> str:
@@ -209,7 +228,7 @@ def fit_length(records: Iterable[Record], max_len: int, too_long: str = "truncat
         raise ValueError(f"too_long must be one of {TOO_LONG_POLICIES}, not {too_long!r}")
     out, cut = [], []
     for rec in records:
-        if len(rec.sequence) > max_len:
+        if len(rec.sequence) > max_len and too_long != "window":  # windows: the engine's
             if too_long == "error":
                 raise SequenceError(
                     f"sequence of {len(rec.sequence)} residues exceeds the model's max length "

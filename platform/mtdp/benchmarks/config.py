@@ -33,7 +33,8 @@ class BenchmarkConfig(ProbeConfig):
     output_dir: str = option("runs/benchmark", help=(
         "where summary.md/.csv, trials.csv, benchmark.png go"))
     cache_dir: str | None = option(None, help=(
-        "embedding cache (default: OUTPUT_DIR/../embedding-cache)"))
+        "embedding store the tasks' embeddings are read from and written to (a folder or "
+        "s3://...; default: OUTPUT_DIR/../embedding-store)"))
     data_dir: str | None = option(None, help=(
         "task data folder (default: $MTDP_DATA_DIR, else ../shared/data beside a checkout)"))
     device: str | None = option(None, help=(

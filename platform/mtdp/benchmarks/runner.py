@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ..models.registry import fingerprint, fingerprint_key, load_embedder
+from ..models.registry import load_embedder
+from ..store.keys import fingerprint, fingerprint_key
 from ..runtime import init_ray
+from ..store import EmbeddingStore
 from .cache import cached_embeddings
 from .config import BenchmarkConfig
 from .probes import make_folds
@@ -33,14 +35,17 @@ class ModelInfo:
     throughput: dict[str, float] = field(default_factory=dict)
     #: task → proteins actually embedded for it (sequences shared with an earlier task are not).
     embedded: dict[str, int] = field(default_factory=dict)
+    #: The model's throughput recorded in the store (when a task embedded nothing now).
+    stored_rate: float = float("nan")
 
     @property
     def proteins_per_s(self) -> float:
-        """Overall throughput: all proteins embedded / all seconds spent embedding them."""
+        """Overall throughput: all proteins embedded / all seconds spent embedding them (the
+        store's record of the model when this run embedded nothing)."""
         pairs = [(self.embedded.get(t, 0), r) for t, r in self.throughput.items()
                  if np.isfinite(r) and r > 0 and self.embedded.get(t, 0) > 0]
         total = sum(n for n, _ in pairs)
-        return total / sum(n / r for n, r in pairs) if total else float("nan")
+        return total / sum(n / r for n, r in pairs) if total else self.stored_rate
 
 
 @dataclass
@@ -77,8 +82,7 @@ def embed_all(cfg: BenchmarkConfig, tasks: list[Task], log=print
               ) -> tuple[list[ModelInfo], dict[str, np.ndarray]]:
     """Embed every task with every model (once; cached). Returns the models and
     ``{model||task: embeddings}``."""
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir).parent / \
-        "embedding-cache"
+    store = EmbeddingStore(cfg.cache_dir or Path(cfg.output_dir).parent / "embedding-store")
     if cfg.threads:
         import torch
 
@@ -94,18 +98,19 @@ def embed_all(cfg: BenchmarkConfig, tasks: list[Task], log=print
         seen.add(name)
         info = ModelInfo(spec, name, embedder.num_parameters(), embedder.dim,
                          embedder.pretrained, key)
-        known: dict[str, np.ndarray] = {}
         for task in tasks:
-            emb, rate, hit, count = cached_embeddings(embedder, task, cache, key=key,
+            emb, rate, hit, count = cached_embeddings(embedder, task, None,
                                                       batch_tokens=cfg.batch_tokens,
-                                                      known=known)
+                                                      store=store)
             info.throughput[task.name] = rate
             info.embedded[task.name] = count
+            if hit:
+                info.stored_rate = rate
             arrays[f"{name}||{task.name}"] = emb
             log(f"[benchmark] {name} × {task.name}: {len(task)} proteins, dim {emb.shape[1]}, "
-                f"{'cached' if hit else 'embedded'} ({rate:.1f} proteins/s)")
+                f"{'from the store' if hit else f'{count} embedded'} ({rate:.1f} proteins/s)")
         models.append(info)
-        del embedder, known
+        del embedder
     return models, arrays
 
 

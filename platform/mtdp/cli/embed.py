@@ -45,6 +45,21 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-tokens", type=bounded(int, ge=1), default=None,
                    help="padded tokens per batch (default 8192 on CPU, 65536 on GPU); lower it "
                         "if you run out of memory")
+    p.add_argument("--too-long", choices=["truncate", "error", "window"], default="truncate",
+                   help="sequences longer than the model's limit: cut to their first max-len "
+                        "residues (default), refuse them, or embed overlapping windows and "
+                        "average them (length-weighted)")
+    p.add_argument("--store", default=None,
+                   help="embedding store (folder or s3://...): stored sequences are read, "
+                        "only new ones computed, and stored")
+    p.add_argument("--run", default=None,
+                   help="with --store: save this input's ids under this run name (for "
+                        "`mtdp store export --run`)")
+    p.add_argument("--ray", action="store_true",
+                   help="run as the Ray Data embedding job (jobs/embed.py) into --store, then "
+                        "write OUTPUT from the store")
+    p.add_argument("--actors", type=bounded(int, ge=1), default=1,
+                   help="with --ray: model replicas (Ray actors)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best found)")
     p.add_argument("--keep-first-duplicate", action="store_true",
                    help="on repeated ids keep the first record instead of stopping")
@@ -64,16 +79,33 @@ def _run_embed(args: argparse.Namespace) -> int:
         raise SequenceError("is a directory, not a FASTA file" if os.path.isdir(args.input)
                             else "no such file", source=args.input)
     check_output(args.output, output_format(args.output, args.format), [args.input])
+    if args.run and not args.store:
+        raise ValueError("--run names the ids saved in a store: give --store too")
+    if args.ray:
+        return _run_ray(args)
+    store = None
+    if args.store:
+        from ..store import EmbeddingStore
+
+        store = EmbeddingStore(args.store)
     model = load_embedder(args.model, device=args.device)
     summary = embed_file(
         model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
         per_residue=args.per_residue, max_len=args.max_len,
         on_duplicate="keep-first" if args.keep_first_duplicate else "error",
-        on_invalid="skip" if args.skip_invalid else "error", progress=not args.quiet)
+        on_invalid="skip" if args.skip_invalid else "error", progress=not args.quiet,
+        too_long=args.too_long, store=store, run=args.run)
     d = summary.to_dict()
     rejected = d.pop("rejected")
     d["rejected"] = len(rejected)
     print(json.dumps(d))
+    if summary.windowed:
+        print(f"{summary.windowed:,} of {summary.proteins:,} protein(s) were longer than "
+              f"{summary.max_len:,} residues and were embedded in overlapping windows",
+              file=sys.stderr)
+    if store is not None:
+        print(f"store {args.store}: {summary.new:,} sequence(s) computed, {summary.reused:,} "
+              "protein(s) answered from the store", file=sys.stderr)
     if summary.truncated:
         print(f"{summary.truncated:,} of {summary.proteins:,} protein(s) were longer than "
               f"{summary.max_len:,} residues and were cut to their first {summary.max_len:,} "
@@ -81,4 +113,32 @@ def _run_embed(args: argparse.Namespace) -> int:
     if rejected:
         print(f"{len(rejected)} record(s) skipped, see {args.output}.rejects.tsv",
               file=sys.stderr)
+    return 0
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    """``--ray``: the embedding job into the store, then the output exported from it."""
+    if not args.store:
+        raise ValueError("--ray embeds into a store: give --store DIR")
+    if args.per_residue:
+        raise ValueError("--ray stores per-protein embeddings only; drop --per-residue")
+    from ..embed_job import EmbedJobConfig, run_embed_job
+    from ..store import EmbeddingStore
+    from ..store.export import export_run
+
+    cfg = EmbedJobConfig(
+        inputs=[args.input], model=args.model, store=args.store, run_name=args.run or "",
+        too_long=args.too_long, max_len=args.max_len, actors=args.actors,
+        batch_tokens=args.batch_tokens, progress=not args.quiet,
+        on_invalid="skip" if args.skip_invalid else "error",
+        on_duplicate="keep-first" if args.keep_first_duplicate else "error").resolved()
+    result = run_embed_job(cfg)
+    store = EmbeddingStore(args.store, create=False)
+    table = next(store.model(m["identity"], m["name"], create=False) for m in store.models()
+                 if m["model_key"] == result.model_key)
+    fmt = "npy" if str(args.output).endswith(".npy") else "parquet"
+    rows = export_run(store, table, cfg.run_name, args.output, args.format or fmt)
+    print(json.dumps({"output": str(args.output), "proteins": rows, "computed": result.computed,
+                      "reused": result.reused, "rejected": result.rejected,
+                      "run": cfg.run_name}))
     return 0

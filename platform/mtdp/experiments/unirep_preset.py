@@ -244,7 +244,7 @@ def run_preset(cfg: PresetConfig) -> int:
     bcfg = BenchmarkConfig(models="", tasks=cfg.tasks, folds=cfg.folds,
                            max_proteins=cfg.task_proteins, seed=42,
                            output_dir=str(work / "benchmark"),
-                           cache_dir=str(work / "embedding-cache"), threads=cfg.threads or None,
+                           cache_dir=str(work / "embedding-store"), threads=cfg.threads or None,
                            experiment="mtdp-unirep-preset")
     tasks, skipped = load_tasks(bcfg, log=lambda m: print(m, flush=True))
     exclude = {s for t in tasks for s in t.sequences}
@@ -272,15 +272,12 @@ def run_preset(cfg: PresetConfig) -> int:
 
 
 def _benchmark(bcfg, work: Path, timings: Timings, run_benchmark):
-    """Benchmark everything side by side (task embeddings cached across runs)."""
+    """Benchmark everything side by side (task embeddings from the store across runs)."""
     t0 = time.perf_counter()
-    cache = work / "embedding-cache"
-    before = set(cache.rglob("*.parquet")) if cache.is_dir() else set()
     result = run_benchmark(bcfg, log=lambda m: print(m, flush=True))
-    new_files = set(cache.rglob("*.parquet")) - before
+    embedded = sum(sum(m.embedded.values()) for m in result.models)
     bench = "benchmark (embed every task with every model + Tune probes)"
-    if before and bench not in timings.times:
-        timings.reused.append(f"{len(before)} task-embedding file(s) from earlier runs' cache "
-                              "(their embedding time)")
-    timings.lap(bench, t0, computed=bool(new_files) or bench not in timings.times)
+    if not embedded and bench not in timings.times:
+        timings.reused.append("task embeddings from earlier runs' store (their embedding time)")
+    timings.lap(bench, t0, computed=bool(embedded) or bench not in timings.times)
     return result

@@ -13,8 +13,6 @@ Specs, tried in this order:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,29 +112,3 @@ def display_identity(spec: str | ModelSpec, embedder: Embedder) -> tuple[str, st
     return embedder.name, embedder.source or "unknown"
 
 
-def fingerprint(embedder: Embedder) -> dict[str, Any]:
-    """What makes an embedder's output unique: its description plus a weight fingerprint
-    (checkpoint files are hashed by :meth:`~Embedder.describe`; student directories by their
-    weight files; random-init and hub models by a digest of a few parameter tensors)."""
-    info = dict(embedder.describe())
-    src = info.get("source") or ""
-    if src and os.path.isdir(src):
-        h = hashlib.sha256()
-        for p in sorted(Path(src).glob("*.safetensors")) + sorted(Path(src).glob("*.bin")):
-            h.update(p.name.encode())
-            h.update(bytes.fromhex(sha256_file(p)))
-        info["weights_sha256"] = h.hexdigest()
-    module = getattr(embedder, "model", None)
-    if module is not None and hasattr(module, "parameters") and "sha256" not in info:
-        params = list(module.parameters())
-        h = hashlib.sha256()
-        for t in (params[:2] + params[-2:]):
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-        info["weights_fingerprint"] = h.hexdigest()
-    return info
-
-
-def fingerprint_key(identity: dict[str, Any]) -> str:
-    """Short stable key of a :func:`fingerprint`."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:12]

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..inputs import (InputRange, count_records, input_kind, materialize_input, plan_inputs,
@@ -23,11 +24,27 @@ from ..io import write_json
 from ..runtime import ray_get
 from ..sequences import SequenceError, prepare
 from ..teacher_data import split_of, write_shard
-from .config import PrecomputeConfig
 from .rundir import RunDir, log, shard_of, write_rejects_tsv
 
 
 PROBLEMS_FILE = "input-problems.tsv"
+
+
+@dataclass
+class StageSettings:
+    """What staging needs (a :class:`~.config.PrecomputeConfig` has every field; the
+    embedding job passes ``max_len=None``: sequences stay whole, the model's policy applies
+    later)."""
+
+    inputs: list[str]
+    max_len: int | None
+    on_invalid: str = "error"
+    on_duplicate: str = "error"
+    num_shards: int | None = None
+    shard_size: int = 4096
+    range_mb: float = 16.0
+    validation_fraction: float = 0.0
+    progress: bool = True
 
 
 _STAGE_COLUMNS = ("id", "sequence", "length", "split", "shard", "file_index", "record",
@@ -123,7 +140,7 @@ def _stage_shard(table, *, stage_dir: str):
     return pa.concat_tables(problems).drop_columns(["sequence"])
 
 
-def stage(cfg: PrecomputeConfig, run: RunDir, state: dict) -> dict:
+def stage(cfg: StageSettings, run: RunDir, state: dict) -> dict:
     """Phase 1 (see module doc). Returns the stage summary (also saved in the run dir).
 
     Raises:
@@ -160,7 +177,7 @@ def stage(cfg: PrecomputeConfig, run: RunDir, state: dict) -> dict:
     return summary
 
 
-def _plan(cfg: PrecomputeConfig, run: RunDir) -> tuple[list[InputRange], int]:
+def _plan(cfg: StageSettings, run: RunDir) -> tuple[list[InputRange], int]:
     """Input pieces with their first record number and record count, and the total."""
     import ray
 
@@ -183,7 +200,7 @@ def _plan(cfg: PrecomputeConfig, run: RunDir) -> tuple[list[InputRange], int]:
     return ranges, total
 
 
-def _stage_rows(cfg: PrecomputeConfig, run: RunDir, ranges: list[InputRange],
+def _stage_rows(cfg: StageSettings, run: RunDir, ranges: list[InputRange],
                 num_shards: int) -> list[dict]:
     """Run the staging dataset; returns its problem rows and one ``staged`` row per shard."""
     import pyarrow as pa
@@ -202,7 +219,7 @@ def _stage_rows(cfg: PrecomputeConfig, run: RunDir, ranges: list[InputRange],
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 
-def _refuse_bad_input(cfg: PrecomputeConfig, run: RunDir, problems: list[dict],
+def _refuse_bad_input(cfg: StageSettings, run: RunDir, problems: list[dict],
                       rejects: list[dict]) -> None:
     """Stop before anything is embedded when the policies make a problem an error."""
     fatal = [r for r in problems if r["kind"] == "fatal"]

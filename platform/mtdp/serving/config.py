@@ -50,6 +50,9 @@ class ServeConfig(Config):
     num_gpus: float = option(0.0, ge=0.0, help="GPUs reserved per replica")
     torch_threads: int | None = option(None, ge=1, help=(
         "torch intra-op threads per replica (default: Ray's, = num_cpus)"))
+    store: str | None = option(None, help=(
+        "embedding store (folder or s3://...): per-protein embeddings of sequences the store "
+        "holds for this model are read from it, new ones are computed and stored"))
     #: Filled by :func:`mtdp.serving.app.build_app`: the tracking URI the model spec was
     #: resolved against, so a replica started elsewhere fetches ``models:/`` from the same
     #: registry.

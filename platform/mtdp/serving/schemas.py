@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from ..sequences import SequenceError
 
 Format = Literal["json", "npy"]
+TooLong = Literal["truncate", "error", "window"]
 DType = Literal["float32", "float16"]
 
 
@@ -32,6 +33,10 @@ class EmbedRequest(BaseModel):
     truncate: bool = Field(True, description=(
         "cut sequences longer than the model's max length to their first max_len residues "
         "(listed in `truncated`); false: reject them with 422"))
+    too_long: TooLong | None = Field(None, description=(
+        "overrides `truncate`: `truncate` cuts, `error` rejects (422), `window` embeds "
+        "overlapping windows of the model's max length and returns their length-weighted "
+        "mean (per-residue: stitched)"))
     format: Format = Field("json", description=(
         "`json`: embeddings as nested float lists; `npy`: base64 of a .npy array (compact)"))
     dtype: DType = Field("float32", description="dtype of `npy` arrays (float16 halves the size)")
@@ -69,6 +74,9 @@ class InfoResponse(BaseModel):
     batch_tokens: int
     queue_tokens: int
     truncation: str
+    store: bool = Field(False, description="whether an embedding store answers repeats")
+    store_computed: int = Field(0, description="distinct sequences computed and stored")
+    store_reused: int = Field(0, description="proteins answered from the store")
 
 
 class ErrorResponse(BaseModel):

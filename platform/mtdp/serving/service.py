@@ -43,6 +43,7 @@ from .. import __version__
 from ..sequences import SequenceError, fit_length, iter_fasta, prepare_records, records_from_pairs
 from .config import ServeConfig
 from .schemas import (ERROR_RESPONSES, DType, EmbedRequest, EmbedResponse, Format, InfoResponse,
+                      TooLong,
                       RequestError, body_too_large, encode_npy, http_error, request_error,
                       validation_error)
 from .security import BodyTooLarge, GuardMiddleware
@@ -71,6 +72,12 @@ class _Job:
     #: Padded tokens of this request, capped at the budget so no single request is "too big"
     #: for the batch queue (a big request simply forms a batch of its own).
     cost: int
+    too_long: str = "truncate"
+
+
+def _policy(truncate: bool, too_long: str | None) -> str:
+    """The request's length policy: ``too_long`` if given, else truncate / error."""
+    return too_long or ("truncate" if truncate else "error")
 
 
 def _batch_cost(jobs: list[_Job]) -> int:
@@ -124,6 +131,13 @@ class EmbeddingService:
         # 24 -> 39 proteins/s against one forward pass per queue batch).
         self.queue_tokens = cfg.queue_tokens or 4 * self.batch_tokens
         self.model_name, self.model_version = display_identity(cfg.model, self.embedder)
+        from ..embed import CacheCounts
+
+        self.store, self._tables, self.store_counts = None, {}, CacheCounts()
+        if cfg.store:
+            from ..store import EmbeddingStore
+
+            self.store = EmbeddingStore(cfg.store)
         self._embed_jobs.set_max_batch_size(self.queue_tokens)
         self._embed_jobs.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         log.info("mtdp serving %s (version %s, dim %d, max_len %d) on %s", self.model_name,
@@ -140,24 +154,46 @@ class EmbeddingService:
     async def _embed_jobs(self, jobs: list[_Job]) -> list[tuple[np.ndarray, list | None]]:
         """Embed the sequences of several requests together (token-budget batches), then hand
         each request its rows. Runs in a thread so the event loop keeps taking requests."""
-        from ..embed import embed_sequences
-
-        seqs = [s for j in jobs for s in j.sequences]
-        per_residue = any(j.per_residue for j in jobs)
+        results: list = [None] * len(jobs)
         t0 = time.perf_counter()
-        out = await asyncio.to_thread(embed_sequences, self.embedder, seqs,
-                                      batch_tokens=self.batch_tokens, per_residue=per_residue)
-        log.debug("batch of %d request(s), %d sequences, %d residues in %.3f s", len(jobs),
-                  len(seqs), sum(len(s) for s in seqs), time.perf_counter() - t0)
-        emb, res = out if per_residue else (out, None)
-        results, start = [], 0
-        for j in jobs:
-            stop = start + len(j.sequences)
-            results.append((emb[start:stop], res[start:stop] if j.per_residue else None))
-            start = stop
+        groups: dict[tuple, list[int]] = {}
+        for k, j in enumerate(jobs):  # one engine call per (policy, per-residue) kind
+            groups.setdefault((j.too_long, j.per_residue), []).append(k)
+        for (too_long, per_residue), members in groups.items():
+            out = await asyncio.to_thread(self._compute, [s for k in members
+                                                         for s in jobs[k].sequences],
+                                          too_long, per_residue)
+            emb, res = out if per_residue else (out, None)
+            start = 0
+            for k in members:
+                stop = start + len(jobs[k].sequences)
+                results[k] = (emb[start:stop], res[start:stop] if per_residue else None)
+                start = stop
+        log.debug("batch of %d request(s) in %.3f s", len(jobs), time.perf_counter() - t0)
         return results
 
-    async def _embed(self, pairs: list[tuple[str, str]], *, per_residue: bool, truncate: bool,
+    def _compute(self, seqs: list[str], too_long: str, per_residue: bool):
+        """Embeddings of ``seqs``: per-residue ones computed; per-protein ones through the
+        store when the service has one (stored sequences are read, new ones stored)."""
+        from ..embed import embed_cached, embed_sequences
+
+        if per_residue:
+            return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens,
+                                   per_residue=True, too_long=too_long)
+        table = self._store_table(too_long)
+        return embed_cached(self.embedder, seqs, table, batch_tokens=self.batch_tokens,
+                            too_long=too_long, counts=self.store_counts)
+
+    def _store_table(self, too_long: str):
+        if self.store is None:
+            return None
+        if too_long not in self._tables:
+            from ..embed import model_table
+
+            self._tables[too_long] = model_table(self.store, self.embedder, too_long)
+        return self._tables[too_long]
+
+    async def _embed(self, pairs: list[tuple[str, str]], *, per_residue: bool, too_long: str,
                      fmt: str, dtype: str, source: str | None) -> Response:
         if not pairs:
             raise RequestError(422, "no_sequences", "the request holds no sequences")
@@ -172,29 +208,31 @@ class EmbeddingService:
         except SequenceError as exc:
             raise RequestError.from_sequence_error(exc) from None
         try:
-            records, cut = fit_length(records, max_len, "truncate" if truncate else "error")
+            _, cut = fit_length(records, max_len, too_long)
         except SequenceError as exc:
             raise RequestError(
                 422, "sequence_too_long", f"{exc} — this request has truncate=false; send "
                 f"truncate=true to embed its first {max_len} residues", exc.record,
                 exc.seq_id) from None
         truncated = [r.id for r in cut]
+        # Whole sequences go on: the engine applies the length policy, the store keys them.
         seqs = [r.sequence for r in records]
+        lengths = [len(q) if too_long == "window" else min(len(q), max_len) for q in seqs]
         if per_residue:
-            values = sum(len(s) for s in seqs) * self.embedder.dim
+            values = sum(lengths) * self.embedder.dim
             if values > self.config.max_per_residue_values:
                 raise RequestError(413, "per_residue_too_large",
                                    f"per-residue output would hold {values:,} numbers "
-                                   f"({sum(len(s) for s in seqs):,} residues x dim "
+                                   f"({sum(lengths):,} residues x dim "
                                    f"{self.embedder.dim}); the limit is "
                                    f"{self.config.max_per_residue_values:,}: send fewer "
                                    "sequences")
-        cost = min(sum(len(s) + _TOKEN_OVERHEAD for s in seqs), self.queue_tokens)
-        emb, res = await self._embed_jobs(_Job(seqs, per_residue, cost))
+        cost = min(sum(n + _TOKEN_OVERHEAD for n in lengths), self.queue_tokens)
+        emb, res = await self._embed_jobs(_Job(seqs, per_residue, cost, too_long))
         body: dict[str, Any] = {
             "model": self.model_name, "model_version": self.model_version,
             "dim": self.embedder.dim, "ids": [r.id for r in records],
-            "lengths": [len(s) for s in seqs], "truncated": truncated, "format": fmt}
+            "lengths": lengths, "truncated": truncated, "format": fmt}
         if fmt == "npy":
             body["embeddings_npy"] = encode_npy(emb, dtype)
             if per_residue:
@@ -212,7 +250,8 @@ class EmbeddingService:
     async def embed(self, req: EmbedRequest) -> Response:
         """Per-protein (and optionally per-residue) embeddings of ``sequences``, in order."""
         pairs = [(s.id, s.sequence) for s in req.sequences]
-        return await self._embed(pairs, per_residue=req.per_residue, truncate=req.truncate,
+        return await self._embed(pairs, per_residue=req.per_residue,
+                                 too_long=_policy(req.truncate, req.too_long),
                                  fmt=req.format, dtype=req.dtype, source=None)
 
     @api.post("/embed/fasta", response_model=EmbedResponse, responses=ERROR_RESPONSES,
@@ -221,7 +260,8 @@ class EmbeddingService:
                   "text/x-fasta": {"schema": {"type": "string"}},
                   "text/plain": {"schema": {"type": "string"}}}}})
     async def embed_fasta(self, request: Request, per_residue: bool = False,
-                          truncate: bool = True, format: Format = Query("json"),
+                          truncate: bool = True, too_long: TooLong | None = Query(None),
+                          format: Format = Query("json"),
                           dtype: DType = Query("float32")) -> Response:
         """The body is FASTA text (id = first word of each header); options as query
         parameters, same meaning as in ``POST /embed``."""
@@ -244,7 +284,8 @@ class EmbeddingService:
                                f"{len(records)} sequences in one request; the limit is "
                                f"{self.config.max_sequences} (split the request)")
         return await self._embed([(r.id, r.sequence) for r in records],
-                                 per_residue=per_residue, truncate=truncate, fmt=format,
+                                 per_residue=per_residue, too_long=_policy(truncate, too_long),
+                                 fmt=format,
                                  dtype=dtype, source=None)
 
     @api.get("/healthz", summary="Liveness: 200 when the model is loaded")
@@ -262,4 +303,7 @@ class EmbeddingService:
             max_sequences=self.config.max_sequences, batch_tokens=self.batch_tokens,
             queue_tokens=self.queue_tokens,
             truncation=f"sequences longer than {e.max_len} residues are cut to their first "
-                       f"{e.max_len} (truncate=false rejects them with 422)")
+                       f"{e.max_len} (truncate=false rejects them with 422; too_long=window "
+                       "embeds overlapping windows)",
+            store=self.store is not None, store_computed=self.store_counts.new,
+            store_reused=self.store_counts.reused)

@@ -1,0 +1,88 @@
+"""The embedding job against the one-process engine, side by side in one run, and its memory.
+
+1. **throughput**: the same generated proteins through `mtdp embed` (one process, one torch
+   thread) and through `jobs/embed.py` with 1 and 2 actors (fresh store each, fresh local Ray
+   each, every stage on the one machine). A compute-bound model: a random-weight 'small'
+   student (4 layers, d_model 256). Prints proteins/s and the ratios the issue asks for:
+   1 actor / one process (pipeline overhead) and 2 actors / 1 actor (scaling).
+2. **memory**: the job over N proteins for each --sizes with the tiny random student; the
+   driver's and each role's peak RSS (embed actors, the store writer, other Ray workers),
+   sampled every 0.5 s over the job's own process tree.
+
+Lengths follow DeepLoc 2.0's real length distribution (read from $MTDP_DATA_DIR when present,
+else a log-normal with its median and spread); residues are random; in part 2, 20 % of the
+proteins repeat an earlier sequence under a new id (as in redundant catalogues).
+
+    python benchmarks/embed_job.py                                  # 4000 proteins; 10k, 100k
+    python benchmarks/embed_job.py --throughput-n 2000 --sizes 10000 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from mtdp.benchmarks.embed_job_perf import child_main, generate_inputs, save_random_student
+
+
+def _child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
+                         text=True)
+    if out.returncode:
+        sys.exit(f"child {args[0]} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--throughput-n", type=int, default=4000, help="proteins for part 1")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000],
+                    help="proteins for part 2 (none: skip it)")
+    ap.add_argument("--max-len", type=int, default=512, help="the students' length limit")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child_main(*args.child)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        small = save_random_student(os.path.join(tmp, "small"), "small", args.max_len)
+        tiny = save_random_student(os.path.join(tmp, "tiny"), "tiny", args.max_len)
+        if args.throughput_n:
+            fa = generate_inputs(os.path.join(tmp, "t.fasta"), args.throughput_n)
+            print(f"throughput: {args.throughput_n} proteins, random 'small' student "
+                  f"(max_len {args.max_len}), {os.cpu_count()} CPUs")
+            one = _child("one", fa, small, os.path.join(tmp, "one.parquet"))
+            rows = [("mtdp embed (one process)", one)]
+            for actors in (1, 2):
+                rows.append((f"jobs/embed.py, {actors} actor(s)",
+                             _child("job", fa, small, os.path.join(tmp, f"s{actors}"),
+                                    str(actors))))
+            print(f"{'':30} {'computed':>9} {'seconds':>8} {'proteins/s':>11}")
+            for name, r in rows:
+                print(f"{name:30} {r['computed']:>9} {r['seconds']:>8.1f} "
+                      f"{r['proteins_per_s']:>11.1f}")
+            p1, p2 = rows[1][1]["proteins_per_s"], rows[2][1]["proteins_per_s"]
+            print(f"1 actor / one process: {p1 / one['proteins_per_s']:.2f}   "
+                  f"2 actors / 1 actor: {p2 / p1:.2f}")
+        if args.sizes:
+            print("\nmemory: random 'tiny' student, peak RSS in MB")
+            print(f"{'proteins':>9} {'unique':>8} {'seconds':>8} {'driver':>7} "
+                  f"{'embed actor':>12} {'writer':>7} {'other worker':>13}")
+            for n in args.sizes:
+                fa = generate_inputs(os.path.join(tmp, f"m{n}.fasta"), n, duplicates=0.2)
+                t0 = time.time()
+                r = _child("job", fa, tiny, os.path.join(tmp, f"m{n}"), "1")
+                rss = r["peak_rss_mb"]
+                print(f"{n:>9} {r['unique']:>8} {time.time() - t0:>8.0f} {rss['driver']:>7} "
+                      f"{rss.get('embed', 0):>12} {rss.get('writer', 0):>7} "
+                      f"{rss.get('other', 0):>13}")
+                os.remove(fa)
+
+
+if __name__ == "__main__":
+    main()

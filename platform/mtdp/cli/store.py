@@ -1,0 +1,73 @@
+"""``mtdp store``: what an embedding store holds, and exporting from it."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("store", help="inspect or export an embedding store",
+                       description="The embedding store of `jobs/embed.py`, `mtdp embed "
+                                   "--store`, Serve and the benchmark.")
+    ssub = p.add_subparsers(dest="store_cmd", required=True)
+    info = ssub.add_parser("info", help="models (with their keys and row counts) and runs")
+    info.add_argument("store")
+    info.set_defaults(func=_run_info)
+    ex = ssub.add_parser("export", help="a run's embeddings as Parquet, .npy or HDF5",
+                         description="Write the embeddings of one input run (`--run`, as "
+                                     "named by the job or `mtdp embed --run`) with one model "
+                                     "(`--model SPEC`, or `--key` from `mtdp store info`), "
+                                     "in the run's order; HDF5: one dataset per protein id.")
+    ex.add_argument("store")
+    ex.add_argument("--run", required=True, help="input run name (ids table)")
+    group = ex.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", help="model spec (its identity selects the table)")
+    group.add_argument("--key", help="model key (see `mtdp store info`)")
+    ex.add_argument("--too-long", choices=["truncate", "error", "window"], default="truncate",
+                    help="the length policy the embeddings were computed with")
+    ex.add_argument("--ids", default=None, help="only these ids (a file, one id a line)")
+    ex.add_argument("-o", "--output", required=True, help=".parquet, .npy or .h5")
+    ex.add_argument("--format", choices=["parquet", "npy", "h5"], default=None)
+    ex.set_defaults(func=_run_export)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from ..store import EmbeddingStore
+
+    store = EmbeddingStore(args.store, create=False)
+    models = []
+    for m in store.models():
+        table = store.model(m["identity"], m["name"], create=False)
+        models.append({"key": m["model_key"], "name": m["name"], "dim": m["dim"],
+                       "rows": table.count(), "identity": m["identity"],
+                       "proteins_per_s": round(table.throughput(), 2)})
+    runs = sorted(t[4:] for t in store._tables() if t.startswith("ids_"))
+    print(json.dumps({"store": store.uri, "models": models, "runs": runs}, indent=2))
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ..store import EmbeddingStore, StoreError
+    from ..store.export import export_run
+
+    store = EmbeddingStore(args.store, create=False)
+    if args.key:
+        match = [m for m in store.models() if m["model_key"] == args.key]
+        if not match:
+            raise StoreError(f"no model with key {args.key} in {args.store} (see `mtdp store "
+                             "info`)")
+        table = store.model(match[0]["identity"], match[0]["name"], create=False)
+    else:
+        from ..embed import model_table
+        from ..models.registry import load_embedder
+
+        table = model_table(store, load_embedder(args.model, device="cpu"), args.too_long,
+                            create=False)
+    ids = None
+    if args.ids:
+        with open(args.ids) as fh:
+            ids = [line.strip() for line in fh if line.strip()]
+    n = export_run(store, table, args.run, args.output, args.format, ids)
+    print(json.dumps({"output": args.output, "rows": n, "model": table.name,
+                      "key": table.key}))
+    return 0

@@ -1,0 +1,8 @@
+"""The embedding store: every embedding ever computed, content-addressed, shared by the
+embedding job, ``mtdp embed --store``, Serve and the benchmark (a LanceDB database: a local
+folder by default, object storage at scale). :mod:`.keys` (sequence hashes, model identity),
+:mod:`.lance` (the store)."""
+from .keys import seq_hash, store_identity
+from .lance import EmbeddingStore, ModelTable, StoreError
+
+__all__ = ["EmbeddingStore", "ModelTable", "StoreError", "seq_hash", "store_identity"]

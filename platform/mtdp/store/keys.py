@@ -1,0 +1,66 @@
+"""What a stored embedding is keyed by: the SHA-256 of the prepared sequence, within a table
+per model identity (weights, length limit and policy, pooling)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..io import sha256_file
+
+if TYPE_CHECKING:
+    from ..models.base import Embedder
+
+
+def seq_hash(sequence: str) -> str:
+    """Hex SHA-256 of a prepared sequence (:func:`mtdp.sequences.prepare`, not truncated):
+    the same protein under any id, in any file, has one key."""
+    return hashlib.sha256(sequence.encode("ascii")).hexdigest()
+
+
+def store_identity(embedder: "Embedder", too_long: str = "truncate",
+                   pooling: str = "masked") -> dict[str, Any]:
+    """What makes a model's stored vectors what they are: its class, dimension, length limit,
+    the policy for longer sequences, the pooling, and its weights (the checkpoint's SHA-256,
+    the student directory's weight files, or a fingerprint of its parameters; a no-weight
+    baseline by its source). The same weights under another name or path share a table."""
+    info = fingerprint(embedder)
+    weights = info.get("sha256") or info.get("weights_sha256") or info.get("weights_fingerprint")
+    return {"class": info["class"], "dim": info["dim"], "max_len": info["max_len"],
+            "too_long": too_long, "pooling": pooling,
+            "weights": weights or f"{info['class']}:{info.get('source', '')}"}
+
+
+def identity_key(identity: dict[str, Any]) -> str:
+    """The 16-hex key of an identity (the model's table is ``emb_<key>``)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(embedder: "Embedder") -> dict[str, Any]:
+    """What makes an embedder's output unique: its description plus a weight fingerprint
+    (checkpoint files are hashed by :meth:`~Embedder.describe`; student directories by their
+    weight files; random-init and hub models by a digest of a few parameter tensors)."""
+    info = dict(embedder.describe())
+    src = info.get("source") or ""
+    if src and os.path.isdir(src):
+        h = hashlib.sha256()
+        for p in sorted(Path(src).glob("*.safetensors")) + sorted(Path(src).glob("*.bin")):
+            h.update(p.name.encode())
+            h.update(bytes.fromhex(sha256_file(p)))
+        info["weights_sha256"] = h.hexdigest()
+    module = getattr(embedder, "model", None)
+    if module is not None and hasattr(module, "parameters") and "sha256" not in info:
+        params = list(module.parameters())
+        h = hashlib.sha256()
+        for t in (params[:2] + params[-2:]):
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        info["weights_fingerprint"] = h.hexdigest()
+    return info
+
+
+def fingerprint_key(identity: dict[str, Any]) -> str:
+    """Short stable key of a :func:`fingerprint`."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:12]

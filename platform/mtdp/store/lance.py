@@ -1,0 +1,280 @@
+"""The embedding store on LanceDB (Lance format, Arrow-native; Ray Data reads it).
+
+Layout of a store (a LanceDB database: a local folder, or ``s3://...`` / ``gs://...``):
+
+* ``_mtdp``   — the store's marker (format, version): a folder without it is not a store;
+* ``_models`` — one row per model identity: key, name, dim, identity (JSON), embedding count
+  and seconds (the model's measured throughput);
+* ``emb_<key>`` — one row per distinct prepared sequence embedded with that model:
+  ``seq_hash``, ``length`` (residues the model saw), ``embedding`` (float32 [dim]);
+* ``ids_<run>`` — per input run: ``id``, ``seq_hash`` (many ids may share one sequence).
+
+Writes are idempotent (``merge_insert`` on ``seq_hash``: a sequence is inserted once, however
+often or concurrently it is offered) and committed batch by batch, so a killed writer loses
+nothing it committed and a rerun recomputes nothing that is stored. A folder that is not a
+store, a table whose schema does not match, or a model key whose identity differs, is refused
+by name — a store is never silently extended with foreign data, nor read for another model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .keys import identity_key
+
+FORMAT = "mtdp-embedding-store"
+VERSION = 1
+MARKER, MODELS = "_mtdp", "_models"
+# Lance's Rust logger: warnings such as "No existing dataset ..., it will be created" are
+# routine here; errors still show.
+os.environ.setdefault("LANCE_LOG", "error")
+os.environ.setdefault("LANCEDB_LOG", "error")
+# lancedb warns at every fork once imported; the forks here (Ray starting its processes,
+# g++ building mtdp's kernel) exec a new program at once, which is safe.
+warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+
+#: Sequences per ``IN (...)`` lookup (the BTree index keeps each one a few ms).
+LOOKUP_BATCH = 4096
+
+
+class StoreError(ValueError):
+    """A store that is not one, is damaged, or does not match what is asked of it."""
+
+
+def _schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema([pa.field("seq_hash", pa.string(), nullable=False),
+                      pa.field("length", pa.int32(), nullable=False),
+                      pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)])
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri
+
+
+def _quoted(hashes: Iterable[str]) -> str:
+    out = []
+    for h in hashes:
+        if not re.fullmatch(r"[0-9a-f]{64}", h):
+            raise ValueError(f"not a sequence hash: {h!r}")
+        out.append(f"'{h}'")
+    return ",".join(out)
+
+
+def _retry(fn, attempts: int = 6):
+    """Run a commit, retrying when a concurrent writer committed first (Lance's optimistic
+    concurrency); merge inserts are idempotent, so a retry never duplicates a row."""
+    for k in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - Lance raises plain errors for conflicts
+            if k == attempts - 1 or "onflict" not in str(exc) and "retry" not in str(exc):
+                raise
+            time.sleep(0.05 * 2 ** k)
+
+
+class EmbeddingStore:
+    """A store at ``uri`` (created if absent and ``create``)."""
+
+    def __init__(self, uri: str | os.PathLike, create: bool = True) -> None:
+        import lancedb
+
+        self.uri = str(uri)
+        local = Path(self.uri) if _is_local(self.uri) else None
+        if local is not None:
+            if local.exists() and not local.is_dir():
+                raise StoreError(f"store {local} is a file, not a store folder")
+            fresh = not local.exists() or not any(local.iterdir())
+            if fresh and not create:
+                raise StoreError(f"{local}: no embedding store there")
+        self.db = lancedb.connect(self.uri)
+        names = set(self._tables())
+        if MARKER not in names:
+            if names or (local is not None and not fresh):
+                raise StoreError(f"{self.uri} is not an mtdp embedding store (no {MARKER} "
+                                 "table); choose an empty folder or an existing store")
+            self._create_marker()
+        self._check_marker()
+
+    # -- layout ---------------------------------------------------------------------------
+    def _tables(self) -> list[str]:
+        listing = self.db.list_tables()
+        return list(getattr(listing, "tables", listing))
+
+    def _create_marker(self) -> None:
+        import pyarrow as pa
+
+        self.db.create_table(MODELS, schema=pa.schema([
+            ("model_key", pa.string()), ("name", pa.string()), ("dim", pa.int32()),
+            ("identity", pa.string()), ("embedded", pa.int64()), ("seconds", pa.float64())]))
+        self.db.create_table(MARKER, data=pa.table({"key": ["format", "version"],
+                                                    "value": [FORMAT, str(VERSION)]}))
+
+    def _open(self, name: str):
+        try:
+            return self.db.open_table(name)
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable table
+            raise StoreError(f"{self.uri}: table {name} cannot be opened ({exc}); the store is "
+                             "damaged") from None
+
+    def _check_marker(self) -> None:
+        try:
+            rows = dict(zip(*self._open(MARKER).to_arrow().to_pydict().values()))
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{self.uri}: its {MARKER} table is unreadable ({exc})") from None
+        if rows.get("format") != FORMAT:
+            raise StoreError(f"{self.uri} is not an mtdp embedding store (format "
+                             f"{rows.get('format')!r})")
+        if int(rows.get("version", 0)) > VERSION:
+            raise StoreError(f"{self.uri} was written by a newer mtdp (store version "
+                             f"{rows['version']}); upgrade mtdp to read it")
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model of the store (key, name, dim, identity, embedded, seconds)."""
+        rows = self._open(MODELS).to_arrow().to_pylist()
+        for r in rows:
+            r["identity"] = json.loads(r["identity"])
+        return rows
+
+    # -- models ---------------------------------------------------------------------------
+    def model(self, identity: dict[str, Any], name: str, create: bool = True) -> "ModelTable":
+        """The table of the model with this identity (registered on first use)."""
+        key = identity_key(identity)
+        known = {r["model_key"]: r for r in self.models()}
+        dim = int(identity["dim"])
+        if key in known:
+            if known[key]["identity"] != identity or known[key]["dim"] != dim:
+                raise StoreError(f"{self.uri}: model key {key} is registered for another "
+                                 f"model ({known[key]['identity']}); refusing to mix them")
+        elif not create:
+            raise StoreError(f"{self.uri} holds no embeddings of {name} (identity {identity})")
+        else:
+            import pyarrow as pa
+
+            _retry(lambda: self._open(MODELS).merge_insert("model_key")
+                   .when_not_matched_insert_all().execute(pa.table({
+                       "model_key": [key], "name": [name], "dim": pa.array([dim], pa.int32()),
+                       "identity": [json.dumps(identity, sort_keys=True)],
+                       "embedded": pa.array([0], pa.int64()),
+                       "seconds": pa.array([0.0], pa.float64())})))
+        return ModelTable(self, key, name, dim)
+
+    # -- ids of a run ---------------------------------------------------------------------
+    def write_ids(self, run: str, ids: Sequence[str], hashes: Sequence[str],
+                  append: bool = False, order: Sequence[int] | None = None):
+        """The id → sequence-hash table of input run ``run`` (replaced unless ``append``);
+        ``order`` is each row's position in the input (default: as given)."""
+        import pyarrow as pa
+
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", run):
+            raise ValueError(f"run name {run!r}: use letters, digits, '_', '.', '-'")
+        order = list(range(len(ids))) if order is None else list(order)
+        table = pa.table({"id": pa.array(list(ids), pa.string()),
+                          "seq_hash": pa.array(list(hashes), pa.string()),
+                          "order": pa.array(order, pa.int64())})
+        name = f"ids_{run}"
+        if append and name in self._tables():
+            return _retry(lambda: self._open(name).add(table))
+        return self.db.create_table(name, data=table, mode="overwrite")
+
+    def read_ids(self, run: str):
+        """``(ids, hashes)`` of input run ``run``, in input order."""
+        name = f"ids_{run}"
+        if name not in self._tables():
+            runs = sorted(t[4:] for t in self._tables() if t.startswith("ids_"))
+            raise StoreError(f"{self.uri} has no run {run!r} (runs: {runs or 'none'})")
+        t = self._open(name).to_arrow().sort_by("order")
+        return t.column("id").to_pylist(), t.column("seq_hash").to_pylist()
+
+
+class ModelTable:
+    """The stored embeddings of one model identity."""
+
+    def __init__(self, store: EmbeddingStore, key: str, name: str, dim: int) -> None:
+        self.store, self.key, self.name, self.dim = store, key, name, dim
+        self.table_name = f"emb_{key}"
+        if self.table_name not in store._tables():
+            try:
+                store.db.create_table(self.table_name, schema=_schema(dim))
+            except Exception:  # noqa: BLE001 - created concurrently by another writer
+                pass
+        self.table = store._open(self.table_name)
+        schema = self.table.schema
+        emb = schema.field("embedding").type if "embedding" in schema.names else None
+        if "seq_hash" not in schema.names or getattr(emb, "list_size", None) != dim:
+            raise StoreError(f"{store.uri}: table {self.table_name} does not hold {dim}-d "
+                             f"embeddings of {name} (schema {schema}); the store is damaged")
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+    def lookup(self, hashes: Iterable[str], lengths: dict[str, int] | None = None
+               ) -> dict[str, np.ndarray]:
+        """Stored embeddings of ``hashes`` (those not stored are absent from the result);
+        ``lengths``, if given, receives the residues each was embedded from."""
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[str, np.ndarray] = {}
+        if not wanted or self.count() == 0:
+            return found
+        for i in range(0, len(wanted), LOOKUP_BATCH):
+            part = wanted[i:i + LOOKUP_BATCH]
+            rows = (self.table.search().where(f"seq_hash IN ({_quoted(part)})")
+                    .select(["seq_hash", "length", "embedding"]).limit(len(part)).to_arrow())
+            emb = rows.column("embedding").combine_chunks().flatten().to_numpy(
+                zero_copy_only=False).reshape(-1, self.dim)
+            keys = rows.column("seq_hash").to_pylist()
+            found.update(zip(keys, emb.astype(np.float32, copy=False)))
+            if lengths is not None:
+                lengths.update(zip(keys, rows.column("length").to_pylist()))
+        return found
+
+    def add(self, hashes: Sequence[str], lengths: Sequence[int], embeddings: np.ndarray) -> int:
+        """Store new embeddings (idempotent: stored hashes are skipped); returns rows added."""
+        if len(hashes) == 0:
+            return 0
+        import pyarrow as pa
+
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if emb.shape != (len(hashes), self.dim) or not np.isfinite(emb).all():
+            raise StoreError(f"refusing to store embeddings of shape {emb.shape} (expected "
+                             f"{(len(hashes), self.dim)}, all finite) for {self.name}")
+        table = pa.table({"seq_hash": pa.array(list(hashes), pa.string()),
+                          "length": pa.array(list(lengths), pa.int32()),
+                          "embedding": pa.FixedSizeListArray.from_arrays(
+                              pa.array(emb.reshape(-1), pa.float32()), self.dim)},
+                         schema=_schema(self.dim))
+        res = _retry(lambda: self.table.merge_insert("seq_hash")
+                     .when_not_matched_insert_all().execute(table))
+        return int(getattr(res, "num_inserted_rows", len(hashes)))
+
+    def record_time(self, proteins: int, seconds: float) -> None:
+        """Add ``proteins`` embedded in ``seconds`` to the model's measured throughput."""
+        if proteins <= 0:
+            return
+        models = self.store._open(MODELS)
+        _retry(lambda: models.update(where=f"model_key = '{self.key}'", values_sql={
+            "embedded": f"embedded + {int(proteins)}", "seconds": f"seconds + {seconds:.6f}"}))
+
+    def throughput(self) -> float:
+        """Proteins per second over every embedding session recorded for this model."""
+        row = next(r for r in self.store.models() if r["model_key"] == self.key)
+        return row["embedded"] / row["seconds"] if row["seconds"] else float("nan")
+
+    def optimize(self) -> None:
+        """Compact small fragments and (re)build the ``seq_hash`` index (keeps lookups fast
+        as the table grows); safe to call at any time."""
+        from lancedb.index import BTree
+
+        if self.count():
+            self.table.create_index("seq_hash", config=BTree(), replace=True)
+            self.table.optimize()

@@ -1,0 +1,229 @@
+"""The embedding store and everything that embeds through it: the window policy against a
+hand-computed example, idempotent and refusing writes, `mtdp embed --store` and export, and
+the Ray Data embedding job (duplicates embedded once, reruns compute nothing, a killed job
+resumes to exactly the uninterrupted result)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtdp.cli import main
+from mtdp.models.base import Embedder
+from mtdp.sequences import read_fasta, windows, write_fasta
+from mtdp.store import EmbeddingStore, StoreError, seq_hash, store_identity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Codes(Embedder):
+    """A model whose output is known by hand: per residue ``[code, position in the window]``
+    (code: A=1, B=2, ...); per protein the mean of those over the window."""
+
+    name, dim, max_len, source = "codes", 2, 4, "codes"
+
+    def to(self, device):
+        return self
+
+    def embed_batch(self, sequences, per_residue=False):
+        res = [torch.tensor([[ord(c) - 64, p] for p, c in enumerate(s)], dtype=torch.float32)
+               for s in sequences]
+        emb = torch.stack([r.mean(0) for r in res])
+        return emb, (res if per_residue else None)
+
+
+def test_windows_are_overlapping_and_cover_the_sequence() -> None:
+    assert windows(10, 4, 1) == [(0, 4), (3, 7), (6, 10)]
+    assert windows(9, 4, 1) == [(0, 4), (3, 7), (6, 9)]
+    assert windows(4, 4) == [(0, 4)] and windows(12, 8) == [(0, 8), (6, 12)]
+    with pytest.raises(ValueError, match="overlap"):
+        windows(10, 4, 4)
+
+
+def test_window_policy_matches_a_hand_computed_example() -> None:
+    from mtdp.embed import embed_sequences
+
+    model = Codes()
+    # "ABCDEFGHI" (9 residues, codes 1..9), windows of 4 sharing 1: [0,4) [3,7) [6,9), of
+    # lengths 4, 4, 3; window means of the codes 2.5, 5.5, 8 -> length-weighted
+    # (4*2.5 + 4*5.5 + 3*8) / 11 = 56/11; of the positions 1.5, 1.5, 1 -> 15/11.
+    emb, res = embed_sequences(model, ["ABCDEFGHI", "AB"], per_residue=True,
+                               too_long="window", window_overlap=1)
+    np.testing.assert_allclose(emb[0], [56 / 11, 15 / 11], rtol=1e-6)
+    np.testing.assert_allclose(emb[1], [1.5, 0.5])  # short: one window, as without windows
+    # Stitched per residue: residue 3 ('D') is position 3 of window 1 and 0 of window 2.
+    assert res[0].shape == (9, 2)
+    np.testing.assert_allclose(res[0][3], [4, 1.5])
+    np.testing.assert_allclose(res[0][6], [7, 1.5])
+    np.testing.assert_allclose(res[0][8], [9, 2])
+    cut = embed_sequences(model, ["ABCDEFGHI"])  # truncate: 'ABCD' only
+    np.testing.assert_allclose(cut[0], [2.5, 1.5])
+
+
+def test_store_writes_are_idempotent_and_models_never_mix(tmp_path) -> None:
+    store = EmbeddingStore(tmp_path / "s")
+    a = store.model({"dim": 2, "m": "a"}, "a")
+    b = store.model({"dim": 2, "m": "b"}, "b")
+    h = [seq_hash(s) for s in ("MKV", "AAA", "MKV")]
+    assert a.add(h[:2], [3, 3], np.ones((2, 2))) == 2
+    assert a.add(h, [3, 3, 3], np.zeros((3, 2))) == 0  # stored once, first value kept
+    assert a.count() == 2 and set(a.lookup(h)) == set(h)
+    np.testing.assert_array_equal(a.lookup(h)[h[0]], [1, 1])
+    assert b.lookup(h) == {}  # another model's table: never read for this one
+    with pytest.raises(StoreError, match="shape"):
+        a.add([seq_hash("Q")], [1], np.ones((1, 3)))
+    with pytest.raises(StoreError, match="finite"):
+        a.add([seq_hash("Q")], [1], np.full((1, 2), np.nan))
+    assert len(EmbeddingStore(tmp_path / "s").models()) == 2  # reopened
+
+
+def test_foreign_and_damaged_stores_are_refused(tmp_path) -> None:
+    foreign = tmp_path / "f"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not an mtdp embedding store"):
+        EmbeddingStore(foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    with pytest.raises(StoreError, match="is a file"):
+        EmbeddingStore(foreign / "notes.txt")
+    store = EmbeddingStore(tmp_path / "s")
+    t = store.model({"dim": 4, "m": "x"}, "x")
+    import pyarrow as pa
+
+    store.db.create_table(t.table_name, data=pa.table({"seq_hash": ["a"], "wrong": [1]}),
+                          mode="overwrite")  # someone replaced the table
+    with pytest.raises(StoreError, match="damaged"):
+        store.model({"dim": 4, "m": "x"}, "x")
+
+
+@pytest.fixture(scope="module")
+def small_fasta(real_fasta, tmp_path_factory) -> tuple[Path, int]:
+    """60 real proteins plus 20 more ids repeating their sequences (25 % duplicates)."""
+    recs = read_fasta(real_fasta)[:60]
+    pairs = [(r.id, r.sequence) for r in recs] + [(f"copy{i}", recs[i].sequence)
+                                                  for i in range(20)]
+    p = tmp_path_factory.mktemp("st") / "in.fasta"
+    write_fasta(pairs, p)
+    return p, 60
+
+
+def test_embed_with_store_computes_each_sequence_once(small_fasta, tmp_path, capsys) -> None:
+    fasta, unique = small_fasta
+    store = tmp_path / "store"
+    args = ["embed", str(fasta), "--model", "tiny-random-esm2", "--device", "cpu", "--quiet",
+            "--store", str(store), "--run", "r1"]
+    assert main([*args, "-o", str(tmp_path / "a.parquet")]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (first["new"], first["reused"], first["proteins"]) == (unique, 20, 80)
+    assert main([*args, "-o", str(tmp_path / "b.parquet")]) == 0
+    again = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (again["new"], again["reused"]) == (0, 80)
+    from mtdp.outputs import read_embeddings
+
+    ids, a = read_embeddings(tmp_path / "a.parquet")
+    _, b = read_embeddings(tmp_path / "b.parquet")
+    np.testing.assert_array_equal(a, b)
+    for fmt in ("npy", "h5", "parquet"):
+        out = tmp_path / f"x.{fmt}"
+        assert main(["store", "export", str(store), "--run", "r1", "--model",
+                     "tiny-random-esm2", "-o", str(out)]) == 0
+        if fmt == "h5":
+            import h5py
+
+            with h5py.File(out) as f:
+                got = np.stack([f[i][()] for i in ids])
+        else:
+            got = read_embeddings(out)[1]
+            assert read_embeddings(out)[0] == ids
+        np.testing.assert_allclose(got, a, rtol=0, atol=0)
+    assert main(["store", "export", str(store), "--run", "nope", "--model",
+                 "tiny-random-esm2", "-o", str(tmp_path / "n.npy")]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["store", "export", str(store), "--run", "r1", "--model", "aac", "-o",
+                 str(tmp_path / "n.npy")]) == 2
+    assert "holds no embeddings of aac" in capsys.readouterr().err
+
+
+def _store_rows(store: Path) -> dict[str, np.ndarray]:
+    s = EmbeddingStore(store)
+    (m,) = s.models()
+    t = s.model(m["identity"], m["name"]).table.to_arrow()
+    hashes = t.column("seq_hash").to_pylist()
+    assert len(hashes) == len(set(hashes)), "a sequence stored twice"
+    emb = t.column("embedding").combine_chunks().flatten().to_numpy().reshape(len(hashes), -1)
+    return dict(zip(hashes, emb))
+
+
+def test_embedding_job_dedupes_resumes_and_recomputes_nothing(ray_session, small_fasta,
+                                                              tmp_path) -> None:
+    from mtdp.embed_job import EmbedJobConfig, run_embed_job
+
+    fasta, unique = small_fasta
+
+    def cfg(store: Path, **kw) -> EmbedJobConfig:
+        return EmbedJobConfig(inputs=[str(fasta)], model="tiny-random-esm2", store=str(store),
+                              workdir=str(tmp_path / f"work-{store.name}"), run_name="job",
+                              shard_size=20, commit_rows=16, track=False, progress=False,
+                              **kw)
+
+    ref = run_embed_job(cfg(tmp_path / "ref"))
+    assert (ref.proteins, ref.unique, ref.computed, ref.reused) == (80, unique, unique, 0)
+    again = run_embed_job(cfg(tmp_path / "ref"))
+    assert (again.computed, again.reused) == (0, unique)
+    reference = _store_rows(tmp_path / "ref")
+    assert len(reference) == unique
+    ids, hashes = EmbeddingStore(tmp_path / "ref").read_ids("job")
+    assert ids == [r.id for r in read_fasta(fasta)] and len(set(hashes)) == unique
+
+    # kill -9 of the job's driver mid-run (after the writer's 1st commit), then the same
+    # command again: every unique sequence once, none twice, vectors as without the kill.
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(ROOT / "jobs" / "embed.py"), "--inputs", str(fasta),
+               "--model", "tiny-random-esm2", "--store", str(killed), "--workdir",
+               str(tmp_path / "work-k"), "--run-name", "job", "--shard-size", "20",
+               "--commit-rows", "16", "--track", "false", "--progress", "false"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.run(command, env={**env, "MTDP_EMBED_FAULTS": json.dumps(
+        {"kill_driver_after_batches": 1})}, capture_output=True, text=True, timeout=600,
+        start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    # The rest of that job's private Ray dies with it, as on a crashed machine (its session
+    # is the newest one: it started after this test session's cluster).
+    session = os.path.realpath("/tmp/ray/session_latest")
+    subprocess.run(["bash", str(ROOT / "cluster" / "stop-head.sh"), session],
+                   capture_output=True, timeout=60)
+    partial = _store_rows(killed)
+    assert 0 < len(partial) < unique, len(partial)
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert resumed["computed"] == unique - len(partial) and resumed["reused"] == len(partial)
+    rows = _store_rows(killed)
+    assert set(rows) == set(reference)
+    for h, v in rows.items():
+        np.testing.assert_allclose(v, reference[h], rtol=0, atol=1e-6)
+
+
+def test_store_identity_follows_the_weights_not_the_name(tmp_path) -> None:
+    from mtdp.models.registry import load_embedder
+    from mtdp.models.student import StudentConfig, StudentModel
+
+    torch.manual_seed(0)
+    m = StudentModel(StudentConfig.preset("tiny"))
+    m.save(tmp_path / "one")
+    m.save(tmp_path / "two")
+    a = load_embedder(str(tmp_path / "one"), device="cpu")
+    b = load_embedder(str(tmp_path / "two"), device="cpu")
+    assert store_identity(a) == store_identity(b)  # same weights, other folder
+    assert store_identity(a, "window") != store_identity(a)  # the policy is part of it
+    torch.manual_seed(1)
+    StudentModel(StudentConfig.preset("tiny")).save(tmp_path / "three")
+    c = load_embedder(str(tmp_path / "three"), device="cpu")
+    assert store_identity(c) != store_identity(a)
