@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch CPU threads for embedding the benchmark tasks (default 0: "
                         "torch's default, every core; on a busy, oversubscribed machine 1 can "
                         "be faster)")
+    p.add_argument("--split", choices=("homology", "random"), default="homology",
+                   help="benchmark folds: homology partitions where a task has them (DeepLoc "
+                        "2.0, GO), random elsewhere; or random everywhere (the paper's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="delete --workdir first")
     args = vars(p.parse_args(argv))

@@ -79,6 +79,20 @@ def test_fmax_hand_computed():
     assert M.fmax(y2, s2, thresholds=np.array([0.25, 0.5, 0.75]))[0] == pytest.approx(390 / 504)
     # Perfect scores reach 1 on the default CAFA grid.
     assert M.fmax(y, y.astype(float))[0] == pytest.approx(1.0)
+    # Coverage: proteins with a prediction at the threshold (t=0.75: proteins 1 and 2).
+    assert M.coverage(y, s, 0.25) == 1.0 and M.coverage(y, s, 0.75) == pytest.approx(2 / 3)
+    assert M.coverage(y2, s2, 0.75) == pytest.approx(2 / 3)  # unannotated row ignored
+
+
+def test_micro_aupr_pools_every_protein_term_pair():
+    rng = np.random.default_rng(4)
+    y = (rng.random((50, 5)) < 0.3).astype(float)
+    s = rng.random((50, 5)) + 0.3 * y
+    assert M.micro_aupr(y, s) == pytest.approx(
+        skm.average_precision_score(y.ravel(), s.ravel()))
+    assert M.micro_aupr(y, s) == pytest.approx(skm.average_precision_score(y, s, average="micro"))
+    got = M.compute_metrics("multilabel", y, s * 10 - 5)
+    assert {"fmax", "fmax_threshold", "fmax_coverage", "micro_aupr", "macro_aupr"} == set(got)
 
 
 def test_fmax_matches_brute_force_definition():

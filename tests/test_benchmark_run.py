@@ -40,23 +40,33 @@ def test_ten_fold_benchmark_kmer_and_tiny_teacher(ray_session, data_dir, tmp_pat
           f"{time.perf_counter() - t0:.1f} s")
 
     tasks = {t.name for t in result.tasks}
-    assert tasks == {"membrane", "localization", "meltome", "esol", "deepsol"}
-    assert "go" in result.skipped and "DeepFRI" in result.skipped["go"]  # skipped, not faked
+    assert tasks == {"membrane", "localization", "go", "meltome", "esol", "deepsol"}
+    # Default split 'homology': DeepLoc 2.0 tasks follow its 5 partitions, GO its 10;
+    # tasks without homology information get random 10-fold (and the report says so).
+    n_folds = {"membrane": 5, "localization": 5, "go": 10, "meltome": 10, "esol": 10,
+               "deepsol": 10}
     trials = result.trials
-    assert len(trials) == 2 * 5 * 10 and trials["selected"].all()
-    assert trials.groupby(["model", "task"])["fold"].nunique().eq(10).all()
+    assert len(trials) == 2 * sum(n_folds.values()) and trials["selected"].all()
+    per_task = trials.groupby(["model", "task"])["fold"].nunique()
+    assert all(per_task[(m, t)] == n for m in ("kmer2", "tiny-random-esm2")
+               for t, n in n_folds.items())
     # Same seeds -> the same test proteins for every model, fold by fold.
     per_fold = trials.groupby(["task", "fold"])["test_fold_hash"].nunique()
     assert per_fold.eq(1).all()
-    assert trials.groupby("task")["test_fold_hash"].nunique().eq(10).all()
+    assert trials.groupby("task")["test_fold_hash"].nunique().to_dict() == n_folds
     assert (trials["n_val"] > 0).all()  # inner validation split inside the training folds
+    go = trials[trials["task"] == "go"]
+    assert go["test_fmax"].between(0, 1).all() and (go["n_terms"] >= 1).all()
 
     out = Path(cfg.output_dir)
     md = (out / "summary.md").read_text()
     assert "kmer2" in md and "tiny-random-esm2" in md and "PARTIAL" in md and "±" in md
+    assert "split: homology, 5 folds from DeepLoc 2.0" in md and "NO HOMOLOGY INFORMATION" in md
+    assert "NOT THE PAPER'S GO SET" in md
     summary = pd.read_csv(out / "summary.csv")
     prim = summary[summary["primary"]]
-    assert len(prim) == 10 and prim["folds"].eq(10).all() and prim["mean"].notna().all()
+    assert len(prim) == 12 and prim["mean"].notna().all()
+    assert all(n_folds[t] == f for t, f in zip(prim["task"], prim["folds"]))
     png = (out / "benchmark.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
@@ -65,12 +75,13 @@ def test_ten_fold_benchmark_kmer_and_tiny_teacher(ray_session, data_dir, tmp_pat
     children = client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{result.run_id}'",
                                   max_results=1000)
-    assert len(children) == 100
+    assert len(children) == len(trials)
     folds = {(r.data.params["model"], r.data.params["task"], r.data.params["fold"])
              for r in children}
-    assert len(folds) == 100
+    assert len(folds) == len(trials)
     assert all("test_" + ("f1_macro" if r.data.params["kind"] == "binary" else
-                          "accuracy" if r.data.params["kind"] == "multiclass" else "spearman")
+                          "accuracy" if r.data.params["kind"] == "multiclass" else
+                          "fmax" if r.data.params["kind"] == "multilabel" else "spearman")
                in r.data.metrics for r in children)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"summary.md", "summary.csv", "benchmark.png", "trials.csv"} <= artifacts

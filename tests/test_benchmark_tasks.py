@@ -1,6 +1,8 @@
 """Benchmark tasks, folds, baselines, the embedding cache and the probe (no Ray here)."""
 from __future__ import annotations
 
+import csv
+
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from mtdp.models.registry import load_embedder
 def test_shared_data_tasks_load_prepared_and_deduplicated(data_dir: Path):
     present = available_tasks(data_dir)
     assert {"membrane", "localization", "meltome", "esol", "deepsol"} <= set(present)
-    assert "go" not in present  # GO data is not shipped: it must not appear as present
+    assert "go" in present and "go_pdb" not in present  # DeepFRI's set is not shipped
     mem = load_task("membrane", data_dir, max_proteins=300, seed=1)
     assert mem.kind == "binary" and mem.classes == ["soluble", "membrane"]
     assert len(mem) == 300 and set(np.unique(mem.labels)) == {0, 1}
@@ -70,14 +72,15 @@ def _write_deepfri(folder: Path) -> None:
 
 def test_go_loader_reads_deepfri_format_and_skips_when_absent(tmp_path: Path):
     with pytest.raises(TaskUnavailable, match="DeepFRI"):
-        load_task("go", tmp_path)
+        load_task("go_pdb", tmp_path)
     _write_deepfri(tmp_path)
     annot, vocab = read_deepfri_annot(tmp_path / "go" / "nrPDB-GO_annot.tsv", "mf")
     assert vocab == ["GO:0000001", "GO:0000002", "GO:0000003"] and annot["9ZZZ-B"] == []
-    task = load_task("go", tmp_path, min_class_count=2)
+    task = load_task("go_pdb", tmp_path, min_class_count=2)
     assert task.kind == "multilabel" and len(task) == 30 and "9ZZZ-B" not in task.ids
     assert task.labels.shape == (30, 3) and task.labels.sum(1).min() >= 1
-    assert available_tasks(tmp_path) == ["go"]
+    assert task.partitions is None  # DeepFRI's files carry no homology partitions
+    assert available_tasks(tmp_path) == []  # the default 'go' is the Swiss-Prot set
     bad = tmp_path / "bad.tsv"
     bad.write_text("GO:1\tGO:2\n")
     with pytest.raises(ValueError, match="not a DeepFRI"):
@@ -180,3 +183,78 @@ def test_probe_learns_a_learnable_problem(kind):
         paper = train_probe(X, y, kind, train, folds[0], cfg, protocol="paper", seed=0)
         assert paper["n_val"] == 0 and "val_loss" not in paper
         assert paper["test_f1_macro"] >= 0.8
+
+
+def _go_clusters(data_dir: Path) -> dict[str, str]:
+    import gzip
+
+    with gzip.open(data_dir / "go" / "go_mf_swissprot2014.csv.gz", "rt") as fh:
+        return {r["accession"]: r["cluster"] for r in csv.DictReader(fh)}
+
+
+def test_go_task_from_the_shared_swissprot_set(data_dir: Path):
+    task = load_task("go", data_dir, max_proteins=3000, seed=1)
+    assert task.kind == "multilabel" and len(task) <= 3000
+    assert task.labels.shape == (len(task), len(task.classes)) and task.labels.sum(1).min() >= 1
+    assert all(c.startswith("GO:") for c in task.classes)
+    assert any("NOT THE PAPER'S GO SET" in n for n in task.notes)  # said in every report
+    # Propagated labels: 'binding' (GO:0005488) is an ancestor of 'ATP binding' (GO:0005524).
+    col = {t: j for j, t in enumerate(task.classes)}
+    atp = task.labels[:, col["GO:0005524"]] > 0
+    assert atp.any() and (task.labels[atp, col["GO:0005488"]] > 0).all()
+    assert task.partitions is not None and set(np.unique(task.partitions)) == set(range(10))
+
+
+def test_homology_folds_keep_every_cluster_on_one_side(data_dir: Path):
+    from mtdp.benchmarks.probes import task_folds
+
+    go = load_task("go", data_dir, max_proteins=3000, seed=1)
+    cluster = _go_clusters(data_dir)
+    folds, line = task_folds(go, "homology", 10, 42)
+    assert len(folds) == 10 and "homology" in line and "MMseqs2" in line
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(go)))  # a partition
+    for test in folds:
+        train = np.setdiff1d(np.arange(len(go)), test)
+        assert not ({cluster[go.ids[i]] for i in test} & {cluster[go.ids[i]] for i in train})
+    # Random folds over the same proteins do put clusters on both sides (what they flatter).
+    rnd, line = task_folds(go, "random", 10, 42)
+    assert "random" in line
+    test = rnd[0]
+    train = np.setdiff1d(np.arange(len(go)), test)
+    assert {cluster[go.ids[i]] for i in test} & {cluster[go.ids[i]] for i in train}
+    # DeepLoc 2.0: 5 partitions → 5 folds even if 10 are asked; each fold one partition.
+    loc = load_task("localization", data_dir, max_proteins=600, seed=1)
+    folds, line = task_folds(loc, "homology", 10, 42)
+    assert len(folds) == 5 and all(len(np.unique(loc.partitions[f])) == 1 for f in folds)
+    # No homology information: random folds, and the line says so.
+    esol = load_task("esol", data_dir, max_proteins=200, seed=1)
+    folds, line = task_folds(esol, "homology", 4, 42)
+    assert len(folds) == 4 and "NO HOMOLOGY INFORMATION" in line
+
+
+def test_go_terms_are_chosen_per_fold_from_the_training_side_only():
+    rng = np.random.default_rng(0)
+    n = 200
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    test_idx, train_idx = np.arange(40), np.arange(40, n)
+    y = np.zeros((n, 3), dtype=np.float32)
+    y[:, 0] = rng.random(n) < 0.5            # common on both sides: scored
+    y[test_idx, 1] = 1.0                     # frequent in the test fold only: never scored
+    y[train_idx[:10], 2] = 1.0               # 10 training proteins < 20: not scored
+    cfg = ProbeConfig(hidden=8, max_epochs=2, patience=1, min_term_count=20)
+    res = train_probe(X, y, "multilabel", train_idx, test_idx, cfg)
+    assert res["n_terms"] == 1 and 0 <= res["test_fmax"] <= 1
+    assert 0 < res["test_fmax_coverage"] <= 1
+    cfg = ProbeConfig(hidden=8, max_epochs=2, patience=1, min_term_count=10)
+    assert train_probe(X, y, "multilabel", train_idx, test_idx, cfg)["n_terms"] == 2
+    with pytest.raises(ValueError, match="no term has 500 or more"):
+        train_probe(X, y, "multilabel", train_idx, test_idx,
+                    ProbeConfig(hidden=8, max_epochs=1, min_term_count=500))
+
+
+def test_naive_go_baseline_scores_term_frequencies(data_dir: Path):
+    from mtdp.benchmarks.probes import naive_fmax
+
+    go = load_task("go", data_dir, max_proteins=1000, seed=3)
+    f = naive_fmax(go, "homology", 5, min_term_count=20)
+    assert len(f) == 5 and all(0.2 < x < 0.7 for x in f)  # frequent ancestors: a high floor

@@ -228,7 +228,7 @@ def test_progress_lines() -> None:
     cb = trial_counter(3, seen.append)
 
     class Trial:
-        config = {"model": "aac", "task": "esol", "fold": 1}
+        config = {"model": "aac", "unit": "esol#1"}  # grid point: (task, fold)
 
     cb.on_trial_complete(0, [], Trial())
     cb.on_trial_error(0, [], Trial())

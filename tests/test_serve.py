@@ -255,6 +255,10 @@ def test_default_model_is_newest_registered_student(student_dir: Path, tmp_path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'reg.db'}")
     with pytest.raises(ValueError, match="jobs/distill.py"):
         resolve_model_spec(None)
+    from mtdp.benchmarks.config import default_models
+
+    models, line = default_models()  # tune/benchmark.py without --models
+    assert models == ["aac", "kmer2"] and "jobs/distill.py" in line
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'reg.db'}")
@@ -276,6 +280,8 @@ def test_default_model_is_newest_registered_student(student_dir: Path, tmp_path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert latest_student_uri() == "models:/mtdp-student/2"
     assert resolve_model_spec(None) == "models:/mtdp-student/2"
+    models, line = default_models()
+    assert models == ["models:/mtdp-student/2", "aac", "kmer2"] and "newest" in line
     assert (download_student("models:/mtdp-student/2") / "model.safetensors").is_file()
     monkeypatch.setenv(MODEL_ENV, str(student_dir))
     assert resolve_model_spec(None) == str(student_dir.resolve())

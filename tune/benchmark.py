@@ -1,6 +1,7 @@
 """Downstream benchmark on Ray Tune: every model × task × fold probed side by side.
 
-    python tune/benchmark.py                                   # aac + kmer2 on every task present
+    python tune/benchmark.py            # newest registered student + aac + kmer2, every task
+    python tune/benchmark.py --tasks go --models aac,kmer2 --split random   # the paper's folds
     python tune/benchmark.py --models student:runs/student,esm2_t33_650M_UR50D,aac --tasks all
     python tune/benchmark.py --models kmer2,tiny-random-esm2 --max-proteins 500 --folds 5
 
@@ -17,9 +18,13 @@ EPILOG = """\
 models: student directories (student:PATH), MLflow URIs (models:/NAME/VERSION), teacher names
   (esm2_t33_650M_UR50D, prot_t5_xl_uniref50, tiny-random-esm2 ...), local checkpoints, and the
   no-weight baselines aac, kmer1, kmer2, kmer3, random-student[:paper|small|tiny].
-tasks: membrane, localization, go (go_bp, go_cc), meltome, esol, deepsol, or all; data is read
-  from --data-dir / $MTDP_DATA_DIR; a task whose files are absent is skipped with a message
-  saying where to get them.
+tasks: membrane, localization, go (GO molecular function, the local Swiss-Prot 2014 set),
+  meltome, esol, deepsol, or all; go_pdb, go_pdb_bp, go_pdb_cc (DeepFRI nrPDB-GO, canonical,
+  where present); data is read from --data-dir / $MTDP_DATA_DIR; a task whose files are absent
+  is skipped with a message saying where to get them.
+splits: homology (default) folds follow the data's homology partitions (DeepLoc 2.0: 5, GO:
+  10; no sequence cluster on both sides), random 10-fold for tasks without them (the report
+  says which); random: seeded random folds everywhere, as in the paper (flatters every model).
 protocols: inner-val (default) stops early on a validation split of the training folds;
   paper picks the best epoch on the test fold, as the reference code did (OPTIMISTIC).
 Options may also come from a YAML file (--config); flags given on the command line win.
@@ -47,7 +52,7 @@ def list_tasks(data_dir: str | None) -> None:
     from mtdp.io import data_dir as default_data_dir
 
     d = data_dir or str(default_data_dir())
-    present = set(available_tasks(d))
+    present = set(available_tasks(d, TASKS))
     for name, spec in TASKS.items():
         state = "present" if name in present else "absent"
         print(f"{name:13s} {spec.kind:11s} {state:8s} {spec.description}\n"

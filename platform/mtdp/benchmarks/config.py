@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import option
-from .probes import PROTOCOLS, ProbeConfig
+from .probes import PROTOCOLS, SPLITS, ProbeConfig
 from .tasks import resolve_task_names
 
 
@@ -13,14 +13,23 @@ from .tasks import resolve_task_names
 class BenchmarkConfig(ProbeConfig):
     """Everything a benchmark run needs (CLI flags / YAML keys of ``tune/benchmark.py``)."""
 
-    models: list[str] = option(factory=lambda: ["aac", "kmer2"], help=(
+    models: list[str] = option(factory=list, help=(
         "model specs, comma-separated: student dirs (student:PATH), MLflow URIs, teacher "
         "names (esm2_t33_650M_UR50D, tiny-random-esm2 ...), local checkpoints, or baselines "
-        "aac, kmer1..kmer3, random-student[:preset]"))
+        "aac, kmer1..kmer3, random-student[:preset]; default: the newest registered "
+        "'mtdp-student' in MLflow (what `python jobs/distill.py` registers), if any, next to "
+        "aac and kmer2"))
     tasks: list[str] = option(factory=lambda: ["all"], help=(
-        "tasks, comma-separated (membrane, localization, go, go_bp, go_cc, meltome, esol, "
-        "deepsol) or 'all' (the five paper tasks + deepsol; absent data is skipped)"))
-    folds: int = option(10, ge=2, help="cross-validation folds")
+        "tasks, comma-separated (membrane, localization, go, meltome, esol, deepsol, go_pdb, "
+        "go_pdb_bp, go_pdb_cc) or 'all' (the five paper tasks + deepsol; absent data is "
+        "skipped)"))
+    folds: int = option(10, ge=2, help=(
+        "cross-validation folds (split homology: at most this many, one or more homology "
+        "partitions each)"))
+    split: str = option("homology", choices=SPLITS, help=(
+        "homology: folds follow the data's homology partitions where a task has them "
+        "(DeepLoc 2.0, GO; no sequence cluster on both sides), random folds elsewhere (said "
+        "in the report); random: seeded random folds for every task, as in the paper"))
     max_proteins: int | None = option(None, ge=2, help=(
         "seeded random subset of at most this many proteins per task (speed); None = all"))
     seed: int = option(42, ge=0, help="seed of folds, subsets and probes")
@@ -57,10 +66,9 @@ class BenchmarkConfig(ProbeConfig):
                               for f in dataclasses.fields(ProbeConfig)})
 
     def model_specs(self) -> list[str]:
+        """The models to benchmark (see ``models``: the default is resolved here)."""
         specs = [m for m in self.models if m]
-        if not specs:
-            raise ValueError("no model given (--models)")
-        return specs
+        return specs or default_models()[0]
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option (combinations; single fields are checked on
@@ -73,3 +81,20 @@ class BenchmarkConfig(ProbeConfig):
                              f"{self.folds} folds")
         resolve_task_names(self.tasks)
         self.model_specs()
+
+
+BASELINES = ("aac", "kmer2")
+
+
+def default_models() -> tuple[list[str], str]:
+    """No ``--models``: the newest registered student (if MLflow has one) next to the
+    baselines, and a line saying which (printed by the benchmark)."""
+    from ..tracking import STUDENT_MODEL_NAME, latest_student_uri, tracking_uri
+
+    uri = latest_student_uri()
+    if uri:
+        return [uri, *BASELINES], (f"no --models: the newest registered student {uri} next "
+                                   f"to {', '.join(BASELINES)}")
+    return list(BASELINES), (f"no --models and no registered '{STUDENT_MODEL_NAME}' in MLflow "
+                             f"at {tracking_uri()}: {', '.join(BASELINES)} only (`python "
+                             "jobs/distill.py` trains and registers a student)")

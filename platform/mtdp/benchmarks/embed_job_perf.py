@@ -119,7 +119,7 @@ def child_main(mode: str, fasta: str, model: str, out: str, actors: str = "1") -
         torch.set_num_threads(1)
         t0 = time.perf_counter()
         s = embed_file(load_embedder(model, device="cpu"), fasta, out, progress=False)
-        return {"computed": s.proteins, "seconds": s.seconds,
+        return {"computed": s.proteins, "seconds": s.seconds, "engine_seconds": s.seconds,
                 "proteins_per_s": s.proteins / s.seconds,
                 "wall_s": time.perf_counter() - t0}
     import ray
@@ -134,4 +134,5 @@ def child_main(mode: str, fasta: str, model: str, out: str, actors: str = "1") -
         ray.shutdown()
     return {"computed": r.computed, "unique": r.unique, "proteins": r.proteins,
             "seconds": r.seconds, "proteins_per_s": r.proteins_per_s,
+            "engine_seconds": r.extra.get("actor_seconds", 0.0),
             "peak_rss_mb": rss.rounded()}

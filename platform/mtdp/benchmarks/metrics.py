@@ -3,7 +3,8 @@ each one against scikit-learn / scipy where they have it, and Fmax against hand 
 
 * binary: macro F1 and balanced accuracy;
 * multiclass: support-weighted F1 and accuracy;
-* multilabel (GO): protein-centric Fmax (CAFA) and macro AUPR;
+* multilabel (GO): protein-centric Fmax (CAFA), its threshold and coverage, micro and macro
+  AUPR;
 * regression: Pearson and Spearman correlation.
 
 :func:`compute_metrics` takes the probe's raw outputs (logits, or predictions for regression)
@@ -102,6 +103,26 @@ def macro_aupr(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
+def micro_aupr(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """:func:`average_precision` over every (protein, term) pair at once (term-pooled, as
+    DeepFRI and CAFA's term-centric AUPR report it)."""
+    y_true, scores = np.asarray(y_true), np.asarray(scores)
+    if y_true.shape != scores.shape or y_true.ndim != 2:
+        raise ValueError(f"micro AUPR needs two [N, terms] arrays, got {y_true.shape} and "
+                         f"{scores.shape}")
+    return average_precision(y_true.reshape(-1), scores.reshape(-1))
+
+
+def coverage(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """CAFA coverage at ``threshold``: the share of benchmark proteins (with a true term)
+    that get at least one predicted term (score ≥ threshold)."""
+    y_true = np.asarray(y_true, dtype=bool)
+    annotated = y_true.any(axis=1)
+    if not annotated.any():
+        return float("nan")
+    return float(np.mean((np.asarray(scores)[annotated] >= threshold).any(axis=1)))
+
+
 def fmax(y_true: np.ndarray, scores: np.ndarray,
          thresholds: np.ndarray = FMAX_THRESHOLDS) -> tuple[float, float]:
     """Protein-centric Fmax (CAFA; Radivojac et al. 2013) and the threshold reaching it.
@@ -193,7 +214,8 @@ def compute_metrics(kind: str, y_true: np.ndarray, output: np.ndarray) -> dict[s
     if kind == "multilabel":
         probs = _sigmoid(output)
         f, t = fmax(y_true, probs)
-        return {"fmax": f, "fmax_threshold": t, "macro_aupr": macro_aupr(y_true, probs)}
+        return {"fmax": f, "fmax_threshold": t, "fmax_coverage": coverage(y_true, probs, t),
+                "micro_aupr": micro_aupr(y_true, probs), "macro_aupr": macro_aupr(y_true, probs)}
     if kind == "regression":
         out = output.reshape(-1)
         return {"spearman": spearman(y_true, out), "pearson": pearson(y_true, out),
@@ -204,4 +226,4 @@ def compute_metrics(kind: str, y_true: np.ndarray, output: np.ndarray) -> dict[s
 #: For each kind, metrics where higher is better (early stopping / search selection use the
 #: validation loss; these are for reports).
 HIGHER_IS_BETTER = {"f1_macro", "balanced_accuracy", "accuracy", "f1_weighted", "fmax",
-                    "macro_aupr", "spearman", "pearson"}
+                    "fmax_coverage", "micro_aupr", "macro_aupr", "spearman", "pearson"}

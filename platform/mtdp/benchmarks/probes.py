@@ -46,6 +46,9 @@ class ProbeConfig(Config):
         "early stopping: epochs without improvement of the selection score"))
     val_fraction: float = option(0.1, gt=0.0, lt=1.0, help=(
         "inner validation share of the training folds (protocol inner-val)"))
+    min_term_count: int = option(50, ge=1, help=(
+        "multi-label tasks (GO): terms predicted and scored in a fold are those with at least "
+        "this many proteins in its training folds (chosen from the training side only)"))
 
 
 class MLPProbe(nn.Module):
@@ -77,6 +80,44 @@ def make_folds(kind: str, labels: np.ndarray, n_folds: int = 10, seed: int = 42
         splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(labels)))
     return [np.sort(test) for _, test in splits]
+
+
+SPLITS = ("homology", "random")
+
+
+def homology_folds(partitions: np.ndarray, n_folds: int) -> list[np.ndarray]:
+    """Test-fold indices from homology partitions: the sorted partitions dealt in turn to
+    ``min(n_folds, partitions)`` folds (partition p_k → fold k mod n), so each partition —
+    and every sequence cluster inside it — is wholly in one fold."""
+    partitions = np.asarray(partitions)
+    parts = np.unique(partitions)
+    if len(parts) < 2:
+        raise ValueError(f"homology folds need at least 2 partitions, the data have "
+                         f"{len(parts)}")
+    n = min(n_folds, len(parts))
+    fold_of = {p: k % n for k, p in enumerate(parts)}
+    which = np.asarray([fold_of[p] for p in partitions])
+    return [np.flatnonzero(which == k) for k in range(n)]
+
+
+def task_folds(task, split: str, n_folds: int, seed: int) -> tuple[list[np.ndarray], str]:
+    """The task's test folds under ``split`` and a line saying what they are (for reports).
+
+    ``homology``: the data's homology partitions where the task has them (no cluster on both
+    sides of a fold; as many folds as partitions, at most ``n_folds``), else seeded random
+    folds and the line says so. ``random``: seeded random (stratified) ``n_folds`` folds, the
+    paper's protocol (flatters every model on redundant data).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "homology" and task.partitions is not None:
+        folds = homology_folds(task.partitions, n_folds)
+        return folds, (f"split: homology, {len(folds)} folds from {task.partition_info}")
+    folds = make_folds(task.kind, task.labels, n_folds, seed)
+    if split == "homology":
+        return folds, (f"split: random {n_folds}-fold (NO HOMOLOGY INFORMATION in this "
+                       "task's data: test proteins may have close homologues in training)")
+    return folds, f"split: random {n_folds}-fold (seed {seed}), as in the paper"
 
 
 def fold_hash(ids: list[str], test_idx: np.ndarray) -> str:
@@ -180,6 +221,9 @@ def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndar
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     t0 = time.perf_counter()
+    n_terms = None
+    if kind == "multilabel":
+        labels, n_terms = _fold_terms(labels, train_idx, config.min_term_count)
     if protocol == "inner-val":
         fit_idx, val_idx = inner_split(train_idx, labels, kind, config.val_fraction, seed)
     else:
@@ -200,7 +244,22 @@ def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndar
     result.update(best_epoch=best_epoch, epochs=epoch, n_train=len(fit_idx),
                   n_val=len(val_idx), n_test=len(test_idx),
                   probe_seconds=time.perf_counter() - t0)
+    if n_terms is not None:
+        result["n_terms"] = n_terms
     return result
+
+
+def _fold_terms(labels: np.ndarray, train_idx: np.ndarray, min_count: int
+                ) -> tuple[np.ndarray, int]:
+    """The label columns of the terms with >= ``min_count`` training proteins (counted on
+    ``train_idx`` only: the test fold never chooses what is scored)."""
+    keep = np.flatnonzero(labels[train_idx].sum(axis=0) >= min_count)
+    if not len(keep):
+        raise ValueError(f"no term has {min_count} or more proteins in the training folds "
+                         f"({len(train_idx)} proteins, most frequent term "
+                         f"{int(labels[train_idx].sum(axis=0).max())}): lower "
+                         "--min-term-count or use more proteins")
+    return labels[:, keep], len(keep)
 
 
 def _fit(model: nn.Module, data: _ProbeData, fit_idx: np.ndarray, val_idx: np.ndarray,
@@ -249,6 +308,13 @@ def _fit(model: nn.Module, data: _ProbeData, fit_idx: np.ndarray, val_idx: np.nd
     return best_epoch, epoch, best_val_loss
 
 
+def unit(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's task and fold from its grid point ``"task#fold"`` (tasks may have different
+    numbers of folds, so the grid runs over (task, fold) pairs)."""
+    task, fold = config["unit"].rsplit("#", 1)
+    return {"task": task, "fold": int(fold)}
+
+
 def probe_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     """Ray Tune trainable: one (model, task, fold[, sampled hyper-parameters]) trial.
 
@@ -261,6 +327,7 @@ def probe_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
 
     # Each trial holds a fraction of a CPU: one thread, so trials do not oversubscribe cores.
     torch.set_num_threads(1)
+    config = {**config, **unit(config)}
     task = ray.get(data["task"][config["task"]])
     X = ray.get(data["emb"][f"{config['model']}||{config['task']}"])
     fold = int(config["fold"])
@@ -288,3 +355,19 @@ def linear_probe_cv(X: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     return float(cross_val_score(model, X, labels, cv=cv).mean())
+
+
+def naive_fmax(task, split: str = "homology", n_folds: int = 10, seed: int = 42,
+               min_term_count: int = 50) -> list[float]:
+    """CAFA's naive baseline per fold of a multi-label task: every test protein gets each
+    term's frequency in the training folds as its score (the terms scored as by the probe)."""
+    from .metrics import fmax
+
+    folds, _ = task_folds(task, split, n_folds, seed)
+    out = []
+    for test in folds:
+        train = np.setdiff1d(np.arange(len(task)), test)
+        y, _ = _fold_terms(task.labels, train, min_term_count)
+        freq = y[train].mean(axis=0)
+        out.append(fmax(y[test], np.tile(freq, (len(test), 1)))[0])
+    return out

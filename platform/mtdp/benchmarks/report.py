@@ -16,10 +16,11 @@ from .tasks import PRIMARY_METRIC, Task
 #: Metric columns per kind, primary first.
 KIND_METRICS = {"binary": ["f1_macro", "balanced_accuracy", "accuracy"],
                 "multiclass": ["accuracy", "f1_weighted", "f1_macro"],
-                "multilabel": ["fmax", "macro_aupr"],
+                "multilabel": ["fmax", "fmax_coverage", "micro_aupr", "macro_aupr"],
                 "regression": ["spearman", "pearson", "rmse"]}
 METRIC_LABEL = {"f1_macro": "macro F1", "balanced_accuracy": "balanced acc.",
                 "accuracy": "accuracy", "f1_weighted": "weighted F1", "fmax": "Fmax",
+                "fmax_coverage": "coverage at Fmax", "micro_aupr": "micro AUPR",
                 "macro_aupr": "macro AUPR", "spearman": "Spearman ρ", "pearson": "Pearson r",
                 "rmse": "RMSE"}
 
@@ -69,7 +70,9 @@ def markdown_table(summary, tasks: list[Task], models, cfg, skipped: dict[str, s
                    seconds: float) -> str:
     """The report: primary metric per model × task (mean ± std over folds), secondary metrics,
     throughput, data caveats and the protocol."""
-    lines = [f"# mtdp downstream benchmark ({cfg.folds}-fold CV, protocol `{cfg.protocol}`)", ""]
+    how = (f"{cfg.folds}-fold CV" if cfg.split == "random" else
+           f"homology-split CV (≤ {cfg.folds} folds; per task under 'Tasks and data')")
+    lines = [f"# mtdp downstream benchmark ({how}, protocol `{cfg.protocol}`)", ""]
     if cfg.protocol == "paper":
         lines += ["**OPTIMISTIC: the best epoch was picked on the test fold (reference code's "
                   "protocol). Do not compare with inner-validation numbers.**", ""]
@@ -108,8 +111,8 @@ def markdown_table(summary, tasks: list[Task], models, cfg, skipped: dict[str, s
               f"Probe: 2-layer MLP (GELU), AdamW, hidden {cfg.hidden}, lr {cfg.lr}, weight decay "
               f"{cfg.weight_decay}, ≤ {cfg.max_epochs} epochs, patience {cfg.patience}"
               + (f"; {cfg.search} sampled configs per fold chosen on the inner validation split"
-                 if cfg.search else "") + f". Folds: seed {cfg.seed}, stratified for "
-              "classification. Throughput: proteins/s while embedding, on "
+                 if cfg.search else "") + f". Folds: split `{cfg.split}`; random folds seed {cfg.seed}, "
+              "stratified for classification. Throughput: proteins/s while embedding, on "
               f"{platform.node() or 'this machine'} ({cfg.device or 'best device'}). "
               f"Wall time {seconds:.0f} s.", ""]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from ..runtime import init_ray
 from ..store import EmbeddingStore
 from .cache import cached_embeddings
 from .config import BenchmarkConfig
-from .probes import make_folds
+from .probes import task_folds, unit
 from .sources import TaskUnavailable
 from .tasks import Task, load_task, resolve_task_names
 
@@ -133,8 +133,8 @@ def run_tune(cfg: BenchmarkConfig, tasks: list[Task], models: list[ModelInfo],
     space: dict[str, Any] = {
         **probe,
         "model": tune.grid_search([m.name for m in models]),
-        "task": tune.grid_search([t.name for t in tasks]),
-        "fold": tune.grid_search(list(range(cfg.folds))),
+        "unit": tune.grid_search([f"{t.name}#{k}" for t in tasks
+                                  for k in range(len(folds[t.name]))]),
         "protocol": cfg.protocol, "seed": cfg.seed,
     }
     if cfg.search:
@@ -142,7 +142,7 @@ def run_tune(cfg: BenchmarkConfig, tasks: list[Task], models: list[ModelInfo],
                      weight_decay=tune.loguniform(1e-5, 1e-1))
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = cfg.max_concurrent or max(1, int(cpus))
-    total = len(models) * len(tasks) * cfg.folds * max(1, cfg.search)
+    total = len(models) * sum(len(f) for f in folds.values()) * max(1, cfg.search)
     trainable = tune.with_resources(tune.with_parameters(probe_trial, data=data),
                                     {"cpu": cfg.cpus_per_trial})
     from ray.tune.search import BasicVariantGenerator
@@ -173,7 +173,7 @@ def trial_counter(total: int, log=print):
 
         def _line(self, trial, what: str) -> None:
             self.done += 1
-            c = trial.config
+            c = {**trial.config, **unit(trial.config)}
             el = time.perf_counter() - self.t0
             eta = el / self.done * (total - self.done)
             log(f"[benchmark] trial {self.done}/{total} {what}: {c.get('model')} × "
@@ -197,7 +197,7 @@ def collect_trials(grid, cfg: BenchmarkConfig, tasks: list[Task], models: list[M
     params = {m.name: m.parameters for m in models}
     rows, errors = [], []
     for res in grid:
-        c = res.config
+        c = {**res.config, **unit(res.config)}
         if res.error is not None:
             errors.append(f"{c.get('model')}/{c.get('task')}/fold {c.get('fold')}: {res.error}")
             continue
@@ -207,7 +207,8 @@ def collect_trials(grid, cfg: BenchmarkConfig, tasks: list[Task], models: list[M
                "protocol": c["protocol"], "trial_id": getattr(res, "path", "")}
         row.update({k: v for k, v in res.metrics.items()
                     if k.startswith(("test_", "val_")) or k in
-                    ("best_epoch", "epochs", "n_train", "n_val", "n_test", "probe_seconds")})
+                    ("best_epoch", "epochs", "n_train", "n_val", "n_test", "n_terms",
+                     "probe_seconds")})
         rows.append(row)
     if errors:
         msg = "\n".join(errors)
@@ -231,12 +232,22 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> BenchmarkResult:
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not [m for m in cfg.models if m]:
+        from .config import default_models
+
+        specs, line = default_models()
+        log(f"[benchmark] {line}")
+        cfg = dataclasses.replace(cfg, models=specs)
     tasks, skipped = load_tasks(cfg, log)
     for t in tasks:
         log(f"[benchmark] task {t.name} ({t.kind}): {len(t)} proteins"
             + (f"; notes: {' | '.join(t.notes)}" if t.notes else ""))
     models, arrays = embed_all(cfg, tasks, log)
-    folds = {t.name: make_folds(t.kind, t.labels, cfg.folds, cfg.seed) for t in tasks}
+    folds = {}
+    for t in tasks:
+        folds[t.name], line = task_folds(t, cfg.split, cfg.folds, cfg.seed)
+        t.notes.insert(0, line)
+        log(f"[benchmark] {t.name}: {line}")
     t_probe = time.perf_counter()
     grid = run_tune(cfg, tasks, models, arrays, folds, out / "tune", log)
     log(f"[benchmark] {len(grid)} Tune trials in {time.perf_counter() - t_probe:.1f} s")

@@ -1,8 +1,10 @@
 """Where each benchmark task's data comes from (canonical source, citation, licence, the files
 read, checksums of the local copies) and the readers of those files.
 
-A reader takes the data folder and returns ``(ids, raw_sequences, labels, classes)``; labels
-per row are an int/str class, a float, or a list of terms (multilabel). Missing files raise
+A reader takes the data folder and returns ``(ids, raw_sequences, labels, classes,
+partitions)``; labels per row are an int/str class, a float, or a list of terms (multilabel);
+``partitions`` are the rows' homology partitions (whole sequence clusters per partition) where
+the data carry them, else ``None``. Missing files raise
 :class:`TaskUnavailable` saying where to get them; nothing is ever substituted.
 """
 from __future__ import annotations
@@ -78,12 +80,26 @@ def read_deeploc2(data_dir: Path, which: str):
     (path,) = _require(data_dir, which, DEEPLOC2_SOURCE, DEEPLOC2_SOURCE.files)
     rows = _read_csv(path)
     ids, seqs = _column(rows, "accession", path), _column(rows, "sequence", path)
+    parts = _partitions(rows, path)
     if which == "membrane":
         labels = [int(float(v)) for v in _column(rows, "membrane", path)]
-        return ids, seqs, labels, ["soluble", "membrane"]
+        return ids, seqs, labels, ["soluble", "membrane"], parts
     keep = [i for i, lab in enumerate(_column(rows, "label", path)) if "|" not in lab]
     labels = [rows[i]["label"] for i in keep]
-    return [ids[i] for i in keep], [seqs[i] for i in keep], labels, sorted(set(labels))
+    return ([ids[i] for i in keep], [seqs[i] for i in keep], labels, sorted(set(labels)),
+            [parts[i] for i in keep])
+
+
+def _partitions(rows: list[dict[str, str]], path: Path) -> list[int]:
+    """The ``partition`` column (homology partitions) as integers, checked row by row."""
+    out = []
+    for i, v in enumerate(_column(rows, "partition", path), 2):
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise ValueError(f"{path} line {i}: partition must be an integer, got {v!r}"
+                             ) from None
+    return out
 
 
 MELTOME_FILES = ("meltome/flip_mixed_val.csv", "meltome/flip_mixed_test.csv")
@@ -109,7 +125,7 @@ def read_meltome(data_dir: Path):
             ids.append(f"meltome_{part}_{i + 1}")
             seqs.append(s)
             labels.append(float(t))
-    return ids, seqs, labels, None
+    return ids, seqs, labels, None, None
 
 
 ESOL_FILES = ("solubility/esol/eSol_train.csv", "solubility/esol/eSol_test.csv")
@@ -134,7 +150,7 @@ def read_esol(data_dir: Path):
             ids.append(g)
             seqs.append(s)
             labels.append(float(y))
-    return ids, seqs, labels, None
+    return ids, seqs, labels, None, None
 
 
 DEEPSOL_FILES = ("solubility/deepsol/val_src", "solubility/deepsol/val_tgt",
@@ -168,7 +184,7 @@ def read_deepsol(data_dir: Path):
             ids.append(f"deepsol_{part}_{i + 1}")
             seqs.append(s)
             labels.append(int(t))
-    return ids, seqs, labels, ["insoluble", "soluble"]
+    return ids, seqs, labels, ["insoluble", "soluble"], None
 
 
 #: DeepFRI's file names (TorchDrug's GeneOntology.zip uses the undated names).
@@ -241,5 +257,50 @@ def go_reader(branch: str, task_name: str):
                 ids.append(rec.id)
                 seqs.append(rec.sequence)
                 labels.append(terms)
-        return ids, seqs, labels, vocab
+        return ids, seqs, labels, vocab, None
     return read
+
+
+GO_SWISSPROT = "go/go_mf_swissprot2014.csv.gz"
+GO_SWISSPROT_TERMS = "go/go_mf_terms.tsv"
+GO_SWISSPROT_SOURCE = DataSource(
+    url="Debian package metastudent-data 2.0.1 (dataset_201401/MFO: goasp_annot.dat, "
+        "fullTransitiveClosureGO.txt, goasp.fasta); sampled, propagated and clustered as in "
+        "the shared data's README",
+    citation="UniProtKB/Swiss-Prot 2014_01 GO molecular-function annotations (via Hamp et "
+             "al., Metastudent, Bioinformatics 29:1628 (2013)); clusters: MMseqs2, 30 % "
+             "identity, 80 % coverage",
+    licence="GPL-2+ (Rostlab metastudent-data); UniProt CC BY 4.0",
+    files=(GO_SWISSPROT,),
+    caveat="NOT THE PAPER'S GO SET: 16,000 Swiss-Prot 2014 proteins, molecular function, "
+           "annotations include electronic (IEA) ones, propagated to ancestors; not a CAFA "
+           "split (the canonical DeepFRI set is task go_pdb)")
+
+
+def read_go_swissprot(data_dir: Path):
+    """The Swiss-Prot 2014 molecular-function set: ``accession,sequence,cluster,partition,
+    go_mf`` (``;``-joined terms, already propagated to every ancestor; root dropped)."""
+    import gzip
+    import io
+
+    (path,) = _require(data_dir, "go", GO_SWISSPROT_SOURCE, GO_SWISSPROT_SOURCE.files)
+    try:
+        with gzip.open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable gzip-compressed CSV ({exc})") from None
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()}
+            for r in csv.DictReader(io.StringIO(text))]
+    ids, seqs = _column(rows, "accession", path), _column(rows, "sequence", path)
+    parts = _partitions(rows, path)
+    labels, vocab = [], set()
+    for i, v in enumerate(_column(rows, "go_mf", path), 2):
+        terms = [t for t in v.split(";") if t]
+        bad = [t for t in terms if not (t.startswith("GO:") and t[3:].isdigit())]
+        if bad:
+            raise ValueError(f"{path} line {i} ({ids[i - 2]}): not a GO term: {bad[0]!r}")
+        labels.append(terms)
+        vocab.update(terms)
+    keep = [i for i, t in enumerate(labels) if t]  # no MF term: not an MF benchmark protein
+    return ([ids[i] for i in keep], [seqs[i] for i in keep], [labels[i] for i in keep],
+            sorted(vocab), [parts[i] for i in keep])

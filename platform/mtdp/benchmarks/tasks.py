@@ -11,12 +11,18 @@ task           kind          data
 =============  ============  ===================================================================
 membrane       binary        DeepLoc 2.0 Swiss-Prot set, ``membrane`` column
 localization   multiclass    DeepLoc 2.0 rows with a single label (10 classes)
-go             multilabel    DeepFRI PDB GO annotations, molecular function (``go_bp``,
-                             ``go_cc``: the other branches); not shipped in the shared data
+go             multilabel    GO molecular function, 16,000 Swiss-Prot 2014 proteins (terms
+                             propagated; MMseqs2 30 % clusters in 10 partitions)
+go_pdb         multilabel    DeepFRI nrPDB-GO, molecular function (``go_pdb_bp``,
+                             ``go_pdb_cc``: the other branches); not in the shared data
 meltome        regression    FLIP Meltome *mixed* split, validation + test rows (°C)
 esol           regression    eSOL solubility, train + test (fraction soluble, 0..1)
 deepsol        binary        DeepSol validation + test sets (extra task)
 =============  ============  ===================================================================
+
+Tasks whose data carry homology partitions (DeepLoc 2.0 ``partition``: 5; GO ``partition``: 10,
+whole MMseqs2 clusters) keep them in :attr:`Task.partitions`; ``--split homology`` folds follow
+them, so no cluster is on both sides of a fold.
 """
 from __future__ import annotations
 
@@ -31,8 +37,9 @@ import numpy as np
 from ..io import data_dir as default_data_dir
 from ..sequences import DEFAULT_MAX_LEN, SequenceError, prepare
 from .sources import (DEEPLOC2_SOURCE, DEEPSOL_SOURCE, ESOL_SOURCE, GO_ANNOT, GO_FASTA,
-                      GO_SOURCE, MELTOME_SOURCE, DataSource, first_present,
-                      go_reader, read_deeploc2, read_deepsol, read_esol, read_meltome)
+                      GO_SOURCE, GO_SWISSPROT_SOURCE, MELTOME_SOURCE, DataSource, first_present,
+                      go_reader, read_deeploc2, read_deepsol, read_esol, read_go_swissprot,
+                      read_meltome)
 
 KINDS = ("binary", "multiclass", "multilabel", "regression")
 #: The primary metric of each task kind (the one in the figure and the headline table).
@@ -46,6 +53,7 @@ class Task:
 
     ``labels`` is int64 ``[N]`` (binary / multiclass, indices into ``classes``), float32
     ``[N, T]`` 0/1 (multilabel, columns = ``classes``) or float32 ``[N]`` (regression).
+    ``partitions``: int ``[N]`` homology partition of each protein, where the data have them.
     """
 
     name: str
@@ -58,6 +66,9 @@ class Task:
     source: DataSource
     notes: list[str] = field(default_factory=list)
     max_len: int = DEFAULT_MAX_LEN
+    partitions: np.ndarray | None = None
+    #: What the partitions are (for reports), e.g. "DeepLoc 2.0 homology partitions".
+    partition_info: str = ""
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -88,31 +99,44 @@ class TaskSpec:
     kind: str
     description: str
     source: DataSource
-    #: ``reader(data_dir) -> (ids, raw_sequences, labels, classes)``; labels per row are an
-    #: int/str class, a float, or a list of terms (multilabel).
-    reader: Callable[[Path], tuple[list[str], list[str], list, list[str] | None]]
+    #: ``reader(data_dir) -> (ids, raw_sequences, labels, classes, partitions)``; labels per
+    #: row are an int/str class, a float, or a list of terms (multilabel); partitions: the
+    #: rows' homology partitions, or None.
+    reader: Callable[[Path], tuple[list[str], list[str], list, list[str] | None,
+                                   list[int] | None]]
+    #: What the reader's partitions are ("" = the data have no homology information).
+    partition_info: str = ""
 
 
 # ---- readers -------------------------------------------------------------------------------
 
+DEEPLOC2_PARTS = ("DeepLoc 2.0 homology partitions (5; sequences of different partitions "
+                  "share < 30 % identity)")
+GO_PARTS = ("MMseqs2 clusters (30 % identity, 80 % coverage) dealt whole to 10 partitions")
+
 TASKS: dict[str, TaskSpec] = {
     "membrane": TaskSpec("membrane", "binary", "membrane-bound vs water-soluble (DeepLoc 2.0)",
-                         DEEPLOC2_SOURCE, lambda d: read_deeploc2(d, "membrane")),
+                         DEEPLOC2_SOURCE, lambda d: read_deeploc2(d, "membrane"),
+                         DEEPLOC2_PARTS),
     "localization": TaskSpec("localization", "multiclass",
                              "10-class subcellular localisation (DeepLoc 2.0 single-label)",
-                             DEEPLOC2_SOURCE, lambda d: read_deeploc2(d, "localization")),
-    "go": TaskSpec("go", "multilabel", "GO molecular function (DeepFRI PDB set)", GO_SOURCE,
-                   go_reader("mf", "go")),
+                             DEEPLOC2_SOURCE, lambda d: read_deeploc2(d, "localization"),
+                             DEEPLOC2_PARTS),
+    "go": TaskSpec("go", "multilabel",
+                   "GO molecular function (Swiss-Prot 2014, propagated, incl. IEA)",
+                   GO_SWISSPROT_SOURCE, read_go_swissprot, GO_PARTS),
     "meltome": TaskSpec("meltome", "regression", "melting temperature, °C (FLIP Meltome mixed)",
                         MELTOME_SOURCE, read_meltome),
     "esol": TaskSpec("esol", "regression", "solubility fraction (eSOL)", ESOL_SOURCE,
                      read_esol),
     "deepsol": TaskSpec("deepsol", "binary", "soluble vs insoluble (DeepSol, extra)",
                         DEEPSOL_SOURCE, read_deepsol),
-    "go_bp": TaskSpec("go_bp", "multilabel", "GO biological process (DeepFRI PDB set)",
-                      GO_SOURCE, go_reader("bp", "go_bp")),
-    "go_cc": TaskSpec("go_cc", "multilabel", "GO cellular component (DeepFRI PDB set)",
-                      GO_SOURCE, go_reader("cc", "go_cc")),
+    "go_pdb": TaskSpec("go_pdb", "multilabel", "GO molecular function (DeepFRI PDB set)",
+                       GO_SOURCE, go_reader("mf", "go_pdb")),
+    "go_pdb_bp": TaskSpec("go_pdb_bp", "multilabel", "GO biological process (DeepFRI PDB set)",
+                          GO_SOURCE, go_reader("bp", "go_pdb_bp")),
+    "go_pdb_cc": TaskSpec("go_pdb_cc", "multilabel", "GO cellular component (DeepFRI PDB set)",
+                          GO_SOURCE, go_reader("cc", "go_pdb_cc")),
 }
 #: What ``--tasks all`` means: the paper's five plus DeepSol.
 DEFAULT_TASKS = ("membrane", "localization", "go", "meltome", "esol", "deepsol")
@@ -130,14 +154,15 @@ def resolve_task_names(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return names
 
 
-def available_tasks(data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Names of the default tasks whose files are present."""
+def available_tasks(data_dir: str | os.PathLike | None = None,
+                    names=DEFAULT_TASKS) -> list[str]:
+    """Names of the tasks (default: the default tasks) whose files are present."""
     d = Path(data_dir) if data_dir else default_data_dir()
     out = []
-    for n in DEFAULT_TASKS:
+    for n in names:
         spec = TASKS[n]
         files = spec.source.files
-        if n.startswith("go"):
+        if n.startswith("go_pdb"):
             files = (first_present(d, GO_ANNOT), first_present(d, GO_FASTA))
         if all((d / f).is_file() for f in files):
             out.append(n)
@@ -175,11 +200,12 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, *,
         raise ValueError(f"unknown task {name!r}: choose from {sorted(TASKS)}")
     spec = TASKS[name]
     d = Path(data_dir) if data_dir else default_data_dir()
-    ids, raw, labels, classes = spec.reader(d)
+    ids, raw, labels, classes, parts = spec.reader(d)
     notes: list[str] = []
     if spec.source.caveat:
         notes.append(spec.source.caveat)
     notes += _checksum_notes(d, spec.source)
+    part_of = dict(zip(ids, parts)) if parts is not None else None
     prepared = _prepare_rows(ids, raw, labels, spec.kind, max_len, notes)
     if max_proteins is not None and len(prepared) > max_proteins:
         rng = np.random.default_rng(seed)
@@ -189,13 +215,21 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, *,
     out_ids = [p[0] for p in prepared]
     seqs = [p[1] for p in prepared]
     ys = [p[2] for p in prepared]
+    info = spec.partition_info if part_of is not None else ""
+
+    def partitions(kept_ids: list[str]) -> np.ndarray | None:
+        return (np.asarray([part_of[i] for i in kept_ids], dtype=np.int64)
+                if part_of is not None else None)
+
     if spec.kind == "regression":
         return Task(name, spec.kind, spec.description, out_ids, seqs,
-                    np.asarray(ys, dtype=np.float32), None, spec.source, notes, max_len)
+                    np.asarray(ys, dtype=np.float32), None, spec.source, notes, max_len,
+                    partitions(out_ids), info)
     build = _multilabel if spec.kind == "multilabel" else _classes
     keep, y_arr, kept = build(name, ys, classes, min_class_count, notes)
-    return Task(name, spec.kind, spec.description, [out_ids[i] for i in keep],
-                [seqs[i] for i in keep], y_arr, kept, spec.source, notes, max_len)
+    kept_ids = [out_ids[i] for i in keep]
+    return Task(name, spec.kind, spec.description, kept_ids, [seqs[i] for i in keep], y_arr,
+                kept, spec.source, notes, max_len, partitions(kept_ids), info)
 
 
 def _prepare_rows(ids: list[str], raw: list[str], labels: list, kind: str, max_len: int,

@@ -105,15 +105,14 @@ class StoreWriter:
 
         keep = [i for i, h in enumerate(batch["seq_hash"].to_pylist()) if h]
         rows = batch.take(pa.array(keep, pa.int64())) if len(keep) < batch.num_rows else batch
-        written = 0
+        written, seconds = 0, float(pa.compute.sum(batch["seconds"]).as_py() or 0.0)
         if rows.num_rows:
             dim = self.table.dim
             emb = rows["embedding"].combine_chunks().flatten().to_numpy(
                 zero_copy_only=False).reshape(-1, dim)
             written = self.table.add(rows["seq_hash"].to_pylist(), rows["length"].to_pylist(),
                                      emb)
-            self.table.record_time(rows.num_rows, float(pa.compute.sum(batch["seconds"])
-                                                          .as_py() or 0.0))
+            self.table.record_time(rows.num_rows, seconds)
         self.batches += 1
         if self.faults.get("kill_driver_after_batches") == self.batches:
             # TESTING (FAULTS_ENV): the job's driver is killed (SIGKILL) mid-run.
@@ -122,5 +121,5 @@ class StoreWriter:
             os.kill(int(self.faults["driver_pid"]), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)  # and this writer: nothing more commits
         sums = {k: int(pa.compute.sum(batch[k]).as_py() or 0) for k in COUNTS}
-        return pa.table({"computed": [rows.num_rows], "written": [written],
+        return pa.table({"computed": [rows.num_rows], "written": [written], "seconds": [seconds],
                          **{k: [v] for k, v in sums.items()}, "finished_at": [time.time()]})

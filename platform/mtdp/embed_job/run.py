@@ -96,18 +96,25 @@ def _dataset(cfg: EmbedJobConfig, run: RunDir, summary: dict, identity: dict, na
     import ray.data
 
     files = [str(run.stage_file(int(s))) for s in summary["shards"]]
-    shards = max(1, len(files))
     res = _resources(cfg)
+    # Enough hash groups and small enough actor batches that every actor gets work (Ray
+    # Data bundles blocks up to the batch size and hands a bundle to one actor), and no
+    # group larger than a staged shard (each group is held in memory once).
+    shards = max(1, len(files), 4 * cfg.actors)
+    actor_batch = max(16, min(512, -(-int(summary["valid"]) // (4 * cfg.actors))))
     _log(cfg, f"embedding with {cfg.actors} actor(s) ({res['num_cpus']} CPU, "
               f"{res['num_gpus']} GPU, {res['threads']} thread(s) each)")
-    ds = ray.data.read_parquet(files, columns=["sequence"], override_num_blocks=shards)
+    ds = ray.data.read_parquet(files, columns=["sequence"],
+                               override_num_blocks=max(1, len(files)))
     ds = ds.map_batches(hashed, batch_format="pyarrow", num_cpus=0.25,
                         fn_kwargs={"hash_shards": shards})
     ds = ds.groupby("hash_shard", num_partitions=min(shards, 64)).map_groups(
         missing, batch_format="pyarrow", num_cpus=0.25,
         fn_kwargs=dict(store=cfg.store, identity=identity, name=name))
+    # Blocks are the unit handed to an actor: cut them to the actor batch.
+    ds = ds.repartition(target_num_rows_per_block=actor_batch)
     ds = ds.map_batches(
-        EmbedActor, batch_size=512, batch_format="pyarrow",
+        EmbedActor, batch_size=actor_batch, batch_format="pyarrow",
         fn_constructor_kwargs=dict(spec=cfg.model, too_long=cfg.too_long, max_len=cfg.max_len,
                                    batch_tokens=cfg.batch_tokens, threads=res["threads"]),
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
@@ -137,6 +144,8 @@ def _embed(cfg: EmbedJobConfig, run: RunDir, summary: dict, table, result: Embed
             result.proteins += r["n_rows"]
             result.unique += r["n_unique"]
             result.reused += r["n_reused"]
+            result.extra["actor_seconds"] = result.extra.get("actor_seconds", 0.0) + r["seconds"]
+            result.extra.setdefault("first_commit_s", time.perf_counter() - t0)
             bar.update(r["n_rows"])
             bar.set_postfix(computed=result.computed, reused=result.reused, refresh=False)
     bar.close()
@@ -204,15 +213,20 @@ def run_embed_job(cfg: EmbedJobConfig) -> EmbedJobResult:
     if summary["rejects"]:
         write_rejects_tsv(run.root / "rejects.tsv", summary["rejects"])
     result = EmbedJobResult(cfg.run_name, cfg.store, table.key, rejected=len(summary["rejects"]))
+    from ray.data.context import ShuffleStrategy
+
     ctx = ray.data.DataContext.get_current()
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
+    # The sort-based shuffle runs as plain tasks; the default hash shuffle starts aggregator
+    # actors (a dozen worker processes: ~20 s of start-up on a 2-core machine).
+    shuffle, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     try:
         if cfg.track:
             _tracked(cfg, run, summary, table, result)
         else:
             _run(cfg, run, summary, table, result)
     finally:
-        ctx.enable_progress_bars = bars
+        ctx.enable_progress_bars, ctx.shuffle_strategy = bars, shuffle
     _log(cfg, f"done: {result.proteins:,} proteins ({result.unique:,} distinct sequences): "
               f"{result.computed:,} computed, {result.reused:,} from the store, "
               f"{result.rejected:,} rejected, {result.proteins_per_s:.1f} proteins/s -> "

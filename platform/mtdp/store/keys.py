@@ -44,13 +44,22 @@ def fingerprint(embedder: "Embedder") -> dict[str, Any]:
     weight files; random-init and hub models by a digest of a few parameter tensors)."""
     info = dict(embedder.describe())
     src = info.get("source") or ""
-    if src and os.path.isdir(src):
+    module = getattr(embedder, "model", None)
+    if src and os.path.isdir(src) and hasattr(module, "state_dict"):
+        # The loaded tensors, not the files' bytes: safetensors keeps one name of a tied
+        # pair, and which one can differ between two saves of the same weights.
+        h = hashlib.sha256()
+        for name, t in sorted(module.state_dict().items()):
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch_uint8()).numpy()
+                     .tobytes())
+        info["weights_sha256"] = h.hexdigest()
+    elif src and os.path.isdir(src):
         h = hashlib.sha256()
         for p in sorted(Path(src).glob("*.safetensors")) + sorted(Path(src).glob("*.bin")):
             h.update(p.name.encode())
             h.update(bytes.fromhex(sha256_file(p)))
         info["weights_sha256"] = h.hexdigest()
-    module = getattr(embedder, "model", None)
     if module is not None and hasattr(module, "parameters") and "sha256" not in info:
         params = list(module.parameters())
         h = hashlib.sha256()
@@ -64,3 +73,9 @@ def fingerprint_key(identity: dict[str, Any]) -> str:
     """Short stable key of a :func:`fingerprint`."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()
                           ).hexdigest()[:12]
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
