@@ -22,19 +22,26 @@ from .sequences import SequenceError
 FORMATS = ("parquet", "npy")
 
 
-def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """``parquet`` or ``npy`` from an explicit ``fmt`` or the output file's extension."""
+#: File extension → format of embedding files (``mtdp embed`` writes the first two kinds;
+#: ``mtdp store export`` all three).
+SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".h5": "h5",
+                  ".hdf5": "h5"}
+
+
+def output_format(path: str | os.PathLike, fmt: str | None = None,
+                  formats: tuple[str, ...] = FORMATS) -> str:
+    """One of ``formats`` from an explicit ``fmt`` or the output file's extension."""
+    names = " or ".join(repr(f) for f in formats)
     if fmt:
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be 'parquet' or 'npy', not {fmt!r}")
+        if fmt not in formats:
+            raise ValueError(f"format must be {names}, not {fmt!r}")
         return fmt
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix == ".npy":
-        return "npy"
-    raise ValueError(f"cannot tell the output format from {path!r}: use .parquet or .npy "
-                     "(or pass --format)")
+    kind = SUFFIX_FORMATS.get(Path(path).suffix.lower())
+    if kind not in formats:
+        uses = " or ".join("." + f for f in formats)
+        raise ValueError(f"cannot tell the output format from {path!r}: use {uses} "
+                         "(or pass --format)")
+    return kind
 
 
 def companions(path: str | os.PathLike, fmt: str) -> list[Path]:

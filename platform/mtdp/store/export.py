@@ -11,7 +11,8 @@ import numpy as np
 
 from .. import __version__
 from ..io import atomic_path
-from ..outputs import embedding_table, npy_writer, parquet_schema, parquet_writer
+from ..outputs import (embedding_table, npy_writer, output_format, parquet_schema,
+                       parquet_writer)
 from .lance import EmbeddingStore, ModelTable, StoreError
 
 EXPORT_FORMATS = ("parquet", "npy", "h5")
@@ -20,17 +21,7 @@ CHUNK = 8192
 
 def export_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     """``parquet``, ``npy`` or ``h5`` from ``fmt`` or the file's extension."""
-    if fmt:
-        if fmt not in EXPORT_FORMATS:
-            raise ValueError(f"format must be one of {EXPORT_FORMATS}, not {fmt!r}")
-        return fmt
-    suffix = Path(path).suffix.lower()
-    kinds = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".h5": "h5",
-             ".hdf5": "h5"}
-    if suffix not in kinds:
-        raise ValueError(f"cannot tell the format from {path!r}: use .parquet, .npy or .h5 "
-                         "(or pass --format)")
-    return kinds[suffix]
+    return output_format(path, fmt, EXPORT_FORMATS)
 
 
 def export_run(store: EmbeddingStore, table: ModelTable, run: str, output: str | os.PathLike,

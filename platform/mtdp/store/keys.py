@@ -48,10 +48,12 @@ def fingerprint(embedder: "Embedder") -> dict[str, Any]:
     if src and os.path.isdir(src) and hasattr(module, "state_dict"):
         # The loaded tensors, not the files' bytes: safetensors keeps one name of a tied
         # pair, and which one can differ between two saves of the same weights.
+        import torch
+
         h = hashlib.sha256()
         for name, t in sorted(module.state_dict().items()):
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch_uint8()).numpy()
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
                      .tobytes())
         info["weights_sha256"] = h.hexdigest()
     elif src and os.path.isdir(src):
@@ -74,8 +76,3 @@ def fingerprint_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()
                           ).hexdigest()[:12]
 
-
-def torch_uint8():
-    import torch
-
-    return torch.uint8
