@@ -53,7 +53,12 @@ def real_pairs(real_fasta: Path) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, student_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def serve_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve-store") / "store"
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, student_dir: Path, serve_store: Path):
     """Base URL of the running service (with an embedding store); Serve is shut down
     afterwards."""
     import httpx
@@ -69,7 +74,7 @@ def service(ray_session, student_dir: Path, tmp_path_factory: pytest.TempPathFac
                     "device": "cpu", "batch_wait_timeout_s": "0.02",
                     "max_per_residue_values": str(MAX_PER_RESIDUE_VALUES),
                     "max_body_bytes": str(MAX_BODY),
-                    "store": str(tmp_path_factory.mktemp("serve-store") / "store")})
+                    "store": str(serve_store)})
         serve.run(app, name="mtdp", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -336,3 +341,34 @@ def test_store_answers_repeats_with_the_same_embeddings(service, embedder) -> No
     a, b = np.asarray(first.json()["embeddings"]), np.asarray(again.json()["embeddings"])
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, embedder.embed(_prepared(pairs)), atol=2e-5)
+
+
+def test_search_endpoint_finds_stored_proteins(service, student_dir: Path, serve_store: Path,
+                                               real_pairs, tmp_path: Path) -> None:
+    """POST /search: refused (409) while the store names no protein; after `mtdp embed
+    --store --run` (another process's writes), a stored protein is its own rank-1 hit and a
+    one-substitution copy finds its source in the top 3; bad input is named as for /embed."""
+    from mtdp.cli import main
+    from mtdp.sequences import write_fasta
+
+    pairs = [(i, s) for i, s in real_pairs if len(s) <= MAX_LEN][:60]
+    r = service.post("/search", json={**_seqs(pairs[0]), "k": 3})
+    assert r.status_code == 409 and "run" in r.json()["detail"], r.text
+    write_fasta(pairs, tmp_path / "ref.fasta")
+    assert main(["embed", str(tmp_path / "ref.fasta"), "-o", str(tmp_path / "ref.parquet"),
+                 "--model", str(student_dir), "--device", "cpu", "--quiet", "--store",
+                 str(serve_store), "--run", "ref"]) == 0
+    src_id, src = pairs[7]
+    mutant = src[:10] + ("A" if src[10] != "A" else "G") + src[11:]
+    r = service.post("/search", json={**_seqs(("same", src), ("mut", mutant)), "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["search"] == "exact" and body["metric"] == "cosine"
+    same = [h for h in body["hits"] if h["query"] == "same"]
+    assert same[0]["hit_id"] == src_id and same[0]["distance"] < 1e-4
+    assert src_id in [h["hit_id"] for h in body["hits"] if h["query"] == "mut"]
+    assert len(body["hits"]) == 6
+    bad = service.post("/search", json={**_seqs(("ok", src), ("x", "MK1L")), "k": 3})
+    assert bad.status_code == 422 and bad.json()["record"] == 2
+    unknown = service.post("/search", json={**_seqs(("ok", src)), "runs": ["nope"]})
+    assert unknown.status_code == 409 and "nope" in unknown.json()["detail"]

@@ -308,3 +308,19 @@ def write_fasta(records: Iterable[Record] | Iterable[tuple[str, str]], path: str
 def records_from_pairs(pairs: Sequence[tuple[str, str]], source: str = "<input>") -> list[Record]:
     """Wrap ``(id, sequence)`` pairs as :class:`Record` objects numbered from 1."""
     return [Record(i, s, "", n, source) for n, (i, s) in enumerate(pairs, 1)]
+
+
+def read_records(path: str | os.PathLike, *, on_duplicate: str = "error",
+                 on_invalid: str = "error", rejects: list[SequenceError] | None = None
+                 ) -> list[Record]:
+    """Every record of a FASTA file, prepared (not truncated) under ``mtdp embed``'s rules
+    (:func:`prepare_records`); a file with no record at all is an error naming it."""
+    if os.path.isdir(path) or not os.path.isfile(path):
+        raise SequenceError("is a directory, not a FASTA file" if os.path.isdir(path)
+                            else "no such file", source=os.fspath(path))
+    raw = list(iter_fasta(path))
+    if not raw:
+        raise SequenceError("no FASTA records (expected '>id' header lines)",
+                            source=os.fspath(path))
+    return list(prepare_records(raw, max_len=None, on_duplicate=on_duplicate,
+                                on_invalid=on_invalid, rejects=rejects))

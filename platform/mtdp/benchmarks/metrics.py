@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: CAFA evaluates Fmax on thresholds 0.00, 0.01, ..., 1.00.
-FMAX_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
+#: CAFA evaluates Fmax on thresholds 0.01, 0.02, ..., 1.00 (not 0: a score of 0 is "not
+#: predicted", which matters for annotation transfer, whose scores are exactly 0 off the
+#: neighbours' terms).
+FMAX_THRESHOLDS = np.round(np.linspace(0.01, 1.0, 100), 2)
 
 
 def _check_same_length(y_true: np.ndarray, y_pred: np.ndarray) -> None:
@@ -196,11 +198,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
 
 
-def compute_metrics(kind: str, y_true: np.ndarray, output: np.ndarray) -> dict[str, float]:
+def compute_metrics(kind: str, y_true: np.ndarray, output: np.ndarray,
+                    scores: bool = False) -> dict[str, float]:
     """All metrics of a task kind from the probe's raw ``output``.
 
     ``output``: logits ``[N, C]`` (binary / multiclass: C classes; multilabel: C terms) or
-    predictions ``[N]`` (regression).
+    predictions ``[N]`` (regression); ``scores=True``: multi-label outputs are already scores
+    in [0, 1] (annotation transfer), not logits.
     """
     output = np.asarray(output)
     if kind in ("binary", "multiclass"):
@@ -212,7 +216,7 @@ def compute_metrics(kind: str, y_true: np.ndarray, output: np.ndarray) -> dict[s
         return {"accuracy": accuracy(y_true, pred), "f1_weighted": f1_weighted(y_true, pred),
                 "f1_macro": f1_macro(y_true, pred)}
     if kind == "multilabel":
-        probs = _sigmoid(output)
+        probs = output if scores else _sigmoid(output)
         f, t = fmax(y_true, probs)
         return {"fmax": f, "fmax_threshold": t, "fmax_coverage": coverage(y_true, probs, t),
                 "micro_aupr": micro_aupr(y_true, probs), "macro_aupr": macro_aupr(y_true, probs)}

@@ -29,6 +29,7 @@ from .metrics import compute_metrics
 from .tasks import PRIMARY_METRIC
 
 PROTOCOLS = ("inner-val", "paper")
+PROBES = ("mlp", "knn")
 
 
 @dataclass
@@ -49,6 +50,13 @@ class ProbeConfig(Config):
     min_term_count: int = option(50, ge=1, help=(
         "multi-label tasks (GO): terms predicted and scored in a fold are those with at least "
         "this many proteins in its training folds (chosen from the training side only)"))
+    probe: str = option("mlp", choices=PROBES, help=(
+        "mlp: a 2-layer MLP trained per fold; knn: annotation transfer from the k nearest "
+        "training proteins in embedding space (goPredSim), and the MMseqs2 best-hit baseline "
+        "where `mmseqs` is installed"))
+    knn_k: int = option(1, ge=1, help="--probe knn: neighbours per test protein")
+    knn_metric: str = option("cosine", choices=("cosine", "euclidean"), help=(
+        "--probe knn: embedding distance"))
 
 
 class MLPProbe(nn.Module):
@@ -249,6 +257,30 @@ def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndar
     return result
 
 
+def knn_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndarray,
+              test_idx: np.ndarray, config: ProbeConfig) -> dict[str, Any]:
+    """Annotation transfer on one fold: each test protein takes the labels of its
+    ``knn_k`` nearest training proteins (:mod:`mtdp.search.transfer`: GO terms scored by
+    reliability, classes by weighted vote, values by weighted mean); the same terms are
+    scored as by the MLP probe (those frequent on the training side)."""
+    from ..search.transfer import knn, transfer
+
+    t0 = time.perf_counter()
+    n_terms = None
+    if kind == "multilabel":
+        labels, n_terms = _fold_terms(labels, train_idx, config.min_term_count)
+    idx, dist = knn(X[train_idx], X[test_idx], config.knn_k, config.knn_metric)
+    n_classes = int(labels.max()) + 1 if kind in ("binary", "multiclass") else None
+    out = transfer(idx, dist, labels[train_idx], kind, config.knn_metric, n_classes)
+    result: dict[str, Any] = {f"test_{k}": v for k, v in compute_metrics(
+        kind, labels[test_idx], out, scores=True).items()}
+    result.update(best_epoch=0, epochs=0, n_train=len(train_idx), n_val=0,
+                  n_test=len(test_idx), probe_seconds=time.perf_counter() - t0)
+    if n_terms is not None:
+        result["n_terms"] = n_terms
+    return result
+
+
 def _fold_terms(labels: np.ndarray, train_idx: np.ndarray, min_count: int
                 ) -> tuple[np.ndarray, int]:
     """The label columns of the terms with >= ``min_count`` training proteins (counted on
@@ -336,8 +368,11 @@ def probe_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     train_idx = np.sort(np.concatenate([f for k, f in enumerate(folds) if k != fold]))
     probe_fields = {k: config[k] for k in asdict(ProbeConfig()) if k in config}
     cfg = ProbeConfig(**probe_fields)
-    result = train_probe(X, task["labels"], task["kind"], train_idx, test_idx, cfg,
-                         protocol=config["protocol"], seed=int(config["seed"]) + fold)
+    if cfg.probe == "knn":
+        result = knn_probe(X, task["labels"], task["kind"], train_idx, test_idx, cfg)
+    else:
+        result = train_probe(X, task["labels"], task["kind"], train_idx, test_idx, cfg,
+                             protocol=config["protocol"], seed=int(config["seed"]) + fold)
     result["test_fold_hash"] = fold_hash(task["ids"], test_idx)
     tune.report(result)
 

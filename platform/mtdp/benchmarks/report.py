@@ -108,14 +108,26 @@ def markdown_table(summary, tasks: list[Task], models, cfg, skipped: dict[str, s
         lines.append(f"- **{name}**: SKIPPED, {why}")
     lines += ["", "`*` partial / non-canonical local data (see notes): not comparable with "
               "published numbers on the full sets.", "",
-              f"Probe: 2-layer MLP (GELU), AdamW, hidden {cfg.hidden}, lr {cfg.lr}, weight decay "
-              f"{cfg.weight_decay}, ≤ {cfg.max_epochs} epochs, patience {cfg.patience}"
-              + (f"; {cfg.search} sampled configs per fold chosen on the inner validation split"
-                 if cfg.search else "") + f". Folds: split `{cfg.split}`; random folds seed {cfg.seed}, "
+              probe_line(cfg) + f". Folds: split `{cfg.split}`; random folds seed {cfg.seed}, "
               "stratified for classification. Throughput: proteins/s while embedding, on "
               f"{platform.node() or 'this machine'} ({cfg.device or 'best device'}). "
               f"Wall time {seconds:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def probe_line(cfg) -> str:
+    """The report's sentence on how the embeddings were probed."""
+    if getattr(cfg, "probe", "mlp") == "knn":
+        return (f"Probe: annotation transfer from the {cfg.knn_k} nearest training "
+                f"protein(s) by {cfg.knn_metric} distance (goPredSim; GO: reliability-scored "
+                "terms, classes: weighted vote, values: weighted mean; no training); "
+                "mmseqs2-besthit: labels of the best MMseqs2 hit (bit score) on the training "
+                "side, GO scored by its sequence identity, proteins without a hit get no "
+                "terms (classes: the training majority, values: the training mean)")
+    return (f"Probe: 2-layer MLP (GELU), AdamW, hidden {cfg.hidden}, lr {cfg.lr}, weight decay "
+            f"{cfg.weight_decay}, ≤ {cfg.max_epochs} epochs, patience {cfg.patience}"
+            + (f"; {cfg.search} sampled configs per fold chosen on the inner validation split"
+               if cfg.search else ""))
 
 
 def plot_figure(trials, tasks: list[Task], models, path: Path, protocol: str) -> Path:

@@ -224,6 +224,24 @@ def collect_trials(grid, cfg: BenchmarkConfig, tasks: list[Task], models: list[M
     return df, errors
 
 
+def with_homology_baseline(trials, cfg: BenchmarkConfig, tasks: list[Task],
+                           folds: dict[str, list[np.ndarray]], models: list[ModelInfo],
+                           log=print):
+    """``--probe knn``: the MMseqs2 best-hit rows added to ``trials`` (and the baseline to
+    ``models``) where ``mmseqs`` is installed; otherwise a message and ``trials`` as given."""
+    import pandas as pd
+
+    from . import homology
+
+    if not homology.mmseqs_binary():
+        log(f"[benchmark] {homology.missing_message()}")
+        return trials
+    rows = pd.DataFrame(homology.baseline_rows(tasks, folds, cfg, log))
+    rows["selected"] = True
+    models.append(ModelInfo("mmseqs2", homology.NAME, 0, 0, False, "mmseqs2"))
+    return pd.concat([trials, rows], ignore_index=True)
+
+
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> BenchmarkResult:
     """The whole benchmark; see the module docstring. Prints progress through ``log``."""
     from . import report
@@ -252,6 +270,8 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> BenchmarkResult:
     grid = run_tune(cfg, tasks, models, arrays, folds, out / "tune", log)
     log(f"[benchmark] {len(grid)} Tune trials in {time.perf_counter() - t_probe:.1f} s")
     trials, errors = collect_trials(grid, cfg, tasks, models)
+    if cfg.probe == "knn":
+        trials = with_homology_baseline(trials, cfg, tasks, folds, models, log)
     summary = report.summarize(trials[trials["selected"]], tasks, models)
     seconds = time.perf_counter() - t0
     paths = report.write_outputs(out, cfg, trials, summary, tasks, models, skipped, seconds)

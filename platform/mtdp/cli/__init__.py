@@ -7,11 +7,12 @@ import sys
 from typing import Callable
 
 from .. import __version__
-from . import data, embed, model_commands, store
+from . import data, embed, model_commands, search, store
 
 #: Sub-command registrars, in help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    embed.add, model_commands.add_teachers, model_commands.add_student, store.add, data.add,
+    embed.add, search.add, model_commands.add_teachers, model_commands.add_student, store.add,
+    data.add,
 ]
 
 

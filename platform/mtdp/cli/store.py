@@ -10,7 +10,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="The embedding store of `jobs/embed.py`, `mtdp embed "
                                    "--store`, Serve and the benchmark.")
     ssub = p.add_subparsers(dest="store_cmd", required=True)
-    info = ssub.add_parser("info", help="models (with their keys and row counts) and runs")
+    info = ssub.add_parser("info", help="models (keys, row counts, search index) and runs")
     info.add_argument("store")
     info.set_defaults(func=_run_info)
     ex = ssub.add_parser("export", help="a run's embeddings as Parquet, .npy or HDF5",
@@ -32,6 +32,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from ..search.index import index_state
     from ..store import EmbeddingStore
 
     store = EmbeddingStore(args.store, create=False)
@@ -40,7 +41,8 @@ def _run_info(args: argparse.Namespace) -> int:
         table = store.model(m["identity"], m["name"], create=False)
         models.append({"key": m["model_key"], "name": m["name"], "dim": m["dim"],
                        "rows": table.count(), "identity": m["identity"],
-                       "proteins_per_s": round(table.throughput(), 2)})
+                       "proteins_per_s": round(table.throughput(), 2),
+                       "index": index_state(table)})
     runs = sorted(t[4:] for t in store._tables() if t.startswith("ids_"))
     print(json.dumps({"store": store.uri, "models": models, "runs": runs}, indent=2))
     return 0

@@ -58,6 +58,40 @@ class EmbedResponse(BaseModel):
     per_residue_npy: list[str] | None = Field(None, description="npy: base64 .npy [L_i, dim] each")
 
 
+class SearchRequest(BaseModel):
+    """Body of ``POST /search``: the query proteins (same rules as ``POST /embed``)."""
+
+    sequences: list[SequenceIn] = Field(description="query proteins")
+    k: int = Field(10, ge=1, le=1000, description="hits per query")
+    runs: list[str] | None = Field(None, description=(
+        "search only proteins of these input runs of the store (default: every run)"))
+    metric: Literal["cosine", "euclidean"] | None = Field(None, description=(
+        "distance (default: the index's metric, else cosine)"))
+    exact: bool = Field(False, description="brute force, ignoring any index")
+    truncate: bool = Field(True, description="as in `POST /embed`")
+    too_long: TooLong | None = Field(None, description="as in `POST /embed`")
+
+
+class SearchHit(BaseModel):
+    """One neighbour of a query."""
+
+    query: str
+    rank: int
+    hit_id: str
+    distance: float = Field(description="cosine: 1 - cosine similarity; euclidean: L2")
+    other_ids: list[str] = Field(description="other ids with the hit's very sequence")
+
+
+class SearchResponse(BaseModel):
+    """Hits of every query, in query order, nearest first."""
+
+    model: str
+    metric: str
+    search: str = Field(description="the index kind used, or `exact`")
+    truncated: list[str]
+    hits: list[SearchHit]
+
+
 class InfoResponse(BaseModel):
     """What the service runs."""
 
@@ -141,6 +175,8 @@ async def request_error(request: Request, exc: RequestError) -> JSONResponse:
 
 
 ERROR_RESPONSES = {400: {"model": ErrorResponse, "description": "malformed JSON / FASTA"},
+           409: {"model": ErrorResponse, "description": "POST /search on a service without "
+                                                        "a store, or a store without runs"},
            413: {"model": ErrorResponse, "description": "too many sequences in one request"},
            422: {"model": ErrorResponse, "description": "invalid, empty or over-long sequence, "
                                                         "duplicate id, missing field"}}

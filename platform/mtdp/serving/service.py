@@ -5,6 +5,8 @@
 * ``POST /embed`` — JSON ``{"sequences": [{"id": ..., "sequence": ...}], "per_residue": false,
   "truncate": true, "format": "json" | "npy", "dtype": "float32" | "float16"}``;
 * ``POST /embed/fasta`` — a FASTA body, the same options as query parameters;
+* ``POST /search`` — the k nearest proteins of the service's store (``store=DIR``) for each
+  query (``{"sequences": [...], "k": 10}``; same input rules);
 * ``GET /healthz``, ``GET /info``; OpenAPI docs at ``/docs`` and ``/openapi.json``.
 
 Requests are batched *across* clients with ``@serve.batch``: each request's sequences are one
@@ -43,8 +45,7 @@ from .. import __version__
 from ..sequences import SequenceError, fit_length, iter_fasta, prepare_records, records_from_pairs
 from .config import ServeConfig
 from .schemas import (ERROR_RESPONSES, DType, EmbedRequest, EmbedResponse, Format, InfoResponse,
-                      TooLong,
-                      RequestError, body_too_large, encode_npy, http_error, request_error,
+                      SearchRequest, SearchResponse, TooLong, RequestError, body_too_large, encode_npy, http_error, request_error,
                       validation_error)
 from .security import BodyTooLarge, GuardMiddleware
 
@@ -193,8 +194,9 @@ class EmbeddingService:
             self._tables[too_long] = model_table(self.store, self.embedder, too_long)
         return self._tables[too_long]
 
-    async def _embed(self, pairs: list[tuple[str, str]], *, per_residue: bool, too_long: str,
-                     fmt: str, dtype: str, source: str | None) -> Response:
+    def _prepare(self, pairs: list[tuple[str, str]], too_long: str, source: str | None):
+        """Checked, cleaned records of a request; raises :class:`RequestError` naming the
+        record. Returns ``(records, truncated ids, sequences, residues embedded each)``."""
         if not pairs:
             raise RequestError(422, "no_sequences", "the request holds no sequences")
         if len(pairs) > self.config.max_sequences:
@@ -214,10 +216,17 @@ class EmbeddingService:
                 422, "sequence_too_long", f"{exc} — this request has truncate=false; send "
                 f"truncate=true to embed its first {max_len} residues", exc.record,
                 exc.seq_id) from None
-        truncated = [r.id for r in cut]
         # Whole sequences go on: the engine applies the length policy, the store keys them.
         seqs = [r.sequence for r in records]
         lengths = [len(q) if too_long == "window" else min(len(q), max_len) for q in seqs]
+        return records, [r.id for r in cut], seqs, lengths
+
+    def _cost(self, lengths: list[int]) -> int:
+        return min(sum(n + _TOKEN_OVERHEAD for n in lengths), self.queue_tokens)
+
+    async def _embed(self, pairs: list[tuple[str, str]], *, per_residue: bool, too_long: str,
+                     fmt: str, dtype: str, source: str | None) -> Response:
+        records, truncated, seqs, lengths = self._prepare(pairs, too_long, source)
         if per_residue:
             values = sum(lengths) * self.embedder.dim
             if values > self.config.max_per_residue_values:
@@ -227,8 +236,8 @@ class EmbeddingService:
                                    f"{self.embedder.dim}); the limit is "
                                    f"{self.config.max_per_residue_values:,}: send fewer "
                                    "sequences")
-        cost = min(sum(n + _TOKEN_OVERHEAD for n in lengths), self.queue_tokens)
-        emb, res = await self._embed_jobs(_Job(seqs, per_residue, cost, too_long))
+        emb, res = await self._embed_jobs(_Job(seqs, per_residue, self._cost(lengths),
+                                               too_long))
         body: dict[str, Any] = {
             "model": self.model_name, "model_version": self.model_version,
             "dim": self.embedder.dim, "ids": [r.id for r in records],
@@ -287,6 +296,39 @@ class EmbeddingService:
                                  per_residue=per_residue, too_long=_policy(truncate, too_long),
                                  fmt=format,
                                  dtype=dtype, source=None)
+
+    @api.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES,
+              summary="The nearest stored proteins of each query")
+    async def search(self, req: SearchRequest) -> Response:
+        """Embeds the queries (through the store) and returns, per query, the ``k`` nearest
+        proteins of the store's runs, as ``mtdp search`` does."""
+        from ..search.index import index_state
+        from ..search.query import search_vectors
+        from ..store import StoreError
+
+        if self.store is None:
+            raise RequestError(409, "no_store", "this service has no embedding store to search"
+                               " (start it with store=DIR, a store holding this model's "
+                               "embeddings)")
+        too_long = _policy(req.truncate, req.too_long)
+        records, truncated, seqs, lengths = self._prepare(
+            [(s.id, s.sequence) for s in req.sequences], too_long, None)
+        emb, _ = await self._embed_jobs(_Job(seqs, False, self._cost(lengths), too_long))
+        table = self._store_table(too_long)
+        state = None if req.exact else index_state(table)
+        metric = req.metric or (state["metric"] if state else "cosine")
+        try:
+            hits = await asyncio.to_thread(
+                search_vectors, self.store, table, [r.id for r in records], emb, req.k,
+                req.runs, metric=metric, exact=req.exact, state=state)
+        except StoreError as exc:
+            raise RequestError(409, "store_cannot_search", str(exc)) from None
+        used = state["kind"] if state and state["metric"] == metric else "exact"
+        body = {"model": self.model_name, "metric": metric, "search": used,
+                "truncated": truncated,
+                "hits": [{"query": h.query, "rank": h.rank, "hit_id": h.hit_id,
+                          "distance": h.distance, "other_ids": h.other_ids} for h in hits]}
+        return Response(json.dumps(body), media_type="application/json")
 
     @api.get("/healthz", summary="Liveness: 200 when the model is loaded")
     def healthz(self) -> dict[str, str]:

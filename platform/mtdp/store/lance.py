@@ -22,6 +22,7 @@ import os
 import re
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -95,7 +96,11 @@ class EmbeddingStore:
             fresh = not local.exists() or not any(local.iterdir())
             if fresh and not create:
                 raise StoreError(f"{local}: no embedding store there")
-        self.db = lancedb.connect(self.uri)
+        # Other processes write the same store (the job's writer, Serve, the CLI): a local
+        # store re-reads the table manifest on every access (a cheap file read) so each sees
+        # the others' commits at once; object storage re-checks every few seconds.
+        self.db = lancedb.connect(self.uri, read_consistency_interval=timedelta(
+            seconds=0 if local is not None else 5))
         names = set(self._tables())
         if MARKER not in names:
             if names or (local is not None and not fresh):
@@ -157,7 +162,9 @@ class EmbeddingStore:
                 raise StoreError(f"{self.uri}: model key {key} is registered for another "
                                  f"model ({known[key]['identity']}); refusing to mix them")
         elif not create:
-            raise StoreError(f"{self.uri} holds no embeddings of {name} (identity {identity})")
+            held = ", ".join(sorted({r["name"] for r in known.values()})) or "none"
+            raise StoreError(f"{self.uri} holds no embeddings of {name} (identity {identity});"
+                             f" it holds those of: {held}")
         else:
             import pyarrow as pa
 
@@ -217,6 +224,15 @@ class ModelTable:
 
     def count(self) -> int:
         return self.table.count_rows()
+
+    def dataset(self):
+        """The table as a pylance dataset at its latest version, kept between calls while
+        the version is unchanged (it holds the index caches: reopening it for every query
+        re-reads the index and doubles a query's latency)."""
+        version = self.table.version
+        if getattr(self, "_ds_version", None) != version:
+            self._ds, self._ds_version = self.table.to_lance(), version
+        return self._ds
 
     def lookup(self, hashes: Iterable[str], lengths: dict[str, int] | None = None
                ) -> dict[str, np.ndarray]:
