@@ -49,6 +49,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="sequences longer than the model's limit: cut to their first max-len "
                         "residues (default), refuse them, or embed overlapping windows and "
                         "average them (length-weighted)")
+    p.add_argument("--pooling", choices=["masked", "reference"], default=None,
+                   help="students: masked (mean over real residues) or reference (the "
+                        "released MTDP model's: 1,001 tokens, pads in the mean); default: the "
+                        "model's own (mtdp-paper: reference)")
     p.add_argument("--store", default=None,
                    help="embedding store (folder or s3://...): stored sequences are read, "
                         "only new ones computed, and stored")
@@ -88,7 +92,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         from ..store import EmbeddingStore
 
         store = EmbeddingStore(args.store)
-    model = load_embedder(args.model, device=args.device)
+    model = load_embedder(args.model, device=args.device, **(
+        {"pooling": args.pooling} if args.pooling else {}))
     summary = embed_file(
         model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
         per_residue=args.per_residue, max_len=args.max_len,
@@ -122,6 +127,9 @@ def _run_ray(args: argparse.Namespace) -> int:
         raise ValueError("--ray embeds into a store: give --store DIR")
     if args.per_residue:
         raise ValueError("--ray stores per-protein embeddings only; drop --per-residue")
+    if args.pooling:
+        raise ValueError("--pooling does not apply to --ray: make a student directory with "
+                         "that pooling (`mtdp student import-mtdp --pooling ...`) and pass it")
     from ..embed_job import EmbedJobConfig, run_embed_job
     from ..store import EmbeddingStore
     from ..store.export import export_run

@@ -55,6 +55,17 @@ def add_student(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--preset", default="paper", choices=["paper", "small", "tiny"])
     init.add_argument("--seed", type=bounded(int, ge=0), default=0)
     init.set_defaults(func=_run_student_init)
+    imp = ssub.add_parser("import-mtdp", help="convert the released MTDP model "
+                                              "(UniProtKB.bin) to a student directory",
+                          description="Convert KennthShang/MTDP's models/UniProtKB/UniProtKB.bin "
+                                      "to an mtdp student directory (then usable by mtdp embed, "
+                                      "Serve, the store, the benchmark and MLflow).")
+    imp.add_argument("weights", help="UniProtKB.bin (the released state_dict)")
+    imp.add_argument("-o", "--output", required=True, help="directory to create")
+    imp.add_argument("--pooling", choices=["reference", "masked"], default="reference",
+                     help="reference (default): the released vectors exactly (1,001 tokens, "
+                          "pads in the mean); masked: the mean over real residues")
+    imp.set_defaults(func=_run_student_import)
     info = ssub.add_parser("info", help="print a student's configuration and size")
     info.add_argument("path")
     info.set_defaults(func=_run_student_info)
@@ -83,4 +94,12 @@ def _run_student_info(args: argparse.Namespace) -> int:
     m = load_student(args.path)
     print(json.dumps({"config": m.config.to_dict(), "parameters": m.num_parameters(),
                       "encoder_parameters": m.num_parameters(encoder_only=True)}, indent=2))
+    return 0
+
+
+def _run_student_import(args: argparse.Namespace) -> int:
+    from ..models.mtdp_paper import import_release
+
+    out = import_release(args.weights, args.output, args.pooling)
+    print(f"wrote the released MTDP model as a student ({args.pooling} pooling) to {out}")
     return 0

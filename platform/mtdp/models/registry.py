@@ -6,6 +6,8 @@ Specs, tried in this order:
 
 * an MLflow model URI: ``models:/NAME/VERSION``, ``runs:/<id>/student`` (``mlflow:URI``);
 * a student directory (``config.json`` + ``model.safetensors``), optionally ``student:PATH``;
+* the released MTDP model: ``mtdp-paper:/path/UniProtKB.bin``, or ``mtdp-paper`` (downloaded
+  once into the cache), see :mod:`.mtdp_paper`;
 * a teacher name from the registry (``esm2_t33_650M_UR50D``, ``prot_t5_xl_uniref50``,
   ``unirep1900``, ``tiny-random-esm2`` ...), see ``mtdp teachers``;
 * a local teacher checkpoint: an ESM-2 ``.pt`` file or a ProtT5 (``T5EncoderModel``) directory;
@@ -27,7 +29,7 @@ from .student import WEIGHTS_FILE, StudentEmbedder, is_student_dir, load_student
 
 #: Prefixes of model URIs resolved through MLflow.
 MLFLOW_PREFIXES = ("models:/", "runs:/", "mlflow:")
-KINDS = ("mlflow", "student", "teacher", "checkpoint", "baseline")
+KINDS = ("mlflow", "student", "mtdp-paper", "teacher", "checkpoint", "baseline")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class ModelSpec:
 
 def accepted_forms() -> str:
     """What a model spec may be (for error messages)."""
-    return ("a student directory, an MLflow URI (models:/NAME/VERSION), a teacher name ("
+    return ("a student directory, an MLflow URI (models:/NAME/VERSION), the released MTDP "
+            "model (mtdp-paper:/path/UniProtKB.bin), a teacher name ("
             + ", ".join(sorted(teachers.REGISTRY)) + "), a local teacher checkpoint (ESM-2 .pt "
             "file or ProtT5 directory) or a no-weight baseline (aac, kmer1..kmer3, "
             "random-student[:preset])")
@@ -63,6 +66,10 @@ def resolve(spec: str | ModelSpec) -> ModelSpec:
     spec = str(spec).strip()
     if spec.startswith(MLFLOW_PREFIXES):
         return ModelSpec("mlflow", spec)
+    if spec == "mtdp-paper" or spec.startswith("mtdp-paper:"):
+        path = spec.partition(":")[2]
+        return ModelSpec("mtdp-paper", f"mtdp-paper:{Path(path).expanduser().resolve()}"
+                         if path else spec)
     path = spec[len("student:"):] if spec.startswith("student:") else spec
     if is_student_dir(path):
         return ModelSpec("student", str(Path(path).expanduser().resolve()))
@@ -81,9 +88,25 @@ def resolve(spec: str | ModelSpec) -> ModelSpec:
 def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = None,
                   **kwargs: Any) -> Embedder:
     """Resolve ``spec`` (see :func:`resolve`) and load it on ``device`` (default: best).
-    ``kwargs`` go to a teacher's factory; ``name=`` names a student."""
+    ``kwargs`` go to a teacher's factory; ``name=`` names a student; ``pooling=`` (``masked``
+    or ``reference``) sets a student's pooling (default: its own; the released MTDP model's
+    is ``reference``)."""
     ms = resolve(spec)
     dev = torch.device(device) if device is not None else best_device()
+    pooling = kwargs.pop("pooling", None)
+    if pooling is not None and ms.kind not in ("mlflow", "student", "mtdp-paper"):
+        raise ValueError(f"--pooling applies to students and the MTDP model, not to {spec}")
+    emb = _load(ms, dev, **kwargs)
+    if pooling is not None:
+        emb.pooling = pooling
+    return emb
+
+
+def _load(ms: ModelSpec, dev: torch.device, **kwargs: Any) -> Embedder:
+    if ms.kind == "mtdp-paper":
+        from .mtdp_paper import load_mtdp_paper
+
+        return load_mtdp_paper(ms.value).to(dev)
     if ms.kind == "mlflow":
         from ..tracking import download_student
 

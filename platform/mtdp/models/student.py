@@ -31,6 +31,7 @@ from .pooling import masked_mean
 STUDENT_FORMAT = "mtdp-student"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+POOLINGS = ("masked", "reference")
 
 
 @dataclass
@@ -51,6 +52,10 @@ class StudentConfig:
     relative_attention_max_distance: int = 128
     #: Truncation length the student is meant to see (the paper's 1,000).
     max_len: int = 1000
+    #: ``masked``: the embedding is the mean over real residues (mtdp's); ``reference``: as
+    #: the released MTDP model computes it — ids padded to ``max_len + 1`` tokens and the
+    #: mean taken over all of them, ``</s>`` and pads included (reproduces its vectors).
+    pooling: str = "masked"
     #: Teacher name → teacher embedding dimension; one distillation head each.
     teachers: dict[str, int] = field(default_factory=dict)
     #: Teacher name → dimension of its per-residue states; one per-residue head each
@@ -93,6 +98,8 @@ class StudentModel(nn.Module):
         super().__init__()
         from transformers import T5Config, T5EncoderModel
 
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {config.pooling!r}")
         self.config = config
         t5 = T5Config(
             vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.d_kv,
@@ -159,10 +166,27 @@ class StudentModel(nn.Module):
                      per_residue: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-protein embeddings, and optionally per-residue ones (projection of each residue
         state, so their mean equals the per-protein embedding)."""
+        if self.config.pooling == "reference":
+            return self._reference_embed(input_ids, attention_mask, per_residue)
         hidden = self.encode(input_ids, attention_mask)
         rmask = residue_mask(input_ids)
         emb = self.proj(masked_mean(hidden, rmask))
         return emb, (self.proj(hidden) if per_residue else None)
+
+    def _reference_embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         per_residue: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``pooling="reference"``: pad to ``max_len + 1`` tokens and average all positions
+        (the stock encoder: the fused path does not compute pad positions)."""
+        width = self.config.max_len + 1
+        extra = width - input_ids.shape[1]
+        if extra < 0:
+            raise ValueError(f"reference pooling takes at most {self.config.max_len} residues "
+                             f"(got {input_ids.shape[1] - 1})")
+        ids = torch.nn.functional.pad(input_ids, (0, extra), value=0)
+        mask = torch.nn.functional.pad(attention_mask, (0, extra), value=0)
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        emb = self.proj(hidden.mean(dim=1))
+        return emb, (self.proj(hidden[:, :input_ids.shape[1]]) if per_residue else None)
 
     def num_parameters(self, encoder_only: bool = False) -> int:
         mod = self.encoder if encoder_only else self
@@ -229,6 +253,20 @@ class StudentEmbedder(Embedder):
         self.dim = model.config.embed_dim
         self.max_len = model.config.max_len
         self.device = next(model.parameters()).device
+
+    @property
+    def pooling(self) -> str:
+        """``masked`` or ``reference`` (see :class:`StudentConfig`)."""
+        return self.model.config.pooling
+
+    @pooling.setter
+    def pooling(self, value: str) -> None:
+        if value not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {POOLINGS}, not {value!r}")
+        self.model.config.pooling = value
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "pooling": self.pooling}
 
     def to(self, device: str | torch.device) -> "StudentEmbedder":
         self.device = torch.device(device)

@@ -21,6 +21,9 @@ class ServeConfig(Config):
     model: str | None = option(None, help=(
         "student directory, MLflow URI (models:/mtdp-student/3), or teacher name; default "
         f"${MODEL_ENV}, else the newest registered 'mtdp-student' in MLflow"))
+    pooling: str | None = option(None, choices=("masked", "reference"), help=(
+        "students: masked (mean over real residues) or reference (the released MTDP model's "
+        "pooling); default: the model's own"))
     device: str | None = option(None, help=(
         "cpu, cuda, cuda:1 ... (default: best found on the replica)"))
     max_sequences: int = option(512, ge=1, help=(

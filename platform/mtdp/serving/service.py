@@ -125,7 +125,8 @@ class EmbeddingService:
             os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking_uri)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        self.embedder = load_embedder(cfg.model, device=cfg.device)
+        self.embedder = load_embedder(cfg.model, device=cfg.device, **(
+            {"pooling": cfg.pooling} if cfg.pooling else {}))
         self.batch_tokens = cfg.batch_tokens or default_batch_tokens(self.embedder.device)
         # Several forward passes' worth per queue batch: sorting more sequences by length
         # across requests cuts padding (tiny student, 2 busy CPUs, 100 concurrent requests:

@@ -21,12 +21,13 @@ def seq_hash(sequence: str) -> str:
 
 
 def store_identity(embedder: "Embedder", too_long: str = "truncate",
-                   pooling: str = "masked") -> dict[str, Any]:
+                   pooling: str | None = None) -> dict[str, Any]:
     """What makes a model's stored vectors what they are: its class, dimension, length limit,
     the policy for longer sequences, the pooling, and its weights (the checkpoint's SHA-256,
     the student directory's weight files, or a fingerprint of its parameters; a no-weight
     baseline by its source). The same weights under another name or path share a table."""
     info = fingerprint(embedder)
+    pooling = pooling or getattr(embedder, "pooling", "masked")
     weights = info.get("sha256") or info.get("weights_sha256") or info.get("weights_fingerprint")
     return {"class": info["class"], "dim": info["dim"], "max_len": info["max_len"],
             "too_long": too_long, "pooling": pooling,
