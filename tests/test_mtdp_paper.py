@@ -139,3 +139,28 @@ def test_bad_release_files_are_refused_by_name(release, tmp_path, capsys) -> Non
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     refused(cut, "truncated or corrupt")
     refused(tmp_path / "absent.bin", "no such file")
+
+
+@pytest.mark.parametrize("pooling", ["masked", "reference"])
+def test_export_hf_card_code_reproduces_mtdp_embed(tmp_path, pooling) -> None:
+    """The model card's own code, run on the exported folder with transformers alone, gives
+    the vectors `mtdp embed` gives."""
+    import re
+
+    from mtdp.models.registry import load_embedder
+    from mtdp.models.student import StudentConfig, StudentModel
+
+    torch.manual_seed(1)
+    sdir = tmp_path / "tiny"
+    StudentModel(StudentConfig.preset("tiny", max_len=60, pooling=pooling)).save(sdir)
+    out = tmp_path / "hf"
+    assert main(["student", "export-hf", str(sdir), "-o", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    code = re.sub(r'^d = ".*"$', f'd = "{out}"', code, flags=re.M)
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - the card's snippet, as a user would paste it
+    want = load_embedder(str(sdir), device="cpu").embed(["MKTAYIAKQRQISFVKSHFSRQ"])[0]
+    np.testing.assert_allclose(scope["emb"].numpy(), want, rtol=0, atol=1e-5)
+    assert json.loads((out / "mtdp_pooling.json").read_text())["pooling"] == pooling
+    assert main(["student", "export-hf", str(sdir), "-o", str(out)]) == 2  # not empty

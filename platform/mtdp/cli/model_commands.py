@@ -66,6 +66,11 @@ def add_student(sub: argparse._SubParsersAction) -> None:
                      help="reference (default): the released vectors exactly (1,001 tokens, "
                           "pads in the mean); masked: the mean over real residues")
     imp.set_defaults(func=_run_student_import)
+    hf = ssub.add_parser("export-hf", help="write a student as a transformers folder "
+                                           "(loadable without mtdp)")
+    hf.add_argument("student", help="student directory")
+    hf.add_argument("-o", "--output", required=True, help="folder to create")
+    hf.set_defaults(func=_run_student_export_hf)
     info = ssub.add_parser("info", help="print a student's configuration and size")
     info.add_argument("path")
     info.set_defaults(func=_run_student_info)
@@ -102,4 +107,12 @@ def _run_student_import(args: argparse.Namespace) -> int:
 
     out = import_release(args.weights, args.output, args.pooling)
     print(f"wrote the released MTDP model as a student ({args.pooling} pooling) to {out}")
+    return 0
+
+
+def _run_student_export_hf(args: argparse.Namespace) -> int:
+    from ..models.hf_export import export_hf
+
+    out = export_hf(args.student, args.output)
+    print(f"wrote {out} (T5EncoderModel + tokenizer + projection.safetensors + README.md)")
     return 0
