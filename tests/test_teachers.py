@@ -89,3 +89,32 @@ def test_hub_name_fails_clearly_offline(monkeypatch):
     monkeypatch.setattr(esm.pretrained, "load_model_and_alphabet_hub", offline)
     with pytest.raises(RuntimeError, match="pass the local path"):
         load_teacher("esm2_t6_8M_UR50D")
+
+
+def test_protbert_matches_transformers_tokenizer_and_forward(tmp_path) -> None:
+    """ProtBert-BFD's path: our ids equal BertTokenizer's on a ProtBert vocab.txt, the mean
+    excludes [CLS]/[SEP], and a save_pretrained folder loads as a teacher (a foreign
+    vocabulary is refused)."""
+    from transformers import BertTokenizer
+
+    from mtdp.models import protbert
+    from mtdp.models.registry import load_embedder
+
+    teacher = load_embedder("tiny-random-bert", device="cpu")
+    folder = tmp_path / "protbert"
+    teacher.model.save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(protbert.VOCAB) + "\n")
+    tok = BertTokenizer(str(folder / "vocab.txt"), do_lower_case=False)
+    seqs = ["MKTAYIAKQRX", "GGSLLVWC"]
+    with torch.no_grad():
+        want = []
+        for s in seqs:
+            x = tok(" ".join(s), return_tensors="pt")
+            assert x["input_ids"][0].tolist() == teacher.encode([s])[0][0].tolist()
+            h = teacher.model(**x).last_hidden_state[0]
+            want.append(h[1:-1].mean(0).numpy())
+    got = load_embedder(str(folder), device="cpu").embed(seqs)
+    np.testing.assert_allclose(got, np.stack(want), rtol=0, atol=1e-5)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "A", "B"]) + "\n")
+    with pytest.raises(ValueError, match="not ProtBert's vocabulary"):
+        load_embedder(str(folder), device="cpu")

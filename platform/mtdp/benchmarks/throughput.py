@@ -9,7 +9,10 @@ the end (``benchmarks/throughput.py`` prints it).
                      heads), random weights, wrapped in :class:`mtdp.models.teachers.ESM2Teacher`;
 * ``prott5_xl``      ``transformers`` ``T5EncoderModel`` with ProtT5-XL-U50's encoder
                      architecture (24 layers, d_model 1024, d_ff 16384, 32 heads × 128), random
-                     weights, wrapped in :class:`mtdp.models.teachers.T5Teacher`.
+                     weights, wrapped in :class:`mtdp.models.teachers.T5Teacher`;
+* ``protbert_bfd``   ``transformers`` ``BertModel`` with ProtBert-BFD's architecture (30 layers,
+                     1024-d, 16 heads, 4096 feed-forward), random weights, wrapped in
+                     :class:`mtdp.models.protbert.BertTeacher`.
 
 Teachers run as users run them (stock modules, default attention). Timing does not depend on
 weight values, so random weights give honest speed ratios without downloading checkpoints.
@@ -34,9 +37,10 @@ from ..models.student import StudentConfig, StudentEmbedder, StudentModel
 from ..models.teachers import ESM2_MODELS, ESM2Teacher, T5Teacher
 from .perf import (fixed_set, gemm_rates, gemm_size, physical_cores, real_sets, time_embed)
 
-MODELS = ("student", "student-stock", "esm2_650m", "prott5_xl")
+MODELS = ("student", "student-stock", "esm2_650m", "prott5_xl", "protbert_bfd")
 LABELS = {"student": "student (mtdp fused)", "student-stock": "student (stock T5)",
-          "esm2_650m": "ESM-2 650M (stock)", "prott5_xl": "ProtT5-XL enc (stock)"}
+          "esm2_650m": "ESM-2 650M (stock)", "prott5_xl": "ProtT5-XL enc (stock)",
+          "protbert_bfd": "ProtBert-BFD (stock)"}
 
 
 def build_student(fast: bool) -> StudentEmbedder:
@@ -74,9 +78,25 @@ def build_prott5_xl() -> T5Teacher:
     return T5Teacher(model, name="prott5_xl-random", source="random-init", pretrained=False)
 
 
+def build_protbert_bfd() -> Embedder:
+    """transformers BertModel with Rostlab/prot_bert_bfd's architecture, random weights."""
+    from transformers import BertConfig, BertModel
+
+    from ..models.protbert import VOCAB, BertTeacher
+
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=1024, num_hidden_layers=30,
+                     num_attention_heads=16, intermediate_size=4096,
+                     max_position_embeddings=40000, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    return BertTeacher(BertModel(cfg, add_pooling_layer=False), name="protbert_bfd-random",
+                       source="random-init", pretrained=False)
+
+
 def build(name: str) -> Embedder:
     return {"student": lambda: build_student(True), "student-stock": lambda: build_student(False),
-            "esm2_650m": build_esm2_650m, "prott5_xl": build_prott5_xl}[name]()
+            "esm2_650m": build_esm2_650m, "prott5_xl": build_prott5_xl,
+            "protbert_bfd": build_protbert_bfd}[name]()
 
 
 @dataclass

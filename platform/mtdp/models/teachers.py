@@ -7,6 +7,8 @@ All teachers implement :class:`mtdp.models.base.Embedder`. Real loaders:
   ``esm/scripts/extract.py --include mean``.
 * ProtT5-XL-UniRef50 encoder through ``transformers``: ``Rostlab/prot_t5_xl_uniref50`` or a local
   directory; ``</s>`` excluded from the mean; half precision on GPU.
+* ProtBert-BFD (``prot_bert_bfd``, :mod:`.protbert`): a ``BertModel`` from the hub or a local
+  directory; ``[CLS]``/``[SEP]`` excluded from the mean.
 
 ``tiny-random-*`` teachers are built from the same classes with random weights (fixed seed) for
 tests and plumbing. They are *not* pretrained and say so (``pretrained=False``).
@@ -253,6 +255,19 @@ def _unirep(size: int) -> Callable[..., Embedder]:
 REGISTRY.update({f"unirep{n}": _unirep(n) for n in (1900, 256, 64)})
 
 
+def _protbert(which: str) -> Callable[..., Embedder]:
+    def factory(**kw: Any) -> Embedder:
+        from . import protbert
+
+        return (protbert.load_protbert(protbert.PROT_BERT_HUB, **kw) if which == "hub"
+                else protbert.tiny_random_bert(**kw))
+    return factory
+
+
+#: ProtBert-BFD (transformers BertModel), the paper's comparison model, and its tiny random twin.
+REGISTRY.update({"prot_bert_bfd": _protbert("hub"), "tiny-random-bert": _protbert("tiny")})
+
+
 def register(name: str, factory: Callable[..., Embedder]) -> None:
     """Add a teacher factory to the registry (name must be new)."""
     if name in REGISTRY:
@@ -268,6 +283,9 @@ def load_teacher(spec: str, **kwargs: Any) -> Embedder:
     if os.path.isfile(spec) and spec.endswith(".pt"):
         return load_esm2(spec, **kwargs)
     if os.path.isdir(spec) and (Path(spec) / "config.json").is_file():
-        return load_prott5(spec, **kwargs)
+        from .protbert import is_bert_dir, load_protbert
+
+        return load_protbert(spec, **kwargs) if is_bert_dir(spec) else \
+            load_prott5(spec, **kwargs)
     raise ValueError(f"unknown teacher {spec!r}: choose from {sorted(REGISTRY)}, or give an "
-                     "ESM-2 .pt checkpoint or a ProtT5 directory")
+                     "ESM-2 .pt checkpoint or a ProtT5 / ProtBert directory")
