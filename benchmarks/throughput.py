@@ -11,6 +11,7 @@ fraction of it. CPU: fp32. CUDA: bf16 student, fp16 teachers.
     python benchmarks/throughput.py                       # default run, ~5 min on 2 cores
     python benchmarks/throughput.py --models student student-stock --student-fixed 32
     python benchmarks/throughput.py --device cuda --student-fixed 10000 --models student
+    python benchmarks/throughput.py --paper-set           # the paper's efficiency figure
 """
 from __future__ import annotations
 
@@ -44,8 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fasta", type=Path, default=None,
                     help="real proteins (default DATA_DIR/deeploc1/deeploc_test_set.fasta)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--paper-set", action="store_true",
+                    help="the paper's efficiency comparison instead: student, released-MTDP "
+                         "form, ESM-2 8M..650M, ProtBert-BFD, ProtT5-XL on 1,000-aa proteins; "
+                         "writes benchmarks/results/efficiency.md/.png")
+    ap.add_argument("--paper-proteins", type=int, default=2,
+                    help="--paper-set: proteins timed per teacher (students: 8x)")
     args = ap.parse_args(argv)
-    return run_throughput(ThroughputConfig(**vars(args)))
+    if args.paper_set:
+        from mtdp.benchmarks.paper_set import PaperSetConfig, run_paper_set
+
+        if args.paper_proteins < 1:
+            ap.error("--paper-proteins must be at least 1")
+        run_paper_set(PaperSetConfig(proteins=args.paper_proteins,
+                                     student_proteins=8 * args.paper_proteins,
+                                     device=args.device, batch_tokens=args.batch_tokens))
+        return 0
+    args = {k: v for k, v in vars(args).items() if k not in ("paper_set", "paper_proteins")}
+    return run_throughput(ThroughputConfig(**args))
 
 
 if __name__ == "__main__":

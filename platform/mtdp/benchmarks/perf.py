@@ -39,7 +39,8 @@ def protein_flops(embedder: Embedder, length: int) -> float:
     """Matmul FLOPs to embed one protein of ``length`` residues with ``embedder``."""
     if isinstance(embedder, StudentEmbedder):
         m = embedder.model
-        n = length + 1  # + </s>
+        # + </s>; the reference pooling pads every protein to max_len + 1 tokens.
+        n = m.config.max_len + 1 if m.config.pooling == "reference" else length + 1
         return t5_flops(m.encoder.config, n) + 2 * m.config.d_model * m.config.embed_dim
     if isinstance(embedder, T5Teacher):
         return t5_flops(embedder.model.config, length + 1)
@@ -53,6 +54,11 @@ def protein_flops(embedder: Embedder, length: int) -> float:
         # fair-esm always runs its LM head (dense d×d + vocabulary projection).
         head = 2 * n * (d * d + d * m.alphabet_size)
         return m.num_layers * (n * per_token + attention) + head
+    if type(embedder).__name__ == "BertTeacher":
+        c = embedder.model.config
+        n = length + 2  # [CLS] ... [SEP]
+        per_token = 2 * (4 * c.hidden_size ** 2 + 2 * c.hidden_size * c.intermediate_size)
+        return c.num_hidden_layers * (n * per_token + 4 * n * n * c.hidden_size)
     raise TypeError(f"no FLOP model for {type(embedder).__name__}")
 
 
