@@ -169,3 +169,76 @@ def test_swissprot_local_path_route(tmp_path, real_fasta, capsys):
     (tmp_path / "notes.txt").write_text("hello\n")
     assert cli_main(["data", "swissprot", "--local", str(tmp_path / "notes.txt")]) == 2
     assert "not a FASTA file" in capsys.readouterr().err
+
+
+def test_pinned_benchmark_files_are_the_shared_data(data_dir) -> None:
+    """Every pinned checksum of `mtdp data fetch benchmarks` is that of the file the
+    benchmark reads from the shared data (the same bytes, from the same commits)."""
+    from mtdp import benchmark_data as bd
+    from mtdp.io import hash_file
+
+    pinned = [f for f in bd.FILES if f.sha256]
+    assert len(pinned) == 9
+    for f in pinned:
+        assert hash_file(data_dir / f.path) == f.sha256, f.path
+
+
+def test_fetch_benchmarks_resumes_verifies_and_feeds_the_readers(data_dir, tmp_path,
+                                                                 monkeypatch, capsys) -> None:
+    import dataclasses
+
+    from mtdp import benchmark_data as bd
+    from mtdp.benchmarks.tasks import load_task
+    from mtdp.cli import main as cli
+    from mtdp.io import hash_file
+
+    # The real plan, served from file:// URLs: single files are the shared copies themselves;
+    # DeepLoc 2.0 is cut into two CSV pieces (header in each) that must concatenate back to
+    # the pinned checksum.
+    src = (data_dir / "deeploc2/swissprot_train_val_5partitions.csv").read_bytes()
+    lines = src.splitlines(keepends=True)
+    half = len(lines) // 2
+    pieces = [tmp_path / "p1.csv", tmp_path / "p2.csv"]
+    pieces[0].write_bytes(b"".join(lines[:half]))
+    pieces[1].write_bytes(lines[0] + b"".join(lines[half:]))
+    plan = []
+    for f in bd.FILES:
+        if f.path.startswith("deeploc2/"):
+            plan.append(dataclasses.replace(f, pieces=tuple(
+                bd.Piece(p.as_uri(), hash_file(p)) for p in pieces)))
+        elif f.sha256:
+            plan.append(dataclasses.replace(f, pieces=(bd.Piece(
+                (data_dir / f.path).as_uri(), f.sha256),)))
+    monkeypatch.setattr(bd, "FILES", tuple(plan))
+    out = tmp_path / "data"
+    assert cli(["data", "fetch", "benchmarks", "-o", str(out), "--quiet"]) == 0
+    assert str(out) in capsys.readouterr().out
+    for f in plan:
+        assert (out / f.path).read_bytes() == (data_dir / f.path).read_bytes(), f.path
+    assert not (out / ".pieces").exists()
+    assert len(load_task("esol", out)) > 3000 and len(load_task("localization", out)) > 1000
+    # A rerun downloads nothing: everything present verifies.
+    monkeypatch.setattr(bd, "download", lambda *a, **k: pytest.fail("downloaded again"))
+    assert cli(["data", "fetch", "benchmarks", "-o", str(out), "--quiet"]) == 0
+    assert "present, verified" in capsys.readouterr().out
+    assert cli(["data", "fetch", "benchmarks", "--local", str(out)]) == 0
+    # A damaged file is named, never accepted.
+    (out / "solubility/esol/eSol_test.csv").write_text("gene,solubility,sequence\n")
+    assert cli(["data", "fetch", "benchmarks", "--local", str(out)]) == 1
+    assert "eSol_test.csv: sha256 differs" in capsys.readouterr().err
+    assert cli(["data", "fetch", "benchmarks", "-o", str(out), "--quiet"]) == 1
+    assert cli(["data", "fetch", "benchmarks", "--tasks", "nope"]) == 2
+
+
+def test_fetch_refuses_a_piece_with_the_wrong_checksum(tmp_path, monkeypatch, capsys) -> None:
+    from mtdp import benchmark_data as bd
+    from mtdp.cli import main as cli
+
+    piece = tmp_path / "x.csv"
+    piece.write_text("a,b\n1,2\n")
+    monkeypatch.setattr(bd, "FILES", (bd.BenchmarkFile("esol", "solubility/esol/eSol_test.csv",
+                                                       "0" * 64, (bd.Piece(piece.as_uri(),
+                                                                           "0" * 64),)),))
+    assert cli(["data", "fetch", "benchmarks", "-o", str(tmp_path / "d"), "--quiet"]) == 1
+    assert "sha256" in capsys.readouterr().err
+    assert not (tmp_path / "d/solubility/esol/eSol_test.csv").exists()

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..benchmark_data import checksum
 from ..sequences import iter_fasta
 
 
@@ -46,9 +47,10 @@ def _require(data_dir: Path, spec_name: str, source: DataSource, files: tuple[st
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise TaskUnavailable(
-            f"task {spec_name!r} skipped: missing {', '.join(missing)}. Get the data from "
-            f"{source.url} ({source.citation}) and place it under {data_dir} as "
-            f"{', '.join(files)}")
+            f"task {spec_name!r} skipped: missing {', '.join(missing)}. Get the data with "
+            f"`mtdp data fetch benchmarks -o {data_dir}` where it has a download (see "
+            f"`mtdp data fetch --help`), or from {source.url} ({source.citation}), placed "
+            f"under {data_dir} as {', '.join(files)}")
     return paths
 
 
@@ -72,7 +74,7 @@ DEEPLOC2_SOURCE = DataSource(
     citation="Thumuluri et al., DeepLoc 2.0, Nucleic Acids Res. 50:W228 (2022)",
     licence="DeepLoc 2.0 data, DTU Health Tech (academic use; see the service page)",
     files=(DEEPLOC2,),
-    sha256={DEEPLOC2: "e62ce827ee644ba6bd034e6e9885943ee287dcbc9b9b4efa519875117374b872"},
+    sha256={DEEPLOC2: checksum(DEEPLOC2)},
     caveat="")
 
 
@@ -109,8 +111,7 @@ MELTOME_SOURCE = DataSource(
              "Meltome atlas, Nat. Methods 17:495 (2020)",
     licence="AFL-3.0 (FLIP)",
     files=MELTOME_FILES,
-    sha256={MELTOME_FILES[0]: "94b8b8838250323ee70cbb53f0e2c7d9d6d5a6c35d71cd0e9289ce5996f0b6f0",
-            MELTOME_FILES[1]: "e21f8b494bd6ddf70f5a7c02da531a6ece0ffd0dc348182b2bb837043838caf2"},
+    sha256={f: checksum(f) for f in MELTOME_FILES},
     caveat="PARTIAL: FLIP Meltome mixed split validation + test rows only (the FLIP train "
            "split is not in the local data); the paper cross-validates the whole mixed set")
 
@@ -136,8 +137,7 @@ ESOL_SOURCE = DataSource(
              "J. Cheminform. 13:7 (2021)",
     licence="MIT (GraphSol repository)",
     files=ESOL_FILES,
-    sha256={ESOL_FILES[0]: "ef6ac5383f56ebcc7d8751534e35e6856fdbe7f48ee47c3f56fdef850bccb5f0",
-            ESOL_FILES[1]: "26b149a8fc18ff0e2299b43687613c39341625e4a6d71392f50bc24387678e47"},
+    sha256={f: checksum(f) for f in ESOL_FILES},
     caveat="")
 
 
@@ -160,10 +160,7 @@ DEEPSOL_SOURCE = DataSource(
     citation="Khurana et al., DeepSol, Bioinformatics 34:2605 (2018)",
     licence="MIT",
     files=DEEPSOL_FILES,
-    sha256={DEEPSOL_FILES[0]: "4b869b7ae014fc490930cee5a36284a8e7dbe80eefcb90e280378a052c64eda4",
-            DEEPSOL_FILES[1]: "0b2bb65e082bf9cbeb9b46cd917aa417511075404d77f491ed9afd7112e71227",
-            DEEPSOL_FILES[2]: "67e6dc6e104eee78c699b7dc592ffd6a14279abd3bbbd779ac96d7a5f4ab0f11",
-            DEEPSOL_FILES[3]: "ec73662e8911d9bc6de2e9c7d5147b66fb897651c2447f325832c2749c0e48d7"},
+    sha256={f: checksum(f) for f in DEEPSOL_FILES},
     caveat="PARTIAL: DeepSol validation + test sets only (the 62k training sequences are not "
            "in the local data)")
 
