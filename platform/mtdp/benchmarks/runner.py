@@ -78,6 +78,20 @@ def load_tasks(cfg: BenchmarkConfig, log=print) -> tuple[list[Task], dict[str, s
     return tasks, skipped
 
 
+def report_name(spec: str, embedder) -> str:
+    """A model's name in reports: a student directory by its folder (``runs/rl/student`` →
+    ``rl``), an MLflow model by ``NAME/VERSION``, anything else by the embedder's name."""
+    from ..models.registry import display_identity, resolve
+
+    ms = resolve(spec)
+    if ms.kind == "student":
+        p = Path(ms.value)
+        return p.parent.name if p.name == "student" else p.name
+    if ms.value.startswith("models:/"):
+        return "/".join(display_identity(spec, embedder))
+    return embedder.name
+
+
 def embed_all(cfg: BenchmarkConfig, tasks: list[Task], log=print
               ) -> tuple[list[ModelInfo], dict[str, np.ndarray]]:
     """Embed every task with every model (once; cached). Returns the models and
@@ -94,7 +108,8 @@ def embed_all(cfg: BenchmarkConfig, tasks: list[Task], log=print
     for spec in cfg.model_specs():
         embedder = load_embedder(spec, device=cfg.device)
         key = fingerprint_key(fingerprint(embedder))
-        name = embedder.name if embedder.name not in seen else f"{embedder.name}-{key[:6]}"
+        name = report_name(spec, embedder)
+        name = name if name not in seen else f"{name}-{key[:6]}"
         seen.add(name)
         info = ModelInfo(spec, name, embedder.num_parameters(), embedder.dim,
                          embedder.pretrained, key)
