@@ -182,25 +182,46 @@ def trial_counter(total: int, log=print):
     as each trial ends, so the probe phase is never silent for minutes."""
     from ray import tune
 
-    class TrialCounter(tune.Callback):
-        def __init__(self) -> None:
-            self.done, self.t0 = 0, time.perf_counter()
+    global _TrialCounter
+    if _TrialCounter is None:
+        class TrialCounter(_CounterBase, tune.Callback):
+            pass
 
-        def _line(self, trial, what: str) -> None:
-            self.done += 1
-            c = {**trial.config, **unit(trial.config)}
-            el = time.perf_counter() - self.t0
-            eta = el / self.done * (total - self.done)
-            log(f"[benchmark] trial {self.done}/{total} {what}: {c.get('model')} × "
-                f"{c.get('task')}, fold {c.get('fold')} ({el:.0f} s, ~{eta:.0f} s left)")
+        TrialCounter.__qualname__ = TrialCounter.__name__ = "_TrialCounter"
+        _TrialCounter = TrialCounter
+    return _TrialCounter(total, log)
 
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self._line(trial, "done")
 
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._line(trial, "FAILED")
+class _CounterBase:
+    """The counter's logic (module level, so Tune pickles it by reference; the logger — print
+    or a test's capture — is left out of the pickle and a restored counter prints)."""
 
-    return TrialCounter()
+    def __init__(self, total: int, log=print) -> None:
+        self.total, self.done, self.t0, self.log = total, 0, time.perf_counter(), log
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "log"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, log=print)
+
+    def _line(self, trial, what: str) -> None:
+        self.done += 1
+        c = {**trial.config, **unit(trial.config)}
+        el = time.perf_counter() - self.t0
+        eta = el / self.done * (self.total - self.done)
+        self.log(f"[benchmark] trial {self.done}/{self.total} {what}: {c.get('model')} × "
+                 f"{c.get('task')}, fold {c.get('fold')} ({el:.0f} s, ~{eta:.0f} s left)")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "FAILED")
+
+
+#: The Tune callback class (built on first use: ``ray.tune`` is imported lazily).
+_TrialCounter = None
 
 
 def collect_trials(grid, cfg: BenchmarkConfig, tasks: list[Task], models: list[ModelInfo]):
