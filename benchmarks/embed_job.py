@@ -80,16 +80,18 @@ def main() -> None:
             print(f"engine: 1 actor / one process {e[1] / e[0]:.2f}   2 actors / 1 actor "
                   f"{e[2] / e[1]:.2f}")
         if args.sizes:
-            print("\nmemory: random 'tiny' student, peak RSS in MB")
+            print("\nmemory: random 'tiny' student, peak RSS (USS: private memory) in MB")
             print(f"{'proteins':>9} {'unique':>8} {'seconds':>8} {'driver':>7} "
-                  f"{'embed actor':>12} {'writer':>7} {'other worker':>13}")
+                  f"{'embed actor':>12} {'embed USS':>10} {'writer':>7} {'writer USS':>11} "
+                  f"{'other worker':>13}")
             for n in args.sizes:
                 fa = generate_inputs(os.path.join(tmp, f"m{n}.fasta"), n, duplicates=0.2)
                 t0 = time.time()
                 r = _child("job", fa, tiny, os.path.join(tmp, f"m{n}"), "1")
                 rss = r["peak_rss_mb"]
                 print(f"{n:>9} {r['unique']:>8} {time.time() - t0:>8.0f} {rss['driver']:>7} "
-                      f"{rss.get('embed', 0):>12} {rss.get('writer', 0):>7} "
+                      f"{rss.get('embed', 0):>12} {rss.get('embed_uss', 0):>10} "
+                      f"{rss.get('writer', 0):>7} {rss.get('writer_uss', 0):>11} "
                       f"{rss.get('other', 0):>13}")
                 os.remove(fa)
 

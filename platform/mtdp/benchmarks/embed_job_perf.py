@@ -64,7 +64,8 @@ def save_random_student(path: str, preset: str, max_len: int) -> str:
 
 
 class TreeRSS:
-    """Peak RSS (MB) per role over this process's tree, sampled every ``every`` seconds:
+    """Peak RSS and USS (``<role>_uss``; MB) per role over this process's tree, sampled every
+    ``every`` seconds:
     ``embed`` (actors running EmbedActor), ``writer`` (StoreWriter), ``other`` (other Ray
     workers), ``system`` (raylet, GCS, dashboard...), ``driver`` (this process's own peak)."""
 
@@ -89,10 +90,14 @@ class TreeRSS:
             for p in me.children(recursive=True):
                 try:
                     role = self.role(" ".join(p.cmdline()))
-                    mb = p.memory_info().rss / 2**20
+                    mem = p.memory_full_info()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                self.peak[role] = max(self.peak.get(role, 0.0), mb)
+                # RSS counts shared pages too (Ray's object store mapped into the process,
+                # libraries); USS is the memory the process alone holds.
+                self.peak[role] = max(self.peak.get(role, 0.0), mem.rss / 2**20)
+                self.peak[f"{role}_uss"] = max(self.peak.get(f"{role}_uss", 0.0),
+                                               mem.uss / 2**20)
 
     def __enter__(self) -> "TreeRSS":
         self._thread.start()
