@@ -310,14 +310,19 @@ def records_from_pairs(pairs: Sequence[tuple[str, str]], source: str = "<input>"
     return [Record(i, s, "", n, source) for n, (i, s) in enumerate(pairs, 1)]
 
 
+def check_input_file(path: str | os.PathLike) -> None:
+    """Refuse an input FASTA path that is a directory or does not exist, naming it."""
+    if os.path.isdir(path) or not os.path.isfile(path):
+        raise SequenceError("is a directory, not a FASTA file" if os.path.isdir(path)
+                            else "no such file", source=os.fspath(path))
+
+
 def read_records(path: str | os.PathLike, *, on_duplicate: str = "error",
                  on_invalid: str = "error", rejects: list[SequenceError] | None = None
                  ) -> list[Record]:
     """Every record of a FASTA file, prepared (not truncated) under ``mtdp embed``'s rules
     (:func:`prepare_records`); a file with no record at all is an error naming it."""
-    if os.path.isdir(path) or not os.path.isfile(path):
-        raise SequenceError("is a directory, not a FASTA file" if os.path.isdir(path)
-                            else "no such file", source=os.fspath(path))
+    check_input_file(path)
     raw = list(iter_fasta(path))
     if not raw:
         raise SequenceError("no FASTA records (expected '>id' header lines)",

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from ..config import bounded
-from ..sequences import SequenceError
+from ..sequences import check_input_file
 
 
 EPILOG_EMBED = """\
@@ -79,9 +78,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     from ..outputs import check_output, output_format
 
     # Everything that can be checked without the model is checked before it loads.
-    if os.path.isdir(args.input) or not os.path.isfile(args.input):
-        raise SequenceError("is a directory, not a FASTA file" if os.path.isdir(args.input)
-                            else "no such file", source=args.input)
+    check_input_file(args.input)
     check_output(args.output, output_format(args.output, args.format), [args.input])
     if args.run and not args.store:
         raise ValueError("--run names the ids saved in a store: give --store too")
@@ -92,8 +89,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         from ..store import EmbeddingStore
 
         store = EmbeddingStore(args.store)
-    model = load_embedder(args.model, device=args.device, **(
-        {"pooling": args.pooling} if args.pooling else {}))
+    model = load_embedder(args.model, device=args.device, pooling=args.pooling)
     summary = embed_file(
         model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
         per_residue=args.per_residue, max_len=args.max_len,

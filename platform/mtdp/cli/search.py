@@ -100,28 +100,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=_run_annotate)
 
 
-def _table(store, args):
-    from ..embed import model_table
-    from ..models.registry import load_embedder
-    from ..store import StoreError
-
-    if getattr(args, "key", None):
-        match = [m for m in store.models() if m["model_key"] == args.key]
-        if not match:
-            raise StoreError(f"no model with key {args.key} in {store.uri} (see `mtdp store "
-                             "info`)")
-        return store.model(match[0]["identity"], match[0]["name"], create=False)
-    return model_table(store, load_embedder(args.model, device="cpu"), args.too_long,
-                       args.max_len, create=False)
-
-
 def _run_index(args: argparse.Namespace) -> int:
     from ..search.index import build_index
     from ..store import EmbeddingStore
+    from .store import model_table_of
 
     store = EmbeddingStore(args.store, create=False)
-    info = build_index(_table(store, args), args.metric, args.kind, args.partitions,
-                       args.sub_vectors)
+    info = build_index(model_table_of(store, args.key, args.model, args.too_long,
+                                      args.max_len),
+                       args.metric, args.kind, args.partitions, args.sub_vectors)
     print(json.dumps(info.to_dict()))
     return 0
 
@@ -153,16 +140,15 @@ def _finish(args, rejects, line: dict) -> int:
 def _run_search(args: argparse.Namespace) -> int:
     from ..embed import CacheCounts, model_table
     from ..models.registry import load_embedder
-    from ..search.index import index_state
-    from ..search.query import search_records, write_hits
+    from ..search.query import search_plan, search_records, write_hits
     from ..store import EmbeddingStore
 
     records, rejects = _queries(args, [])
     store = EmbeddingStore(args.store, create=False)
     model = load_embedder(args.model, device=args.device)
-    state = index_state(model_table(store, model, args.too_long, args.max_len, create=False))
-    metric = args.metric or (state["metric"] if state else "cosine")
-    if state and not args.exact and state["metric"] != metric:
+    table = model_table(store, model, args.too_long, args.max_len, create=False)
+    metric, state, used = search_plan(table, args.metric, args.exact)
+    if state and used == "exact":
         print(f"the index is built for {state['metric']} distances: searching {metric} "
               "exactly (slow on a large store; `mtdp index --metric "
               f"{metric}` to index it)", file=sys.stderr)
@@ -170,13 +156,12 @@ def _run_search(args: argparse.Namespace) -> int:
     runs = args.runs.split(",") if args.runs else None
     hits = search_records(store, model, records, args.k, runs, too_long=args.too_long,
                           max_len=args.max_len, batch_tokens=args.batch_tokens, counts=counts,
-                          metric=metric, exact=args.exact, nprobes=args.nprobes,
-                          refine_factor=args.refine_factor)
+                          table=table, metric=metric, exact=args.exact, state=state,
+                          nprobes=args.nprobes, refine_factor=args.refine_factor)
     write_hits(args.output, hits)
     return _finish(args, rejects, {
         "output": args.output, "queries": len(records), "hits": len(hits), "metric": metric,
-        "search": "exact" if args.exact or not state or state["metric"] != metric
-        else state["kind"], "computed": counts.new, "reused": counts.reused})
+        "search": used, "computed": counts.new, "reused": counts.reused})
 
 
 def _run_annotate(args: argparse.Namespace) -> int:

@@ -31,6 +31,19 @@ def add(sub: argparse._SubParsersAction) -> None:
     ex.set_defaults(func=_run_export)
 
 
+def model_table_of(store, key: str | None, model: str | None, too_long: str,
+                   max_len: int | None = None):
+    """The store table a command names: by ``--key`` (see `mtdp store info`), or by
+    ``--model`` (its identity under the length policy and limit); never created."""
+    if key:
+        return store.model_by_key(key)
+    from ..embed import model_table
+    from ..models.registry import load_embedder
+
+    return model_table(store, load_embedder(model, device="cpu"), too_long, max_len,
+                       create=False)
+
+
 def _run_info(args: argparse.Namespace) -> int:
     from ..search.index import index_state
     from ..store import EmbeddingStore
@@ -43,28 +56,16 @@ def _run_info(args: argparse.Namespace) -> int:
                        "rows": table.count(), "identity": m["identity"],
                        "proteins_per_s": round(table.throughput(), 2),
                        "index": index_state(table)})
-    runs = sorted(t[4:] for t in store._tables() if t.startswith("ids_"))
-    print(json.dumps({"store": store.uri, "models": models, "runs": runs}, indent=2))
+    print(json.dumps({"store": store.uri, "models": models, "runs": store.runs()}, indent=2))
     return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from ..store import EmbeddingStore, StoreError
+    from ..store import EmbeddingStore
     from ..store.export import export_run
 
     store = EmbeddingStore(args.store, create=False)
-    if args.key:
-        match = [m for m in store.models() if m["model_key"] == args.key]
-        if not match:
-            raise StoreError(f"no model with key {args.key} in {args.store} (see `mtdp store "
-                             "info`)")
-        table = store.model(match[0]["identity"], match[0]["name"], create=False)
-    else:
-        from ..embed import model_table
-        from ..models.registry import load_embedder
-
-        table = model_table(store, load_embedder(args.model, device="cpu"), args.too_long,
-                            create=False)
+    table = model_table_of(store, args.key, args.model, args.too_long)
     ids = None
     if args.ids:
         with open(args.ids) as fh:

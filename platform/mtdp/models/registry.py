@@ -86,14 +86,13 @@ def resolve(spec: str | ModelSpec) -> ModelSpec:
 
 
 def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = None,
-                  **kwargs: Any) -> Embedder:
+                  pooling: str | None = None, **kwargs: Any) -> Embedder:
     """Resolve ``spec`` (see :func:`resolve`) and load it on ``device`` (default: best).
     ``kwargs`` go to a teacher's factory; ``name=`` names a student; ``pooling=`` (``masked``
     or ``reference``) sets a student's pooling (default: its own; the released MTDP model's
     is ``reference``)."""
     ms = resolve(spec)
     dev = torch.device(device) if device is not None else best_device()
-    pooling = kwargs.pop("pooling", None)
     if pooling is not None and ms.kind not in ("mlflow", "student", "mtdp-paper"):
         raise ValueError(f"--pooling applies to students and the MTDP model, not to {spec}")
     emb = _load(ms, dev, **kwargs)

@@ -102,11 +102,10 @@ def index_id_tables(store) -> None:
     """BTree indexes on the ``seq_hash`` of every id table (hits are named through them)."""
     from lancedb.index import BTree
 
-    for name in store._tables():
-        if name.startswith("ids_"):
-            t = store._open(name)
-            if t.count_rows():
-                t.create_index("seq_hash", config=BTree(), replace=True)
+    for run in store.runs():
+        t = store._open(f"ids_{run}")
+        if t.count_rows():
+            t.create_index("seq_hash", config=BTree(), replace=True)
 
 
 def index_state(table: ModelTable) -> dict[str, Any] | None:

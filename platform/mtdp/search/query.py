@@ -78,7 +78,7 @@ def nearest(table: ModelTable, vectors: np.ndarray, k: int, metric: str = "cosin
 
 def run_names(store: EmbeddingStore, runs: Sequence[str] | None = None) -> list[str]:
     """The runs searched: ``runs`` (each must exist) or every run of the store."""
-    known = sorted(t[4:] for t in store._tables() if t.startswith("ids_"))
+    known = store.runs()
     if not runs:
         return known
     unknown = [r for r in runs if r not in known]
@@ -131,20 +131,34 @@ def search_vectors(store: EmbeddingStore, table: ModelTable, names: Sequence[str
     return [h for qi in range(len(vectors)) for h in hits[qi]]
 
 
+def search_plan(table: ModelTable, metric: str | None = None, exact: bool = False
+                ) -> tuple[str, dict | None, str]:
+    """How a search over ``table`` runs: the metric (``metric``, else the index's, else
+    cosine), the index state to pass to :func:`nearest` (None when ``exact``), and what is
+    used — the index kind, or ``exact`` (asked for, no index, or an index of another metric:
+    then the search scans every row)."""
+    state = None if exact else index_state(table)
+    metric = metric or (state["metric"] if state else "cosine")
+    used = state["kind"] if state and state["metric"] == metric else "exact"
+    return metric, state, used
+
+
 def search_records(store: EmbeddingStore, embedder: "Embedder", records: Sequence["Record"],
                    k: int = 10, runs: Sequence[str] | None = None, *,
                    too_long: str = "truncate", max_len: int | None = None,
                    batch_tokens: int | None = None, counts: "CacheCounts | None" = None,
-                   **search) -> list[Hit]:
+                   table: ModelTable | None = None, **search) -> list[Hit]:
     """Embed prepared query ``records`` through the store (stored ones are read, new ones
-    computed and stored) and return their hits (:func:`search_vectors`).
+    computed and stored) and return their hits (:func:`search_vectors`); ``table``: the
+    model's table when the caller has it (else looked up from the embedder's identity).
 
     Raises:
         StoreError: the store holds no embeddings of this model (with this length policy).
     """
     from ..embed import embed_cached, model_table
 
-    table = model_table(store, embedder, too_long, max_len, create=False)
+    if table is None:
+        table = model_table(store, embedder, too_long, max_len, create=False)
     vectors = embed_cached(embedder, [r.sequence for r in records], table,
                            batch_tokens=batch_tokens, too_long=too_long, max_len=max_len,
                            counts=counts)

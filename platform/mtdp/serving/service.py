@@ -125,8 +125,7 @@ class EmbeddingService:
             os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking_uri)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        self.embedder = load_embedder(cfg.model, device=cfg.device, **(
-            {"pooling": cfg.pooling} if cfg.pooling else {}))
+        self.embedder = load_embedder(cfg.model, device=cfg.device, pooling=cfg.pooling)
         self.batch_tokens = cfg.batch_tokens or default_batch_tokens(self.embedder.device)
         # Several forward passes' worth per queue batch: sorting more sequences by length
         # across requests cuts padding (tiny student, 2 busy CPUs, 100 concurrent requests:
@@ -303,8 +302,7 @@ class EmbeddingService:
     async def search(self, req: SearchRequest) -> Response:
         """Embeds the queries (through the store) and returns, per query, the ``k`` nearest
         proteins of the store's runs, as ``mtdp search`` does."""
-        from ..search.index import index_state
-        from ..search.query import search_vectors
+        from ..search.query import search_plan, search_vectors
         from ..store import StoreError
 
         if self.store is None:
@@ -316,15 +314,13 @@ class EmbeddingService:
             [(s.id, s.sequence) for s in req.sequences], too_long, None)
         emb, _ = await self._embed_jobs(_Job(seqs, False, self._cost(lengths), too_long))
         table = self._store_table(too_long)
-        state = None if req.exact else index_state(table)
-        metric = req.metric or (state["metric"] if state else "cosine")
+        metric, state, used = search_plan(table, req.metric, req.exact)
         try:
             hits = await asyncio.to_thread(
                 search_vectors, self.store, table, [r.id for r in records], emb, req.k,
                 req.runs, metric=metric, exact=req.exact, state=state)
         except StoreError as exc:
             raise RequestError(409, "store_cannot_search", str(exc)) from None
-        used = state["kind"] if state and state["metric"] == metric else "exact"
         body = {"model": self.model_name, "metric": metric, "search": used,
                 "truncated": truncated,
                 "hits": [{"query": h.query, "rank": h.rank, "hit_id": h.hit_id,

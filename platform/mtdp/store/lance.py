@@ -176,7 +176,18 @@ class EmbeddingStore:
                        "seconds": pa.array([0.0], pa.float64())})))
         return ModelTable(self, key, name, dim)
 
+    def model_by_key(self, key: str) -> "ModelTable":
+        """The table of the model registered under ``key`` (see ``mtdp store info``)."""
+        match = [m for m in self.models() if m["model_key"] == key]
+        if not match:
+            raise StoreError(f"no model with key {key} in {self.uri} (see `mtdp store info`)")
+        return self.model(match[0]["identity"], match[0]["name"], create=False)
+
     # -- ids of a run ---------------------------------------------------------------------
+    def runs(self) -> list[str]:
+        """Names of the store's input runs (its ``ids_<run>`` tables), sorted."""
+        return sorted(t[4:] for t in self._tables() if t.startswith("ids_"))
+
     def write_ids(self, run: str, ids: Sequence[str], hashes: Sequence[str],
                   append: bool = False, order: Sequence[int] | None = None):
         """The id → sequence-hash table of input run ``run`` (replaced unless ``append``);
@@ -198,8 +209,7 @@ class EmbeddingStore:
         """``(ids, hashes)`` of input run ``run``, in input order."""
         name = f"ids_{run}"
         if name not in self._tables():
-            runs = sorted(t[4:] for t in self._tables() if t.startswith("ids_"))
-            raise StoreError(f"{self.uri} has no run {run!r} (runs: {runs or 'none'})")
+            raise StoreError(f"{self.uri} has no run {run!r} (runs: {self.runs() or 'none'})")
         t = self._open(name).to_arrow().sort_by("order")
         return t.column("id").to_pylist(), t.column("seq_hash").to_pylist()
 
