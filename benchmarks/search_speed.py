@@ -1,7 +1,9 @@
 """Search speed over the embedding store: generated vectors (a Gaussian mixture) in a real
-store table, the real index (LanceDB IVF-PQ) and query path, recall@k against exact search.
+store table, the real index (LanceDB IVF-HNSW-SQ / IVF-PQ) and query path, recall@k against
+exact search.
 
-    python benchmarks/search_speed.py                    # 1 M × 128-d, cosine
+    python benchmarks/search_speed.py                    # 1 M × 128-d, cosine, IVF-PQ
+    python benchmarks/search_speed.py --kinds ivf_hnsw_sq,ivf_pq --probes 10,20,40 --refine 10,20
     python benchmarks/search_speed.py --rows 100000 --kinds ivf_pq,ivf_hnsw_sq
 
 Prints the fill and index build times, then p50 / p99 latency (one query per call) and
@@ -19,30 +21,17 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_env_defaults()
     from mtdp.benchmarks.search_perf import SearchSpeedConfig, run_search_speed
+    from mtdp.config import add_dataclass_arguments, load_config
 
-    d = SearchSpeedConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=d.rows)
-    p.add_argument("--dim", type=int, default=d.dim)
-    p.add_argument("--queries", type=int, default=d.queries)
-    p.add_argument("--metric", choices=["cosine", "euclidean"], default=d.metric)
-    p.add_argument("--kinds", default=",".join(d.kinds))
-    p.add_argument("--probes", default=",".join(map(str, d.probes)))
-    p.add_argument("--refine", default=",".join(map(str, d.refine)))
-    p.add_argument("--partitions", default=",".join(map(str, d.partitions)),
-                   help="IVF partitions to try (0: the default, about sqrt(rows))")
-    p.add_argument("--store", default=None, help="keep the store here (default: a temp dir)")
-    p.add_argument("--json", default=None)
+    add_dataclass_arguments(p, SearchSpeedConfig)
+    p.add_argument("--json", default=None, help="write every figure to this file")
     a = p.parse_args(argv)
-    if a.rows < 256 or a.dim < 1 or a.queries < 10:
-        print("search_speed: error: --rows ≥ 256, --dim ≥ 1, --queries ≥ 10", file=sys.stderr)
+    try:
+        cfg = load_config(SearchSpeedConfig, None, a)
+    except ValueError as exc:
+        print(f"search_speed: error: {exc}", file=sys.stderr)
         return 2
-    cfg = SearchSpeedConfig(rows=a.rows, dim=a.dim, queries=a.queries, metric=a.metric,
-                            kinds=tuple(a.kinds.split(",")),
-                            probes=tuple(int(x) for x in a.probes.split(",")),
-                            refine=tuple(int(x) for x in a.refine.split(",")),
-                            partitions=tuple(int(x) for x in a.partitions.split(",")),
-                            store=a.store)
     out = run_search_speed(cfg)
     if a.json:
         with open(a.json, "w") as fh:

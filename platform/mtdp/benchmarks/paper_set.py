@@ -12,7 +12,7 @@ extrapolated from that measured count, and labelled so.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +20,7 @@ import torch
 
 from ..embed import default_batch_tokens, embed_sequences
 from ..models.base import Embedder, best_device
-from .perf import fixed_set, protein_flops, sync
+from .perf import fixed_set, time_embed
 
 #: Seconds per 10,000 proteins read off the paper's efficiency figure (its GPU), by model.
 PUBLISHED = {"esm2_8m": 2500, "mtdp-reference": 5000, "esm2_35m": 3500, "esm2_150m": 6700,
@@ -33,36 +33,14 @@ ESM2_NAMES = {"esm2_8m": "esm2_t6_8M_UR50D", "esm2_35m": "esm2_t12_35M_UR50D",
               "esm2_150m": "esm2_t30_150M_UR50D", "esm2_650m": "esm2_t33_650M_UR50D"}
 
 
-def _esm2(name: str) -> Callable[[], Embedder]:
-    def build() -> Embedder:
-        import esm
-        from esm.model.esm2 import ESM2
-
-        from ..models.teachers import ESM2_MODELS, ESM2Teacher
-
-        layers, dim, heads = ESM2_MODELS[ESM2_NAMES[name]]
-        alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-        torch.manual_seed(0)
-        return ESM2Teacher(ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads,
-                                alphabet=alphabet), alphabet, name=f"{name}-random",
-                           source="random-init", pretrained=False)
-    return build
-
-
-def _mtdp_reference() -> Embedder:
-    from ..models.student import StudentConfig, StudentEmbedder, StudentModel
-
-    torch.manual_seed(0)
-    model = StudentModel(StudentConfig.preset("paper", pooling="reference"))
-    return StudentEmbedder(model, name="mtdp-reference", source="random-init", pretrained=False)
-
-
 def builders() -> dict[str, Callable[[], Embedder]]:
-    from .throughput import build_protbert_bfd, build_prott5_xl, build_student
+    from .throughput import build_esm2, build_protbert_bfd, build_prott5_xl, build_student
 
-    return {"student": lambda: build_student(True), "mtdp-reference": _mtdp_reference,
-            **{k: _esm2(k) for k in ESM2_NAMES}, "protbert_bfd": build_protbert_bfd,
-            "prott5_xl": build_prott5_xl}
+    return {"student": lambda: build_student(True),
+            "mtdp-reference": lambda: build_student(False, "reference", "mtdp-reference"),
+            **{k: (lambda k=k, hub=hub: build_esm2(hub, f"{k}-random"))
+               for k, hub in ESM2_NAMES.items()},
+            "protbert_bfd": build_protbert_bfd, "prott5_xl": build_prott5_xl}
 
 
 @dataclass
@@ -74,7 +52,6 @@ class PaperSetConfig:
     device: str = "auto"
     batch_tokens: int | None = None
     out_dir: str = "benchmarks/results"
-    rows: list = field(default_factory=list)
 
 
 def time_model(name: str, cfg: PaperSetConfig, device: torch.device) -> dict:
@@ -84,15 +61,13 @@ def time_model(name: str, cfg: PaperSetConfig, device: torch.device) -> dict:
     n = cfg.student_proteins if name in ("student", "mtdp-reference") else cfg.proteins
     seqs = fixed_set(n, cfg.length, seed=1)
     budget = cfg.batch_tokens or default_batch_tokens(device)
-    embed_sequences(emb, fixed_set(1, cfg.length, seed=2), batch_tokens=budget)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    embed_sequences(emb, seqs, batch_tokens=budget)
-    sync(device)
-    sec = time.perf_counter() - t0
+    # Warm-up on one other protein (not the timed set: that would double a teacher's cost).
+    embed_sequences(emb, fixed_set(1, cfg.length, seed=2), batch_tokens=budget)
+    timed = time_embed(emb, name, f"{cfg.length} aa", seqs, 1, budget, {})
+    sec = timed.seconds
     row = {"model": name, "label": LABELS[name], "parameters": emb.num_parameters(),
            "measured": n, "seconds": sec, "per_10k_s": sec / n * 10_000,
-           "gflop_per_protein": protein_flops(emb, cfg.length) / 1e9,
+           "gflop_per_protein": timed.flops / n / 1e9,
            "published_per_10k_s": PUBLISHED.get(name), "build_s": built}
     del emb
     return row

@@ -18,7 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..search.index import build_index, index_state
+from ..config import Config, option
+from ..search.index import METRICS, MIN_ROWS, build_index, index_state
 from ..search.query import nearest
 from ..store import EmbeddingStore
 
@@ -28,21 +29,25 @@ WARM = 200
 
 
 @dataclass
-class SearchSpeedConfig:
-    rows: int = 1_000_000
-    dim: int = 128
-    clusters: int = 4096
-    spread: float = 1.0
-    queries: int = 300
-    k: int = 10
-    metric: str = "cosine"
-    kinds: tuple[str, ...] = ("ivf_pq",)
-    #: IVF partitions to try (0: the default, about √rows).
-    partitions: tuple[int, ...] = (0,)
-    probes: tuple[int, ...] = (10, 20, 40)
-    refine: tuple[int, ...] = (5, 10, 20)
-    seed: int = 0
-    store: str | None = None
+class SearchSpeedConfig(Config):
+    """The run's data, index settings and queries (``benchmarks/search_speed.py`` flags)."""
+
+    rows: int = option(1_000_000, ge=MIN_ROWS, help="stored vectors")
+    dim: int = option(128, ge=1, help="vector dimension")
+    clusters: int = option(4096, ge=1, help="Gaussian mixture centres")
+    spread: float = option(1.0, gt=0.0, help=(
+        "within-cluster standard deviation, relative to the spread of the centres"))
+    queries: int = option(300, ge=10, help="timed queries (new draws from the mixture)")
+    k: int = option(10, ge=1, help="neighbours per query (recall@k)")
+    metric: str = option("cosine", choices=METRICS, help="distance")
+    kinds: list[str] = option(factory=lambda: ["ivf_pq"], help=(
+        "index kinds to build and time, comma-separated (ivf_hnsw_sq, ivf_pq)"))
+    partitions: list[int] = option(factory=lambda: [0], help=(
+        "IVF partitions to try, comma-separated (0: the default, about sqrt(rows))"))
+    probes: list[int] = option(factory=lambda: [10, 20, 40], help="nprobes values to time")
+    refine: list[int] = option(factory=lambda: [5, 10, 20], help="refine factors to time")
+    seed: int = option(0, ge=0, help="seed of the vectors and queries")
+    store: str | None = option(None, help="keep the store here (default: a temporary folder)")
 
 
 def mixture(n: int, centres: np.ndarray, spread: float, rng: np.random.Generator

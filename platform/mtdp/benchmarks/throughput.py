@@ -43,26 +43,28 @@ LABELS = {"student": "student (mtdp fused)", "student-stock": "student (stock T5
           "protbert_bfd": "ProtBert-BFD (stock)"}
 
 
-def build_student(fast: bool) -> StudentEmbedder:
-    """The paper student (random init: speed does not depend on weights)."""
+def build_student(fast: bool, pooling: str = "masked", name: str | None = None
+                  ) -> StudentEmbedder:
+    """The paper student (random init: speed does not depend on weights); ``pooling=
+    "reference"`` is the released MTDP model's form (stock T5, 1,001-token padding)."""
     torch.manual_seed(0)
-    model = StudentModel(StudentConfig.preset("paper"))
+    model = StudentModel(StudentConfig.preset("paper", pooling=pooling))
     model.fast_inference = fast
-    return StudentEmbedder(model, name="student" if fast else "student-stock",
+    return StudentEmbedder(model, name=name or ("student" if fast else "student-stock"),
                            source="random-init", pretrained=False)
 
 
-def build_esm2_650m() -> ESM2Teacher:
-    """fair-esm ESM2 with esm2_t33_650M_UR50D's architecture, random weights."""
+def build_esm2(hub_name: str = "esm2_t33_650M_UR50D", name: str = "esm2_650m-random"
+               ) -> ESM2Teacher:
+    """fair-esm ESM2 with the architecture of ``hub_name`` (an ESM-2 size), random weights."""
     import esm
     from esm.model.esm2 import ESM2
 
-    layers, dim, heads = ESM2_MODELS["esm2_t33_650M_UR50D"]
+    layers, dim, heads = ESM2_MODELS[hub_name]
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     torch.manual_seed(0)
     model = ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads, alphabet=alphabet)
-    return ESM2Teacher(model, alphabet, name="esm2_650m-random", source="random-init",
-                       pretrained=False)
+    return ESM2Teacher(model, alphabet, name=name, source="random-init", pretrained=False)
 
 
 def build_prott5_xl() -> T5Teacher:
@@ -95,7 +97,7 @@ def build_protbert_bfd() -> Embedder:
 
 def build(name: str) -> Embedder:
     return {"student": lambda: build_student(True), "student-stock": lambda: build_student(False),
-            "esm2_650m": build_esm2_650m, "prott5_xl": build_prott5_xl,
+            "esm2_650m": build_esm2, "prott5_xl": build_prott5_xl,
             "protbert_bfd": build_protbert_bfd}[name]()
 
 
