@@ -196,3 +196,85 @@ def test_rl_selector_drops_the_noise_teacher(data_dir: Path):
 def test_uniform_mode_keeps_every_teacher(data_dir: Path):
     rates, _ = _train("uniform", data_dir, steps=20)
     assert rates == {"informative": 1.0, "noise": 1.0}
+
+
+def _heterogeneous(seqs: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Teacher A: the informative features for the more hydrophobic half of the proteins, other
+    proteins' features for the rest; teacher B the reverse. The rule is never shown to the
+    selector. Returns the features, the group (A's half) and the good-teacher matrix."""
+    inf = informative_and_noise(seqs)["informative"]
+    hyd = np.array([sum(c in "AILMFVW" for c in s) / len(s) for s in seqs])
+    g = hyd > np.median(hyd)
+    rng = np.random.default_rng(1)
+    shuf = inf[rng.permutation(len(seqs))]
+    feats = {"A": np.where(g[:, None], inf, shuf), "B": np.where(g[:, None], shuf, inf)}
+    return feats, g, np.stack([g, ~g], 1).astype(np.float32)
+
+
+def _hetero_rates(data_dir: Path, steps: int, **overrides) -> np.ndarray:
+    """Train on the heterogeneous teachers; returns the final policy's mean selection
+    probability [teacher, group] (group 0: A's half, 1: B's half) on unseen proteins."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    ids, seqs = deeploc_sample(data_dir, 700, 64)
+    feats, g, good = _heterogeneous(seqs)
+    man = Manifest(teachers=[TeacherEntry(n, x.shape[1], "synthetic", mean=x.mean(0).tolist(),
+                                          std=x.std(0).tolist()) for n, x in feats.items()],
+                   max_len=64, rows=len(ids))
+    stats = TeacherStats.from_manifest(man)
+    cfg = DistillConfig(data="-", batch_size=32, lr=1e-3, warmup_ratio=0.05, selector_lr=3e-3,
+                        selector_warmup_steps=10, dropout=0.0, **overrides)
+    d = new_distiller(cfg, stats, 64, total_steps=steps)
+    rows = {"id": np.array(ids), "sequence": np.array(seqs), "good_teachers": good,
+            **{teacher_column(n): x.astype(np.float32) for n, x in feats.items()}}
+    take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
+    d.reward_batch = make_batch(take(np.arange(32)), stats, mlm_prob=0.15, seed=7)
+    rng = np.random.default_rng(0)
+    for step in range(steps):
+        idx = rng.choice(np.arange(200, len(ids)), 32, replace=False)
+        d.train_step(make_batch(take(idx), stats, mlm_prob=0.15, seed=step))
+    b = make_batch(take(np.arange(32, 200)), stats, mlm_prob=0.15, seed=1)
+    with torch.no_grad():
+        res = d.forward(b, model=d.student)
+        p = d.selector.probabilities(d.selector.state(res["pooled"], res["kd"], b["lengths"]))
+    grp = g[32:200]
+    return np.array([[float(p[grp, k].mean()), float(p[~grp, k].mean())] for k in range(2)])
+
+
+def test_contrast_reward_selects_per_protein_where_the_heldout_reward_cannot(data_dir: Path):
+    threads = torch.get_num_threads()
+    try:
+        contrast = _hetero_rates(data_dir, 500, selector="rl", selector_reward="contrast")
+        heldout = _hetero_rates(data_dir, 500, selector="rl")
+    finally:
+        torch.set_num_threads(threads)
+    print("P(select) [teacher A, B] x [A's half, B's half]\ncontrast", contrast,
+          "\nheldout", heldout)
+    # contrast: each teacher is chosen far more often for the proteins it is real for.
+    assert contrast[0, 0] - contrast[0, 1] > 0.3, contrast
+    assert contrast[1, 1] - contrast[1, 0] > 0.3, contrast
+    # heldout: one credit per teacher per step, the same for every protein: no per-protein rule.
+    assert abs(heldout[0, 0] - heldout[0, 1]) < 0.15 and abs(heldout[1, 1] - heldout[1, 0]) < 0.15
+
+
+def test_oracle_mode_uses_the_known_good_teachers_and_only_in_studies():
+    sel = TeacherSelector(["a", "b"], 4, mode="oracle")
+    good = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    kd = torch.ones(3, 2)
+    assert torch.equal(sel.select(torch.zeros(3, 4), kd, torch.ones(3), good), good)
+    with pytest.raises(ValueError, match="known-good"):
+        sel.select(torch.zeros(3, 4), kd, torch.ones(3))
+    with pytest.raises(ValueError, match="controlled studies only"):
+        DistillConfig(data="x", selector="oracle").validate()
+
+
+def test_state_variants_leave_out_their_part():
+    pooled, kd, lengths = torch.randn(5, 8), torch.rand(5, 2) + 0.5, torch.full((5,), 100)
+    full = TeacherSelector(["a", "b"], 8).state(pooled, kd, lengths)
+    loss = TeacherSelector(["a", "b"], 8, state="loss").state(pooled, kd, lengths)
+    emb = TeacherSelector(["a", "b"], 8, state="embedding").state(pooled, kd, lengths)
+    assert full.shape == loss.shape == emb.shape == (5, 11)
+    assert torch.all(loss[:, :8] == 0) and torch.allclose(loss[:, 8:], full[:, 8:])
+    assert torch.all(emb[:, 8:10] == 0) and torch.allclose(emb[:, :8], full[:, :8])
+    with pytest.raises(ValueError, match="reward"):
+        TeacherSelector(["a"], 8, reward="oracle")

@@ -65,6 +65,11 @@ class TeacherStats:
         return self
 
 
+#: Column of a controlled study's rows: per protein, 0/1 for each teacher (in the stats' order)
+#: that is known to be good for it; read by the ``oracle`` selector only.
+GOOD_COLUMN = "good_teachers"
+
+
 def _as_matrix(col: Any, dim: int, name: str) -> np.ndarray:
     """A fixed-size-list column from Ray Data / pyarrow as a float32 ``[B, dim]`` array."""
     arr = np.asarray(col)
@@ -116,10 +121,14 @@ def make_batch(rows: dict[str, Any], stats: TeacherStats, *, mlm_prob: float, se
         dim = stats.dims[stats.names.index(name)]
         res[name] = _residue_targets(rows[col], lengths, input_ids.shape[1], dim, col, mu,
                                      sd).to(device)
-    return {"ids": ids, "input_ids": input_ids.to(device), "masked_ids": masked.to(device),
-            "attention_mask": attn.to(device), "labels": labels.to(device),
-            "lengths": torch.tensor(lengths, device=device),
-            "targets": targets, "residue_targets": res}
+    batch = {"ids": ids, "input_ids": input_ids.to(device), "masked_ids": masked.to(device),
+             "attention_mask": attn.to(device), "labels": labels.to(device),
+             "lengths": torch.tensor(lengths, device=device),
+             "targets": targets, "residue_targets": res}
+    if GOOD_COLUMN in rows:  # controlled studies only: the known-good teachers, [B, K] 0/1
+        batch["oracle"] = torch.as_tensor(_as_matrix(rows[GOOD_COLUMN], len(stats.names),
+                                                     GOOD_COLUMN), device=device)
+    return batch
 
 
 def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
@@ -140,5 +149,7 @@ def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
                                   batch.get("residue_targets", {}).items()}}
         for key in ("input_ids", "masked_ids", "attention_mask", "labels"):
             mb[key] = batch[key][idx, :width]
+        if "oracle" in batch:
+            mb["oracle"] = batch["oracle"][idx]
         out.append(mb)
     return out

