@@ -1,5 +1,5 @@
 """Correctness of mtdp's GPU code paths (CUDA autocast, SDPA with T5's bias, fp16 teachers,
-training) against float32 references (``benchmarks/gpu_check.py``). CI has no GPU, so this is
+UniRep's recurrence, training) against float32 references (``benchmarks/gpu_check.py``). CI has no GPU, so this is
 the check to run on one.
 
 Each line compares a GPU result with a float32 reference and prints the relative error
@@ -100,6 +100,26 @@ def teacher_checks(dev: torch.device, seqs: list[str]) -> None:
         out = embed_sequences(gpu, seqs)
         check(f"{cpu.name} {dev.type} vs cpu fp32", rel(out, ref),
               3e-2 if dev.type == "cuda" else 1e-5)
+
+
+def unirep_checks(dev: torch.device, seqs: list[str]) -> None:
+    """UniRep-1900's recurrence on ``dev`` (batched over proteins, fp32 and bf16 recurrent
+    GEMMs) vs the CPU path in fp32; skipped, saying why, when the weights are not available."""
+    from ..models.unirep import load_unirep
+
+    try:
+        cpu = load_unirep(1900)
+    except (RuntimeError, FileNotFoundError) as exc:
+        print(f"unirep: skipped ({exc})", flush=True)
+        return
+    print("unirep (real UniRep-1900 weights):", flush=True)
+    ref = embed_sequences(cpu, seqs)
+    gpu = copy.deepcopy(cpu).to(dev)
+    check(f"UniRep-1900 fp32 {dev.type} vs cpu fp32", rel(embed_sequences(gpu, seqs), ref),
+          1e-3 if dev.type == "cuda" else 1e-6)
+    gpu.model.set_precision("bf16")
+    check(f"UniRep-1900 bf16 recurrent GEMMs {dev.type} vs cpu fp32",
+          rel(embed_sequences(gpu, seqs), ref), 2e-2)
 
 
 def _synthetic_teachers(seqs: list[str], rng: np.random.Generator):
@@ -216,6 +236,7 @@ def run_checks(dev: torch.device, fasta: Path, n: int, steps: int) -> int:
           flush=True)
     student_checks(dev, seqs[:12])
     teacher_checks(dev, seqs[:24])
+    unirep_checks(dev, seqs[:16])
     training_check(dev, seqs, steps)
     failed = [r for r in RESULTS if not r[3]]
     print(f"\n{len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed on {dev}")

@@ -60,7 +60,7 @@ def sample_proteins(n: int, seed: int, partitions: tuple[int, ...] = (HELD_OUT_P
 
 def distillation_pool(n: int, max_len: int, seed: int, exclude: set[str] = frozenset(),
                       data_dir: str | os.PathLike | None = None):
-    """``n`` pool proteins (partitions 0-3, seeded sample) none of which is in ``exclude``
+    """``n`` pool proteins (partitions 0-3, seeded sample; ``0``: all) none of which is in ``exclude``
     (sequences prepared at the benchmark's 1,000 residues, e.g. every benchmark protein):
     a ``DataFrame`` with ``accession`` and ``prepared`` (cut to ``max_len``)."""
     df = read_deeploc2(POOL_PARTITIONS, data_dir)[["accession", "sequence", "partition"]].copy()
@@ -68,6 +68,8 @@ def distillation_pool(n: int, max_len: int, seed: int, exclude: set[str] = froze
     # Compare on the full prepared sequence (tasks truncate at 1,000 residues).
     full = [prepare(s, max_len=DEFAULT_MAX_LEN) for s in df.sequence]
     df = df[[s not in exclude for s in full]]
+    if n == 0:  # every eligible protein, in a seeded order
+        return df.sample(frac=1.0, random_state=seed)
     if len(df) < n:
         raise ValueError(f"only {len(df)} pool proteins left after excluding task proteins")
     return df.sample(n, random_state=seed)

