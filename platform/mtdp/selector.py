@@ -32,16 +32,16 @@ steps use all teachers (the student must learn something before improvements mea
 Per-sample credit (``reward``). The held-out reward above is one number per teacher per step:
 every sample that selected teacher *k* gets the same credit, so the policy can learn *which
 teachers* to drop but not *for which proteins* (measured in ``benchmarks/selector_study.py``).
-The other rewards give each (sample *i*, teacher *k*) its own credit ``s_ik`` (in units of
-the teacher's RMS credit). Since every credit is known whether the teacher was chosen or not,
-the policy step is exact rather than sampled: choosing k for i is worth ``s_ik - margin``, and
-the policy is fitted (logistic loss weighted by ``|s_ik - margin|``) to choose where that is
-positive. Each teacher is judged on its own credit
-scale: comparing credits *across* teachers (e.g. "choose k only if it beats the others
-chosen") picks whichever teacher is easiest to predict (composition over UniRep-1900), which
-the study measured. The heads of unchosen teachers keep learning on the detached embedding,
-so a dropped teacher's credit stays measurable and it can come back
-(:meth:`mtdp.distill.core.Distiller.train_step`).
+The other rewards give each (sample *i*, teacher *k*) its own credit ``s_ik``, in units of the
+RMS credit over all teachers. Since every credit is known whether the teacher was chosen or
+not, the policy step is exact rather than sampled: choosing k for i is worth
+``s_ik - margin``, and the policy is fitted (logistic loss weighted by ``|s_ik - margin|``) to
+choose where that is positive. Each choice is judged against the margin alone: comparing
+credits *across* teachers ("choose k only if it beats the others chosen") picks whichever
+teacher is easiest to predict (a version that did chose composition over UniRep-1900 in a
+preliminary run of the study). The
+heads of unchosen teachers keep learning on the detached embedding, so a dropped teacher's
+credit stays measurable and it can come back (:meth:`mtdp.distill.core.Distiller.train_step`).
 
 * ``contrast``: ``s_ik = L(head_k(x_i), t_π(i)k) - L(head_k(x_i), t_ik)``, how much better the
   student predicts sample i's own target than another protein's (π: a shift within the
@@ -165,7 +165,8 @@ class TeacherSelector(nn.Module):
 
     @property
     def wants_credit(self) -> bool:
-        """Whether :meth:`add_credit` must be called after each :meth:`select` (``align``)."""
+        """Whether :meth:`add_credit` must be called after each :meth:`select` (the
+        per-sample rewards ``contrast`` and ``align``)."""
         return self.kind == "rl" and self.reward_kind != "heldout" and not self.in_warmup
 
     def add_credit(self, credit: torch.Tensor) -> None:
@@ -244,29 +245,35 @@ class TeacherSelector(nn.Module):
         if self.reward_kind == "heldout":
             reward, shown = self._heldout_reward(w, r), r
         else:
-            # Per sample and teacher: each teacher's credit in units of its RMS, combined as
-            # the KD term combines the teachers (mean over the selected; nothing selected: 0).
+            if len(credit) != len(buffer):  # align without a reward batch: nothing to learn
+                return {}
             c = torch.cat(credit).to(states.device)
+            known = ~torch.isnan(c).any(1)  # a one-protein micro-batch has no contrast
+            states, actions, c = states[known], actions[known], c[known]
+            if not len(c):
+                return {}
             self.credit_var.copy_(m * self.credit_var + (1 - m) * c.pow(2).mean(0))
             self.updates += 1
-            return self._counterfactual(states, actions,
-                                        c / self.credit_var.sqrt().clamp_min(1e-12), c.mean(0))
+            # One scale for all teachers (KD losses share their units): a teacher whose
+            # credit is only noise stays small instead of being blown up to unit RMS.
+            scale = self.credit_var.mean().sqrt().clamp_min(1e-12)
+            return self._counterfactual(states, actions, c / scale, c.mean(0))
         return self._reinforce(states, actions, reward, m, shown)
 
     def _counterfactual(self, states: torch.Tensor, actions: torch.Tensor, c: torch.Tensor,
                         shown: torch.Tensor) -> dict[str, float]:
-        """Policy step from per-sample credits ``c [N, K]`` (RMS units). Every credit is known
-        whether the teacher was chosen or not, so the value of choosing teacher k for sample i
-        is exact: ``c_ik - CREDIT_MARGIN`` (choose what tells the student more about this
-        protein than :data:`CREDIT_MARGIN` RMS). Teachers are judged each against its own
-        credit scale, never against each other (their target spaces differ: comparing them
-        favours whichever is easiest to predict)."""
+        """Policy step from per-sample credits ``c [N, K]`` (in units of the RMS credit over
+        all teachers). Every credit is known whether the teacher was chosen or not, so the
+        value of choosing teacher k for sample i is exact: ``c_ik - CREDIT_MARGIN``. Each
+        choice is judged against the margin alone, never against the other teachers' credits
+        (comparing them favours whichever teacher is easiest to predict)."""
         adv = c - CREDIT_MARGIN
         probs = self.probabilities(states).clamp(1e-6, 1 - 1e-6)
         entropy = -(probs * probs.log() + (1 - probs) * (1 - probs).log())
         # Weighted logistic regression onto "worth choosing" (gradient (p - y)·|value| at the
-        # logits): the same optimum as ascending Σ p·value, without its vanishing gradient
-        # once p saturates (a policy that dropped everything early could never recover).
+        # logits): p tends to E[value⁺] / E|value| for a state, ascending Σ p·value's 0/1
+        # answer softened where the value is uncertain, without that objective's vanishing
+        # gradient once p saturates (a policy that dropped everything early never recovers).
         bce = -(adv > 0).float() * probs.log() - (adv <= 0).float() * (1 - probs).log()
         loss = (adv.abs().clamp(max=5) * bce).sum(1).mean() \
             - self.entropy_weight * entropy.sum(1).mean()
@@ -335,10 +342,14 @@ class TeacherSelector(nn.Module):
     def full_state(self) -> dict[str, Any]:
         """Everything needed to resume: policy, buffers, optimiser and RNG."""
         return {"module": self.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "mode": self.mode}
+                "generator": self.generator.get_state(), "mode": self.mode,
+                "reward": self.reward_kind}
 
     def load_full_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`full_state` returned."""
+        if state.get("reward", "heldout") != self.reward_kind:
+            raise ValueError(f"checkpoint selector reward {state.get('reward', 'heldout')!r} "
+                             f"differs from {self.reward_kind!r}")
         if state.get("mode") != self.mode:
             raise ValueError(f"checkpoint selector mode {state.get('mode')!r} differs from "
                              f"{self.mode!r}")

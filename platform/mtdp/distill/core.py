@@ -127,20 +127,26 @@ class Distiller:
     def contrast_credit(self, res: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
         """``s_ik = L(head_k(x_i), t_π(i)k) - L(head_k(x_i), t_ik)`` ``[B, K]``: how much better
         the student predicts sample i's own target of teacher k than another protein's (π: a
-        cyclic shift of the batch). Targets that carry nothing about their protein (noise,
-        another protein's features) score ≈ 0, however predictable their average is."""
+        the mean over up to 4 cyclic shifts of the batch). Targets that carry nothing about their
+        protein (noise, another protein's features) score ≈ 0, however predictable their
+        average is. A one-protein batch has nothing to compare with: NaN (ignored)."""
+        n = len(batch["ids"])
+        if n < 2:
+            return torch.full((n, len(self.teachers)), float("nan"), device=self.device)
         out = []
         for name in self.teachers:
             pred, tgt = res["heads"][name].float(), batch["targets"][name]
             own = kd_loss(pred, tgt, kind=self.cfg.kd_loss, temperature=self.cfg.temperature)
-            other = kd_loss(pred, tgt.roll(1, 0), kind=self.cfg.kd_loss,
-                            temperature=self.cfg.temperature)
+            other = torch.stack([kd_loss(pred, tgt.roll(k, 0), kind=self.cfg.kd_loss,
+                                         temperature=self.cfg.temperature)
+                                 for k in range(1, min(n, 5))]).mean(0)
             out.append(other - own)
         return torch.stack(out, 1)
 
     def align_credit(self, res: dict[str, Any], batch: dict[str, Any], held) -> torch.Tensor:
-        """``s_ik = mean_j (δ_ik·δ_jk)(e_i·e_j + 1)``: the inner product of sample i's and the
-        reward batch's gradients of teacher k's head weights and bias ``[B, K]``."""
+        """``s_ik = mean_j (δ_ik·δ_jk)(e_i·e_j)`` ``[B, K]``, δ and e centred on the reward
+        batch: the inner product of sample i's and the reward batch's (centred) gradients of
+        teacher k's linear head weights."""
         deltas, emb = self._head_grads(res, batch)
         h_deltas, h_emb = held
         mu = h_emb.mean(0)
@@ -216,7 +222,7 @@ class Distiller:
                                                                       after)))
             self._reward_before = after
         else:
-            self.selector.update(torch.zeros(len(self.teachers)))
+            metrics.update(self.selector.update(torch.zeros(len(self.teachers))))
         return metrics
 
     @torch.no_grad()

@@ -86,7 +86,8 @@ def _embed_cached(path: Path, spec_or_embedder, seqs: list[str], device, tokens:
 
 def _students(cfg: GpuScaleConfig, df, teach: dict[str, np.ndarray], device, stages: Stages,
               work: Path) -> dict[str, object]:
-    """One ``paper`` student per mode on the pool (90 %; the rest gives the reward batch)."""
+    """One ``paper`` student per mode on 90 % of the pool (32 of the other proteins are the
+    selector's reward batch)."""
     import torch
 
     from ..distill import DistillConfig
@@ -138,6 +139,7 @@ def run_gpu_scale(cfg: GpuScaleConfig, log=print) -> Path:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))
     work = Path(cfg.workdir)
+    cache = work / f"run-{_settings_key(cfg)}"  # other settings never reuse these caches
     stages = Stages(log)
     tasks = stages.run("tasks", lambda: [load_task(t, max_proteins=cfg.task_proteins, seed=42,
                                                    min_class_count=cfg.folds)
@@ -149,19 +151,29 @@ def run_gpu_scale(cfg: GpuScaleConfig, log=print) -> Path:
     seqs = list(df.prepared)
     teachers = cfg.names("teachers")
     teach = {t: stages.run(f"{t} on the pool", _embed_cached,
-                           work / "pool" / f"{t}-{len(df)}-{cfg.max_len}.npy", t, seqs, device,
+                           cache / "pool" / f"{t}.npy", t, seqs, device,
                            cfg.embed_tokens) for t in teachers}
     models: dict[str, object] = {t: t for t in teachers}
-    models.update(_students(cfg, df, teach, device, stages, work))
+    models.update(_students(cfg, df, teach, device, stages, cache))
     models["random-init"] = _random_init(cfg, {t: x.shape[1] for t, x in teach.items()}, device)
     models["kmer2"] = load_baseline("kmer2")
     models["aac"] = load_baseline("aac")
     emb = {(name, t.name): stages.run(f"embed tasks: {name} × {t.name}", _embed_cached,
-                                      work / "tasks" / f"{name.replace(':', '-')}-{t.name}.npy",
+                                      cache / "tasks" / f"{name.replace(':', '-')}-{t.name}.npy",
                                       model, t.sequences, device, cfg.embed_tokens)
            for name, model in models.items() for t in tasks}
     scores = stages.run("probes", _probe, tasks, emb, cfg)
     return _write(cfg, scores, tasks, stages, len(df), device, work)
+
+
+def _settings_key(cfg: GpuScaleConfig) -> str:
+    """What the pool, students and embeddings depend on (not where they go or run)."""
+    import dataclasses
+    import hashlib
+
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k not in ("workdir", "device", "embed_tokens")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _random_init(cfg: GpuScaleConfig, dims: dict[str, int], device):
@@ -175,7 +187,8 @@ def _random_init(cfg: GpuScaleConfig, dims: dict[str, int], device):
 
     names = list(dims)
     stats = TeacherStats(names, names, [dims[k] for k in names],
-                         [torch.zeros(dims[k]) for k in names], [torch.ones(dims[k]) for k in names])
+                         [torch.zeros(dims[k]) for k in names],
+                         [torch.ones(dims[k]) for k in names])
     model = build_student(DistillConfig(data="-", preset=cfg.preset, dropout=0.0,
                                         seed=cfg.seed), stats, cfg.max_len).to(device)
     return StudentEmbedder(model.eval(), name="random-init")
@@ -226,8 +239,9 @@ def _write(cfg: GpuScaleConfig, scores: dict, tasks, stages: Stages, n_pool: int
             if b in scores:
                 lines.append(f"| {a} − {b} | " + " | ".join(format_paired(np.subtract(
                     scores[a][t], scores[b][t])) for t in names) + " |")
+    embed = sum(v for k, v in stages.times.items() if k.startswith("embed tasks"))
     lines += ["", "Stage wall times (s): " + ", ".join(
         f"{k} {v:.1f}" for k, v in stages.times.items() if not k.startswith("embed tasks"))
-        + f"; task embeddings {sum(v for k, v in stages.times.items() if k.startswith('embed tasks')):.1f}."]
+        + f"; task embeddings {embed:.1f}."]
     write_text(work / "gpu_scale.json", json.dumps({"scores": scores, "stages": stages.times}))
     return write_text(work / "gpu_scale.md", "\n".join(lines) + "\n")

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class Evaluator:
     def __init__(self, cfg, tasks: list, pool, cache: Path, log=print) -> None:
         self.cfg, self.tasks, self.pool, self.cache, self.log = cfg, tasks, pool, cache, log
         self.folds = {t.name: task_folds(t, "homology", cfg.folds, 42)[0] for t in tasks}
-        self.val_idx = np.flatnonzero(pool.val)
+        self.val_idx = pool.scored
         best = cfg.names("teachers")[0]
         y = pool.teach[best][self.val_idx]
         self.r2_target = (y - y.mean(0)) / y.std(0).clip(1e-6)
@@ -103,7 +104,9 @@ class Evaluator:
     def _cached(self, spec: str, name: str, seqs: list[str]) -> np.ndarray:
         from ..models.registry import load_embedder
 
-        path = self.cache / f"ref-{spec.replace(':', '_')}-{name}-{self.cfg.task_max_len}.npy"
+        digest = hashlib.sha256("\n".join(seqs).encode()).hexdigest()[:12]
+        tag = f"{spec.replace(':', '_')}-{name}-{self.cfg.task_max_len}-{digest}"
+        path = self.cache / f"ref-{tag}.npy"
         if not path.is_file():
             x = embed_sequences(load_embedder(spec, device="cpu"), seqs,
                                 max_len=self.cfg.task_max_len)
@@ -118,7 +121,7 @@ class Evaluator:
             vals = [self.pool.seqs[i] for i in self.val_idx]
             tasks = {t.name: linear_fold_scores(self._cached(spec, t.name, t.sequences), t,
                                                 self.folds[t.name]) for t in self.tasks}
-            xv = self._cached(spec, f"pool{len(self.pool.seqs)}-val", vals)
+            xv = self._cached(spec, "pool-val", vals)
             out[spec] = {"tasks": tasks, "val": self.val_score(xv),
                          "r2": self.r2(xv, {"all": np.ones(len(self.pool.seqs), dtype=bool)})}
             self.log(f"[study] reference {spec}: " + ", ".join(
@@ -157,7 +160,7 @@ def selection_rates(dist, rows: dict, stats, idx: np.ndarray, groups: dict[str, 
     with torch.no_grad():
         for i in range(0, len(idx), batch):
             b = make_batch(take_rows(rows, idx[i:i + batch]), stats, mlm_prob=dist.cfg.mlm_prob,
-                           seed=0)
+                           seed=0, device=dist.device)
             if sel.kind == "rl":
                 res = dist.forward(b, model=dist.student)
                 picks.append(sel.probabilities(sel.state(res["pooled"], res["kd"], b["lengths"])))

@@ -43,6 +43,10 @@ from ..io import write_text
 #: The real teachers and the composition teacher, by registry spec.
 REAL = ["unirep1900", "unirep256", "unirep64"]
 COMPOSITION = "kmer2"
+#: Held-out pool proteins in the selector's reward batch (the rest of the held-out part scores).
+REWARD_PROTEINS = 32
+#: Bumped when a change to the training or scoring code makes earlier results incomparable.
+RESULTS_VERSION = 2
 SETS = ("real", "junk", "hetero-membrane", "hetero-kingdom")
 #: rl variants: name → DistillConfig overrides.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,8 +66,9 @@ class SelectorStudyConfig(Config):
     """The study's settings (the UniRep preset's training recipe at a smaller pool)."""
 
     pool: int = option(1200, ge=64, help="pool proteins (training + validation)")
-    validation_fraction: float = option(0.15, gt=0.0, lt=0.5, help=(
-        "held-out part of the pool: the selector's reward batch and the validation score"))
+    validation_fraction: float = option(0.2, gt=0.0, lt=0.5, help=(
+        "held-out part of the pool: 32 proteins for the selector's reward batch, the rest for "
+        "the validation score and the R²"))
     max_len: int = option(256, ge=16, help="pool proteins are truncated to this many residues")
     task_max_len: int = option(512, ge=16, help=(
         "task proteins are embedded at up to this many residues (students: their max_len)"))
@@ -125,10 +130,21 @@ class Pool:
     labels: np.ndarray
     val: np.ndarray
     teach: dict[str, np.ndarray]
+    digest: str = ""
 
     @property
     def train(self) -> np.ndarray:
         return np.flatnonzero(~self.val)
+
+    @property
+    def reward(self) -> np.ndarray:
+        """Held-out proteins of the selector's reward batch (never scored)."""
+        return np.flatnonzero(self.val)[:REWARD_PROTEINS]
+
+    @property
+    def scored(self) -> np.ndarray:
+        """Held-out proteins of the validation score and the R² (not the reward batch)."""
+        return np.flatnonzero(self.val)[REWARD_PROTEINS:]
 
 
 def build_pool(cfg: SelectorStudyConfig, exclude: set[str], cache: Path, log=print) -> Pool:
@@ -147,7 +163,8 @@ def build_pool(cfg: SelectorStudyConfig, exclude: set[str], cache: Path, log=pri
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed + 1)
     val = np.zeros(len(seqs), dtype=bool)
-    val[rng.permutation(len(seqs))[:max(32, int(round(cfg.validation_fraction * len(seqs))))]] = 1
+    n_val = max(REWARD_PROTEINS + 32, int(round(cfg.validation_fraction * len(seqs))))
+    val[rng.permutation(len(seqs))[:n_val]] = True
     teach = {}
     for spec in cfg.names("teachers") + [cfg.composition]:
         path = folder / f"{spec.replace(':', '_').replace('/', '_')}.npy"
@@ -158,7 +175,7 @@ def build_pool(cfg: SelectorStudyConfig, exclude: set[str], cache: Path, log=pri
             log(f"[study] {spec} on the pool: {time.perf_counter() - t0:.0f} s")
         teach[spec] = np.load(path)
     return Pool(np.asarray(df.accession), seqs, meta.membrane.to_numpy(float).astype(bool),
-                meta.kingdom.to_numpy(str), meta.label.to_numpy(str), val, teach)
+                meta.kingdom.to_numpy(str), meta.label.to_numpy(str), val, teach, digest)
 
 
 def _shuffled(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -237,8 +254,7 @@ def train_student(cfg: SelectorStudyConfig, pool: Pool, ts: TeacherSet, override
             GOOD_COLUMN: ts.good, **ts.targets}
     steps = cfg.epochs * (len(tr) // cfg.batch_size)
     dist = new_distiller(dcfg, stats, cfg.max_len, steps)
-    val = np.flatnonzero(pool.val)[:dcfg.reward_batch_size]
-    dist.reward_batch = make_batch(take_rows(rows, val), stats, mlm_prob=dcfg.mlm_prob,
+    dist.reward_batch = make_batch(take_rows(rows, pool.reward), stats, mlm_prob=dcfg.mlm_prob,
                                    seed=cfg.seed + 7)
     train_epochs(dist, take_rows(rows, tr), stats, epochs=cfg.epochs,
                  batch_size=cfg.batch_size, seed=cfg.seed)
@@ -247,9 +263,18 @@ def train_student(cfg: SelectorStudyConfig, pool: Pool, ts: TeacherSet, override
 
 def _settings_key(cfg: SelectorStudyConfig) -> str:
     """What a student's result depends on (not where things go, nor which runs are listed)."""
+    from ..selector import CREDIT_MARGIN
+
     skip = {"workdir", "results", "threads", "sets", "modes", "variants", "variant_sets"}
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    fields.update(version=RESULTS_VERSION, margin=CREDIT_MARGIN)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _run_file(folder: Path, label: str, overrides: dict) -> Path:
+    """A run's result file: its label and a hash of its settings (a changed variant is new)."""
+    tag = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:6]
+    return folder / f"{label.replace(':', '_').replace('/', '_')}-{tag}.json"
 
 
 def run_study(cfg: SelectorStudyConfig, log=print) -> Path:
@@ -275,7 +300,7 @@ def run_study(cfg: SelectorStudyConfig, log=print) -> Path:
     plan = runs(cfg, sets)
     out = work / f"results-{_settings_key(cfg)}"
     for i, (set_name, label, overrides) in enumerate(plan):
-        path = out / set_name / f"{label.replace(':', '_').replace('/', '_')}.json"
+        path = _run_file(out / set_name, label, overrides)
         if path.is_file():
             res = json.loads(path.read_text())
         else:
