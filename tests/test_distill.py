@@ -128,7 +128,7 @@ def test_job_command_line(tmp_path: Path):
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     example = job.build_config(["--config", str(ROOT / "jobs" / "distill.yaml")])
-    assert example.selector == "rl" and example.preset == "tiny" and not example.resume
+    assert example.selector == "uniform" and example.preset == "tiny" and not example.resume
     cfg = job.build_config(["--config", str(ROOT / "jobs" / "distill.yaml"), "--data", "/d",
                             "--resume", "--run-name", "r1", "--selector", "single:esm"])
     assert (cfg.data, cfg.resume, cfg.run_name, cfg.selector) == ("/d", True, "r1", "single:esm")

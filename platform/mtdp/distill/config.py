@@ -59,8 +59,10 @@ class DistillConfig(Config):
     residue_weight: float = option(1.0, ge=0.0, help=(
         "weight of a teacher's per-residue loss (kd_loss per residue, averaged over the "
         "protein) added to its per-protein distillation loss"))
-    selector: str = option("rl", help=(
-        "teacher selection: rl, uniform, single:<teacher>, random or none"))
+    selector: str = option("uniform", help=(
+        "teacher selection: uniform (default: every teacher for every protein; it matched or "
+        "beat rl on every teacher set of benchmarks/results/selector_study.md), rl, "
+        "single:<teacher>, random or none"))
     selector_reward: str = option("heldout", choices=("heldout", "contrast", "align"), help=(
         "rl reward: heldout (relative drop of each teacher's held-out KD loss: one credit per "
         "teacher per step), contrast (per sample and teacher: own target predicted better "

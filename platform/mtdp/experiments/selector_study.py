@@ -246,10 +246,10 @@ def train_student(cfg: SelectorStudyConfig, pool: Pool, ts: TeacherSet, override
     stats = TeacherStats(names, names, [ts.targets[k].shape[1] for k in names],
                          [torch.tensor(ts.targets[k][tr].mean(0)) for k in names],
                          [torch.tensor(ts.targets[k][tr].std(0)) for k in names])
-    dcfg = DistillConfig(data="-", preset=cfg.preset, dropout=0.0, kd_loss="cosine",
-                         lr=cfg.lr, batch_size=cfg.batch_size, mlm_weight=cfg.mlm_weight,
-                         seed=cfg.seed, mlflow=False, selector_warmup_steps=20,
-                         **{k: v for k, v in overrides.items()})
+    dcfg = DistillConfig(**{**dict(data="-", preset=cfg.preset, dropout=0.0, kd_loss="cosine",
+                                   lr=cfg.lr, batch_size=cfg.batch_size,
+                                   mlm_weight=cfg.mlm_weight, seed=cfg.seed, mlflow=False,
+                                   selector_warmup_steps=20), **overrides})
     rows = {"id": pool.ids, "sequence": np.asarray(pool.seqs, dtype=object),
             GOOD_COLUMN: ts.good, **ts.targets}
     steps = cfg.epochs * (len(tr) // cfg.batch_size)
