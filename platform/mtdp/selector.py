@@ -38,14 +38,14 @@ not, the policy step is exact rather than sampled: choosing k for i is worth
 ``s_ik - margin``, and the policy is fitted (logistic loss weighted by ``|s_ik - margin|``) to
 choose where that is positive. Each choice is judged against the margin alone: comparing
 credits *across* teachers ("choose k only if it beats the others chosen") picks whichever
-teacher is easiest to predict (a version that did chose composition over UniRep-1900 in a
-preliminary run of the study). The
-heads of unchosen teachers keep learning on the detached embedding, so a dropped teacher's
-credit stays measurable and it can come back (:meth:`mtdp.distill.core.Distiller.train_step`).
+teacher is easiest to predict (a version that did so chose composition over UniRep-1900 in
+a preliminary run of the study). The heads of unchosen teachers keep learning on the detached
+embedding, so a dropped teacher's credit stays measurable and it can come back
+(:meth:`mtdp.distill.core.Distiller.train_step`).
 
 * ``contrast``: ``s_ik = L(head_k(x_i), t_π(i)k) - L(head_k(x_i), t_ik)``, how much better the
-  student predicts sample i's own target than another protein's (π: a shift within the
-  batch) — the small-loss idea of learning with noisy labels, made relative so that a hard but
+  student predicts sample i's own target than other proteins' (π: up to 4 shifts within
+  the batch) — the small-loss idea of learning with noisy labels, made relative so that a hard but
   real target is not mistaken for noise. A target carrying nothing about its protein scores
   ≈ 0, however predictable its average is.
 * ``align``: ``s_ik = mean_j (δ_ik·δ_jk)(e_i·e_j)`` over the reward batch (δ: the KD loss's
@@ -71,8 +71,8 @@ from torch import nn
 
 MODES = ("rl", "uniform", "single:<teacher>", "random", "oracle", "none")
 REWARDS = ("heldout", "align", "contrast")
-#: Per-sample credit (in RMS units of the teacher's credit) a selection must beat; targets that
-#: carry nothing about their protein score about 0 (``contrast``).
+#: Per-sample credit (in units of the RMS credit over all teachers) a selection must beat;
+#: targets that carry nothing about their protein score about 0 (``contrast``).
 CREDIT_MARGIN = 0.25
 STATES = ("full", "loss", "embedding")
 
@@ -275,18 +275,7 @@ class TeacherSelector(nn.Module):
         # answer softened where the value is uncertain, without that objective's vanishing
         # gradient once p saturates (a policy that dropped everything early never recovers).
         bce = -(adv > 0).float() * probs.log() - (adv <= 0).float() * (1 - probs).log()
-        loss = (adv.abs().clamp(max=5) * bce).sum(1).mean() \
-            - self.entropy_weight * entropy.sum(1).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        _average_grads(self)
-        self.optimizer.step()
-        stats = {"selector/policy_loss": float(loss.detach()),
-                 "selector/entropy": float(entropy.detach().mean())}
-        for i, name in enumerate(self.teachers):
-            stats[f"selector/reward_{name}"] = float(shown[i])
-            stats[f"selector/prob_{name}"] = float(probs[:, i].detach().mean())
-        return stats
+        return self._step((adv.abs().clamp(max=5) * bce).sum(1).mean(), probs, entropy, shown)
 
     def _heldout_reward(self, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Sample i gave teacher k the weight w_ik = a_ik / Σ_k' a_ik' in its KD term (selected
@@ -313,7 +302,13 @@ class TeacherSelector(nn.Module):
         probs = self.probabilities(states).clamp(1e-6, 1 - 1e-6)
         logp = actions * probs.log() + (1 - actions) * (1 - probs).log()
         entropy = -(probs * probs.log() + (1 - probs) * (1 - probs).log())
-        loss = -(adv * logp.sum(1)).mean() - self.entropy_weight * entropy.sum(1).mean()
+        return self._step(-(adv * logp.sum(1)).mean(), probs, entropy, shown)
+
+    def _step(self, objective: torch.Tensor, probs: torch.Tensor, entropy: torch.Tensor,
+              shown: torch.Tensor) -> dict[str, float]:
+        """Minimise ``objective`` minus the entropy bonus (gradients averaged over DDP ranks);
+        returns the policy statistics logged with every step."""
+        loss = objective - self.entropy_weight * entropy.sum(1).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _average_grads(self)

@@ -99,15 +99,19 @@ class Distiller:
         return deltas, res["embedding"].detach().float()
 
     @torch.no_grad()
-    def reward_head_grads(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """:meth:`_head_grads` of the fixed reward batch (eval mode): the ``align`` credit's
-        held-out side."""
+    def _reward_forward(self) -> dict[str, torch.Tensor]:
+        """:meth:`forward` of the fixed reward batch in eval mode (training mode restored)."""
         assert self.reward_batch is not None
         was = self.student.training
         self.student.eval()
         res = self.forward(self.reward_batch, model=self.student)
         self.student.train(was)
-        return self._head_grads(res, self.reward_batch)
+        return res
+
+    def reward_head_grads(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`_head_grads` of the fixed reward batch (eval mode): the ``align`` credit's
+        held-out side."""
+        return self._head_grads(self._reward_forward(), self.reward_batch)
 
     def _heads_only(self, res: dict[str, Any], batch: dict[str, Any], sel: torch.Tensor
                     ) -> torch.Tensor:
@@ -126,8 +130,8 @@ class Distiller:
     @torch.no_grad()
     def contrast_credit(self, res: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
         """``s_ik = L(head_k(x_i), t_π(i)k) - L(head_k(x_i), t_ik)`` ``[B, K]``: how much better
-        the student predicts sample i's own target of teacher k than another protein's (π: a
-        the mean over up to 4 cyclic shifts of the batch). Targets that carry nothing about their
+        the student predicts sample i's own target of teacher k than other proteins' (π: the
+        mean over up to 4 cyclic shifts of the batch). Targets that carry nothing about their
         protein (noise, another protein's features) score ≈ 0, however predictable their
         average is. A one-protein batch has nothing to compare with: NaN (ignored)."""
         n = len(batch["ids"])
@@ -157,15 +161,9 @@ class Distiller:
             out.append((((d - dm) @ (hd - dm).T) * gram).mean(1))
         return torch.stack(out, 1)
 
-    @torch.no_grad()
     def reward_losses(self) -> torch.Tensor:
         """Held-out KD loss per teacher on the fixed reward batch ``[K]`` (eval mode)."""
-        assert self.reward_batch is not None
-        was = self.student.training
-        self.student.eval()
-        res = self.forward(self.reward_batch, model=self.student)
-        self.student.train(was)
-        return res["kd"].float().mean(0)
+        return self._reward_forward()["kd"].float().mean(0)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimiser step (micro-batched by ``batch_tokens``); returns metrics."""

@@ -27,16 +27,12 @@ def train_epochs(dist: Distiller, rows: dict[str, Any], stats: TeacherStats, *, 
     n = len(rows["id"])
     if n < batch_size:
         raise ValueError(f"{n} proteins, fewer than one batch of {batch_size}")
-    rng, metrics = np.random.default_rng(seed), {}
-    for ep in range(epochs):
+    rng = np.random.default_rng(seed)
+
+    def batches(_: int) -> list[np.ndarray]:
         order = rng.permutation(n)
-        for i in range(0, n - batch_size + 1, batch_size):
-            batch = make_batch(take_rows(rows, order[i:i + batch_size]), stats,
-                               mlm_prob=dist.cfg.mlm_prob, seed=ep, device=dist.device)
-            metrics = dist.train_step(batch)
-        if on_epoch is not None:
-            on_epoch(ep, metrics)
-    return metrics
+        return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    return _run_epochs(dist, rows, stats, epochs, batches, on_epoch)
 
 
 def token_batches(lengths: np.ndarray, batch_tokens: int, seed: int) -> list[np.ndarray]:
@@ -58,9 +54,18 @@ def train_token_epochs(dist: Distiller, rows: dict[str, Any], stats: TeacherStat
     """:func:`train_epochs` with token-budget batches (:func:`token_batches`, reshuffled each
     epoch) instead of a fixed protein count: what long proteins on a GPU need."""
     lengths = np.array([len(s) for s in rows["sequence"]])
+    return _run_epochs(dist, rows, stats, epochs,
+                       lambda ep: token_batches(lengths, batch_tokens, seed + ep), on_epoch)
+
+
+def _run_epochs(dist: Distiller, rows: dict[str, Any], stats: TeacherStats, epochs: int,
+                batches: Callable[[int], list[np.ndarray]],
+                on_epoch: Callable[[int, dict[str, float]], None] | None) -> dict[str, float]:
+    """One :meth:`~.core.Distiller.train_step` per batch of row indices ``batches(epoch)``
+    (MLM masks seeded by the epoch); ``on_epoch`` after each pass; the last step's metrics."""
     metrics: dict[str, float] = {}
     for ep in range(epochs):
-        for idx in token_batches(lengths, batch_tokens, seed + ep):
+        for idx in batches(ep):
             batch = make_batch(take_rows(rows, idx), stats, mlm_prob=dist.cfg.mlm_prob,
                                seed=ep, device=dist.device)
             metrics = dist.train_step(batch)
