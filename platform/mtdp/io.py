@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 #: Prefix of temporary files (so globs like ``*.parquet`` never see a half-written file).
 TMP_PREFIX = ".mtdp-tmp-"
@@ -65,6 +65,19 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def cached_array(path: str | os.PathLike, compute: Callable[[], Any]):
+    """``numpy.load(path)``; when the file is missing, ``compute()`` is saved there first,
+    atomically (:func:`atomic_path`): a killed run never leaves a truncated ``.npy`` that a
+    rerun would take as finished."""
+    import numpy as np
+
+    target = Path(path)
+    if not target.is_file():
+        with atomic_path(target, suffix=".npy") as tmp:
+            np.save(tmp, compute())
+    return np.load(target)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -56,6 +56,14 @@ class TeacherStats:
                    [torch.tensor(t.mean, dtype=torch.float32) for t in entries],
                    [torch.tensor(t.std, dtype=torch.float32) for t in entries], residues)
 
+    @classmethod
+    def placeholder(cls, dims: dict[str, int]) -> "TeacherStats":
+        """Statistics that only name the teachers and their sizes (mean 0, std 1): what
+        building an untrained student needs (its heads' shapes)."""
+        names = list(dims)
+        return cls(names, names, [dims[k] for k in names], [torch.zeros(dims[k]) for k in names],
+                   [torch.ones(dims[k]) for k in names])
+
     def to(self, device: torch.device | str) -> "TeacherStats":
         """Move the standardisation statistics to ``device`` (in place; returns self)."""
         self.mean = [m.to(device) for m in self.mean]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config, option
-from ..io import write_text
+from ..io import cached_array, write_text
 
 
 
@@ -75,13 +75,11 @@ def _embed_cached(path: Path, spec_or_embedder, seqs: list[str], device, tokens:
     from ..embed import embed_sequences
     from ..models.registry import load_embedder
 
-    if not path.is_file():
+    def compute() -> np.ndarray:
         emb = load_embedder(spec_or_embedder, device=device) \
             if isinstance(spec_or_embedder, str) else spec_or_embedder
-        x = embed_sequences(emb, seqs, batch_tokens=tokens or None)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, x.astype(np.float16))
-    return np.load(path).astype(np.float32)
+        return embed_sequences(emb, seqs, batch_tokens=tokens or None).astype(np.float16)
+    return cached_array(path, compute).astype(np.float32)
 
 
 def _students(cfg: GpuScaleConfig, df, teach: dict[str, np.ndarray], device, stages: Stages,
@@ -178,19 +176,14 @@ def _settings_key(cfg: GpuScaleConfig) -> str:
 
 def _random_init(cfg: GpuScaleConfig, dims: dict[str, int], device):
     """The start point of every student (same seed and builder), untrained."""
-    import torch
-
     from ..distill import DistillConfig
     from ..distill.batches import TeacherStats
     from ..distill.core import build_student
     from ..models.student import StudentEmbedder
 
-    names = list(dims)
-    stats = TeacherStats(names, names, [dims[k] for k in names],
-                         [torch.zeros(dims[k]) for k in names],
-                         [torch.ones(dims[k]) for k in names])
     model = build_student(DistillConfig(data="-", preset=cfg.preset, dropout=0.0,
-                                        seed=cfg.seed), stats, cfg.max_len).to(device)
+                                        seed=cfg.seed), TeacherStats.placeholder(dims),
+                          cfg.max_len).to(device)
     return StudentEmbedder(model.eval(), name="random-init")
 
 

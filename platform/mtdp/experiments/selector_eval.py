@@ -21,6 +21,7 @@ import numpy as np
 from ..benchmarks.metrics import compute_metrics
 from ..benchmarks.probes import task_folds
 from ..embed import embed_sequences
+from ..io import cached_array
 
 
 def _scaled(X: np.ndarray, fit: np.ndarray) -> np.ndarray:
@@ -106,13 +107,8 @@ class Evaluator:
 
         digest = hashlib.sha256("\n".join(seqs).encode()).hexdigest()[:12]
         tag = f"{spec.replace(':', '_')}-{name}-{self.cfg.task_max_len}-{digest}"
-        path = self.cache / f"ref-{tag}.npy"
-        if not path.is_file():
-            x = embed_sequences(load_embedder(spec, device="cpu"), seqs,
-                                max_len=self.cfg.task_max_len)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, x.astype(np.float32))
-        return np.load(path)
+        return cached_array(self.cache / f"ref-{tag}.npy", lambda: embed_sequences(
+            load_embedder(spec, device="cpu"), seqs, max_len=self.cfg.task_max_len))
 
     def references(self) -> dict[str, dict[str, Any]]:
         """The best real teacher and amino-acid composition on the same probes (cached)."""
@@ -130,16 +126,13 @@ class Evaluator:
 
     def random_init(self) -> dict[str, Any]:
         """The untrained student (the start point of every run)."""
-        import torch
-
         from ..distill import DistillConfig
         from ..distill.batches import TeacherStats
         from ..distill.core import build_student
         from ..models.student import StudentEmbedder
 
-        stats = TeacherStats(["t"], ["t"], [8], [torch.zeros(8)], [torch.ones(8)])
-        model = build_student(DistillConfig(data="-", preset=self.cfg.preset, dropout=0.0,
-                                            seed=self.cfg.seed), stats, self.cfg.max_len)
+        cfg = DistillConfig(data="-", preset=self.cfg.preset, dropout=0.0, seed=self.cfg.seed)
+        model = build_student(cfg, TeacherStats.placeholder({"t": 8}), self.cfg.max_len)
         emb = StudentEmbedder(model.eval())
         res = self.scores(lambda s: embed_sequences(emb, s))
         res["r2"] = self.r2(res.pop("xv"), {"all": np.ones(len(self.pool.seqs), dtype=bool)})

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config, option
-from ..io import write_text
+from ..io import cached_array, write_text
 
 #: The real teachers and the composition teacher, by registry spec.
 REAL = ["unirep1900", "unirep256", "unirep64"]
@@ -168,12 +168,11 @@ def build_pool(cfg: SelectorStudyConfig, exclude: set[str], cache: Path, log=pri
     teach = {}
     for spec in cfg.names("teachers") + [cfg.composition]:
         path = folder / f"{spec.replace(':', '_').replace('/', '_')}.npy"
-        if not path.is_file():
-            t0 = time.perf_counter()
-            x = embed_sequences(load_embedder(spec, device="cpu"), seqs)
-            np.save(path, x.astype(np.float32))
+        t0, computed = time.perf_counter(), not path.is_file()
+        teach[spec] = cached_array(path, lambda: embed_sequences(load_embedder(spec, device="cpu"),
+                                                                 seqs))
+        if computed:
             log(f"[study] {spec} on the pool: {time.perf_counter() - t0:.0f} s")
-        teach[spec] = np.load(path)
     return Pool(np.asarray(df.accession), seqs, meta.membrane.to_numpy(float).astype(bool),
                 meta.kingdom.to_numpy(str), meta.label.to_numpy(str), val, teach, digest)
 

@@ -26,6 +26,7 @@ from ..distill.batches import TeacherStats
 from ..distill.core import new_distiller
 from ..distill.local import train_epochs
 from ..embed import embed_sequences
+from ..io import cached_array
 from ..losses import standardise
 from ..models.registry import load_embedder
 from ..models.student import StudentEmbedder
@@ -70,19 +71,17 @@ class SweepData:
         return data
 
     def cached(self, name: str, teacher: str, seqs: list[str]) -> np.ndarray:
-        path = self.cache / f"{name}.npy"
-        if not path.exists():
-            np.save(path, embed_sequences(load_teacher(teacher), seqs))
-        return np.load(path)
+        return cached_array(self.cache / f"{name}.npy",
+                            lambda: embed_sequences(load_teacher(teacher), seqs))
 
     def residues(self, teacher: str) -> np.ndarray:
         """Per-residue teacher states of the pool, concatenated in pool order (float32;
         cached on disk as float16)."""
-        path = self.cache / f"pool_res_{teacher}_{len(self.pool)}_{self.max_len}.npy"
-        if not path.exists():
+        def compute() -> np.ndarray:
             _, res = embed_sequences(load_teacher(teacher), self.pool, per_residue=True)
-            np.save(path, np.concatenate(res).astype(np.float16))
-        return np.load(path).astype(np.float32)
+            return np.concatenate(res).astype(np.float16)
+        return cached_array(self.cache / f"pool_res_{teacher}_{len(self.pool)}_{self.max_len}"
+                            ".npy", compute).astype(np.float32)
 
     def probe(self, x: np.ndarray) -> dict[str, float]:
         return {k: round(linear_probe_cv(x, y), 3) for k, y in self.labels.items()}
