@@ -10,7 +10,6 @@ Stage timings are printed as they end; WORKDIR/gpu_scale.md and .json hold the t
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 
@@ -18,17 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     from mtdp.runtime import apply_env_defaults
 
     apply_env_defaults()
-    from mtdp.config import add_dataclass_arguments, load_config
+    from mtdp.config import config_from_cli
     from mtdp.experiments.gpu_scale import GpuScaleConfig, run_gpu_scale
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    add_dataclass_arguments(p, GpuScaleConfig)
-    try:
-        cfg = load_config(GpuScaleConfig, None, p.parse_args(argv))
-    except ValueError as exc:
-        print(f"gpu_scale: error: {exc}", file=sys.stderr)
+    cfg = config_from_cli(GpuScaleConfig, __doc__, "gpu_scale", argv)
+    if cfg is None:
         return 2
     print(f"[gpu-scale] wrote {run_gpu_scale(cfg, log=lambda m: print(m, flush=True))}")
     return 0

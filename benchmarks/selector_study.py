@@ -12,7 +12,6 @@ folder (MTDP_DATA_DIR).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 
@@ -20,19 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     from mtdp.runtime import apply_env_defaults
 
     apply_env_defaults()
-    from mtdp.config import add_dataclass_arguments, load_config
+    from mtdp.config import config_from_cli
     from mtdp.experiments.selector_study import SelectorStudyConfig, run_study
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    add_dataclass_arguments(p, SelectorStudyConfig)
-    a = p.parse_args(argv)
-    try:
-        cfg = load_config(SelectorStudyConfig, None, a)
-        cfg.validate()
-    except ValueError as exc:
-        print(f"selector_study: error: {exc}", file=sys.stderr)
+    cfg = config_from_cli(SelectorStudyConfig, __doc__, "selector_study", argv)
+    if cfg is None:
         return 2
     path = run_study(cfg, log=lambda m: print(m, flush=True))
     print(f"[study] wrote {path}")

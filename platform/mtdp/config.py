@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -235,3 +236,24 @@ def flat_params(cfg: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def config_from_cli(cls: type[T], doc: str, prog: str, argv: list[str] | None = None
+                    ) -> T | None:
+    """An entry script's ``cls`` from its flags (one per field, :func:`add_dataclass_arguments`;
+    description and epilog from the script's docstring ``doc``), checked with its
+    ``validate()`` where it has one. ``None`` after printing ``prog: error: ...`` for a value
+    out of range or a bad combination (the script then exits 2)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=doc.split("\n\n", 1)[1] if "\n\n" in doc else None)
+    add_dataclass_arguments(p, cls)
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(cls, None, args)
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
+    return cfg
