@@ -5,10 +5,11 @@
 
 Each configuration is a fresh precompute of the same real proteins (DeepLoc 1.0 test set from
 $MTDP_DATA_DIR) into a temporary directory. Printed per configuration: proteins/s and
-residues/s of the embedding phase measured on the wall clock (it includes starting the actors
-and loading the models, as a real run does), the steady-state rate (proteins of all shards
-after the first finished one, over the time between first and last finished shard: actor
-start-up excluded), the whole run's wall time, and the teachers' busy time summed over actors
+residues/s of the embedding phase measured on the wall clock (every teacher's pass and the
+shards' assembly; it includes starting the actors and loading the models, as a real run does),
+the steady-state rate (per teacher pass: proteins committed after the first commit, over the
+time between first and last commit, actor start-up excluded; the passes' times summed), the
+whole run's wall time, and the teachers' busy time summed over actors
 (if 2 actors' busy time doubles while the wall time stays, the CPUs were already saturated). Tiny random
 teachers measure the pipeline (scheduling, batching, I/O), not a real model's speed. On a
 shared machine the figures vary with the load: compare numbers from one invocation only.

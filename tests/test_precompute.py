@@ -45,6 +45,11 @@ def real_gz(real_fasta, tmp_path_factory) -> Path:
     return path
 
 
+def _unique(path) -> int:
+    """Distinct prepared sequences of an input (some DeepLoc proteins share a sequence)."""
+    return len({prepare(r.sequence, max_len=MAX_LEN) for r in read_fasta(path)})
+
+
 @pytest.fixture(scope="module")
 def reference(ray_session, real_gz, tmp_path_factory):
     """One uninterrupted, MLflow-tracked run: (config, manifest)."""
@@ -130,20 +135,39 @@ def test_readers_validate_the_manifest(reference, tmp_path):
 
 
 def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path, monkeypatch):
+    """Killed while embedding, then while assembling: each rerun computes only what is not
+    committed yet, keeps every finished shard, and ends with the uninterrupted dataset."""
+    from mtdp.store import EmbeddingStore
+
     ref_cfg, _ = reference
     out = tmp_path / "run"
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_shards": 2}))
-    with pytest.raises(Exception, match="injected failure after 2 finished shard"):
-        run_precompute(_cfg([real_gz], out))
-    finished = data_files(out)
-    assert 2 <= len(finished) < SHARDS
-    assert not (out / "manifest.json").exists()
-    mtimes = {f: Path(f).stat().st_mtime_ns for f in finished}
-    # Resume; the first teacher call also kills its actor once: Ray must restart and retry it.
+    # 1. The first teacher's store writer fails after 2 commits (of up to 128 proteins).
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_batches": 2}))
+    with pytest.raises(Exception, match="injected failure after 2 committed batch"):
+        run_precompute(_cfg([real_gz], out, commit_rows=128))
+    assert not data_files(out) and not (out / "manifest.json").exists()
+    store = EmbeddingStore(out / "work" / "store", create=False)
+
+    def stored() -> list[int]:
+        return [store.model_by_key(m["model_key"]).count() for m in store.models()]
+
+    assert len(stored()) == 1 and 0 < stored()[0] <= 256
+    # 2. Resume: the first teacher call also kills its actor once (Ray must restart and
+    # retry it); assembly then fails after 2 finished shards.
     marker = tmp_path / "actor-crashed"
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({"crash_actor_once": str(marker)}))
-    manifest = run_precompute(_cfg([real_gz], out))
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"crash_actor_once": str(marker),
+                                               "fail_after_shards": 2}))
+    with pytest.raises(Exception, match="injected failure after 2 finished shard"):
+        run_precompute(_cfg([real_gz], out, commit_rows=128))
     assert marker.exists()
+    assert stored() == [_unique(real_gz)] * 2  # each distinct sequence once (10 repeat)
+    finished = data_files(out)
+    assert 2 <= len(finished) < SHARDS and not (out / "manifest.json").exists()
+    mtimes = {f: Path(f).stat().st_mtime_ns for f in finished}
+    # 3. Resume again: nothing is embedded, the other shards are assembled.
+    monkeypatch.delenv(FAULTS_ENV)
+    manifest = run_precompute(_cfg([real_gz], out, commit_rows=128))
+    assert manifest.extra["this_run"]["rows_embedded"] == 0
     assert {f: Path(f).stat().st_mtime_ns for f in finished} == mtimes  # never rewritten
     assert manifest.rows == N_SEQ
     resumed, uninterrupted = read_teacher_table(out), read_teacher_table(ref_cfg.output)
@@ -151,6 +175,24 @@ def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path
     assert resumed.equals(uninterrupted)
     assert Manifest.load(out).teachers == Manifest.load(ref_cfg.output).teachers
 
+
+def test_a_shared_store_is_reused_by_another_run(reference, real_gz, tmp_path):
+    """With --store, a second run over the same proteins embeds nothing: its dataset comes
+    from the vectors the first committed."""
+    ref_cfg, _ = reference
+    shared = tmp_path / "shared-store"
+    first = run_precompute(_cfg([real_gz], tmp_path / "a", store=str(shared),
+                                teachers=TEACHERS[:1]))
+    assert first.extra["this_run"]["rows_embedded"] == _unique(real_gz)
+    second = run_precompute(_cfg([real_gz], tmp_path / "b", store=str(shared),
+                                 teachers=TEACHERS[:1], num_shards=3))
+    assert second.extra["this_run"]["rows_embedded"] == 0
+    assert second.extra["this_run"]["rows_reused"] == _unique(real_gz)
+    assert not (tmp_path / "b" / "work" / "store").exists()
+    a, b = read_teacher_table(tmp_path / "a"), read_teacher_table(tmp_path / "b")
+    col = teacher_column(TEACHERS[0])
+    assert a.select(["id", "sequence", "split", col]).sort_by("id").equals(
+        b.select(["id", "sequence", "split", col]).sort_by("id"))
 
 
 def test_damaged_shard_is_named_and_recomputed(reference, tmp_path, capsys):
@@ -217,7 +259,8 @@ def test_malformed_input_errors_then_rejects(ray_session, tmp_path, monkeypatch)
     assert not data_files(out)
 
     # Same directory, lenient policies: nothing had been embedded, so the run starts over.
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({"unembeddable_ids": ["good2"]}))
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"unembeddable_sequences":
+                                               ["ACDEFGHIKLMNPQRSTVWY"]}))  # good2
     manifest = run_precompute(_cfg([bad, extra], out, num_shards=2, on_invalid="skip",
                                    on_duplicate="keep-first", teachers=one))
     table = read_teacher_table(out)
@@ -290,58 +333,67 @@ def test_fasta_ranges_cover_every_record(real_fasta):
     assert got == want
 
 
-def test_a_shard_split_across_batches_is_merged_once_complete(tmp_path):
-    """Ray Data normally hands the writer whole shards; if it ever splits one, the pieces wait
-    as part files until every row is there, then one shard file is written."""
+def test_a_shard_is_assembled_from_the_store_with_every_reject_named(tmp_path):
+    """Assembly: rows with every teacher's vector in the store become the shard (float16,
+    in id order, statistics over the train rows); a failed embedding keeps its pass's reason,
+    a vector that overflows float16 is refused by name."""
     from mtdp.precompute.rundir import RunDir
-    from mtdp.precompute.shards import write_shards as _write_shards
+    from mtdp.precompute.shards import assemble_shards
+    from mtdp.store import EmbeddingStore, seq_hash
+    from mtdp.teacher_data import write_shard
 
     n, dim, col = 6, 4, teacher_column("t")
-    emb = np.arange(n * dim, dtype=np.float16).reshape(n, dim)
-    table = pa.table({
-        "id": [f"p{i}" for i in range(n)], "sequence": ["MKV"] * n, "length": [3] * n,
-        "split": ["train"] * n, "shard": pa.array([3] * n, pa.int32()),
-        "source": ["in.fasta"] * n, "record": list(range(1, n + 1)),
-        "_reject": pa.array([None] * (n - 1) + ["t: boom"], pa.string()),
-        col: pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim),
-        f"_sec{col}": [0.1] * n})
-    kw = dict(run_root=str(tmp_path), expected={"3": n}, columns=[col], fail_after=None)
-    run = RunDir(tmp_path)
-    assert _write_shards(table.slice(0, 4), **kw).num_rows == 0
-    assert not run.finished(3) and len(list((run.parts / "shard-00003").glob("*"))) == 1
-    out = _write_shards(table.slice(4), **kw)
-    assert out.to_pylist()[0]["rows"] == n - 1 and out.to_pylist()[0]["rejected"] == 1
+    seqs = [f"MKV{'A' * i}" for i in range(n)]
+    stage = tmp_path / "stage.parquet"
+    write_shard(pa.table({
+        "id": [f"p{i}" for i in reversed(range(n))], "sequence": seqs[::-1],
+        "length": [len(q) for q in seqs[::-1]], "split": ["train"] * n,
+        "shard": pa.array([3] * n, pa.int32()), "source": ["in.fasta"] * n,
+        "record": list(range(1, n + 1))}), stage)
+    identity = {"class": "T", "dim": dim, "max_len": 64, "weights": "w"}
+    table = EmbeddingStore(tmp_path / "store").model(identity, "t")
+    emb = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+    emb[4, 1] = 1e6  # finite in float32, not in float16
+    table.add([seq_hash(q) for q in seqs[:5]], [len(q) for q in seqs[:5]], emb[:5])
+    teachers = [{"name": "t", "column": col, "identity": identity}]
+    out = assemble_shards(pa.table({"shard": [3], "path": [str(stage)]}),
+                          run_root=str(tmp_path / "run"), store=str(tmp_path / "store"),
+                          teachers=teachers, rejects={col: {seq_hash(seqs[5]): "t: boom"}},
+                          fail_after=None)
+    assert out.to_pylist()[0]["rows"] == 4 and out.to_pylist()[0]["rejected"] == 2
+    run = RunDir(tmp_path / "run")
     written = pq.read_table(run.data_file(3))
-    assert written["id"].to_pylist() == [f"p{i}" for i in range(n - 1)]
-    assert np.array_equal(np.stack(written[col].to_numpy(zero_copy_only=False)), emb[:-1])
+    assert written["id"].to_pylist() == ["p0", "p1", "p2", "p3"]
+    assert np.array_equal(np.stack(written[col].to_numpy(zero_copy_only=False)),
+                          emb[:4].astype(np.float16))
     marker = json.loads(run.marker(3).read_text())
-    assert marker["rejects"] == [{"id": "p5", "source": "in.fasta", "record": 6,
-                                  "stage": "embed", "reason": "t: boom"}]
-    assert np.allclose(marker["stats"][col]["mean"], emb[:-1].astype(np.float64).mean(0))
-    assert not (run.parts / "shard-00003").exists()
+    reasons = {r["id"]: r["reason"] for r in marker["rejects"]}
+    assert reasons["p5"] == "t: boom"
+    assert reasons["p4"].startswith("t: non-finite embedding in float16 (max |x| 1e+06")
+    assert np.allclose(marker["stats"][col]["mean"], emb[:4].astype(np.float64).mean(0))
 
 
-def test_teacher_actor_rejects_a_bad_protein_but_stops_on_a_broken_teacher():
+def test_embed_actor_rejects_a_bad_protein_but_stops_on_a_broken_model():
     import torch
 
-    from mtdp.precompute.actor import TeacherActor
+    from mtdp.pipeline.stages import EmbedActor
 
     threads = torch.get_num_threads()
-    ids = [f"p{i}" for i in range(10)]
-    batch = pa.table({"id": ids, "sequence": ["MKTAYIAKQR"[: 3 + i] for i in range(10)],
-                      "_reject": pa.array([None] * 10, pa.string())})
+    seqs = ["MKTAYIAKQR"[: 3 + i] for i in range(10)]
+    batch = pa.table({"seq_hash": [f"h{i}" for i in range(10)], "sequence": seqs})
     try:
-        actor = TeacherActor("tiny-random-t5", "t_x", None, 1, 1, {"unembeddable_ids": ["p4"]})
+        actor = EmbedActor("tiny-random-t5", "truncate", None, None, 1, retries=1,
+                           faults={"unembeddable_sequences": [seqs[4]]})
         out = actor(batch)
-        reasons = out["_reject"].to_pylist()
+        reasons = out["reason"].to_pylist()
         assert reasons[4].startswith("tiny-random-t5: RuntimeError: injected embedding failure")
         assert "after 2 attempt(s)" in reasons[4]
         assert reasons[:4] + reasons[5:] == [None] * 9
-        emb = np.stack(out["t_x"].to_numpy(zero_copy_only=False)).astype(np.float32)
-        ref = actor.embedder.embed([s for i, s in enumerate(batch["sequence"].to_pylist())
-                                    if i != 4])
-        np.testing.assert_allclose(np.delete(emb, 4, axis=0), ref, rtol=2e-3, atol=2e-3)
-        broken = TeacherActor("tiny-random-t5", "t_x", None, 1, 0, {"unembeddable_ids": ids})
+        emb = np.stack(out["embedding"].to_numpy(zero_copy_only=False))
+        ref = actor.embedder.embed([s for i, s in enumerate(seqs) if i != 4])
+        np.testing.assert_allclose(np.delete(emb, 4, axis=0), ref, rtol=1e-5, atol=1e-6)
+        broken = EmbedActor("tiny-random-t5", "truncate", None, None, 1, retries=0,
+                            faults={"unembeddable_sequences": seqs})
         with pytest.raises(RuntimeError, match="failed on all 10 proteins"):
             broken(batch)
     finally:

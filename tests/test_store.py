@@ -211,6 +211,30 @@ def test_embedding_job_dedupes_resumes_and_recomputes_nothing(ray_session, small
         np.testing.assert_allclose(v, reference[h], rtol=0, atol=1e-6)
 
 
+def test_embedding_job_rejects_a_failing_protein_and_keeps_the_rest(
+        ray_session, small_fasta, tmp_path, monkeypatch) -> None:
+    """A sequence whose embedding fails is retried alone, then rejected under every id that
+    carries it (rejects.tsv, not in the ids table); the proteins batched with it are stored."""
+    from mtdp.embed_job import EmbedJobConfig, run_embed_job
+    from mtdp.sequences import prepare
+
+    fasta, unique = small_fasta
+    first = read_fasta(fasta)[0]
+    bad = prepare(first.sequence)
+    monkeypatch.setenv("MTDP_EMBED_FAULTS", json.dumps({"unembeddable_sequences": [bad]}))
+    work = tmp_path / "work"
+    res = run_embed_job(EmbedJobConfig(
+        inputs=[str(fasta)], model="tiny-random-esm2", store=str(tmp_path / "s"),
+        workdir=str(work), run_name="job", shard_size=20, track=False, progress=False))
+    assert (res.computed, res.rejected) == (unique - 1, 2)  # its own id and copy0
+    rows = [line.split("\t") for line in (work / "rejects.tsv").read_text().splitlines()[1:]]
+    assert sorted(r[0] for r in rows) == sorted([first.id, "copy0"])
+    assert all(r[3] == "embed" and "injected embedding failure" in r[4] for r in rows)
+    ids, hashes = EmbeddingStore(tmp_path / "s").read_ids("job")
+    assert len(ids) == 78 and seq_hash(bad) not in hashes
+    assert set(_store_rows(tmp_path / "s")) == set(hashes)
+
+
 def test_store_identity_follows_the_weights_not_the_name(tmp_path) -> None:
     from mtdp.models.registry import load_embedder
     from mtdp.models.student import StudentConfig, StudentModel

@@ -1,5 +1,5 @@
-"""The embedding job: proteins in any number of files → the embedding store, on Ray Data
-(:mod:`.config`, :mod:`.pipeline`, :mod:`.run`)."""
+"""The embedding job: proteins in any number of files → the embedding store, on the library's
+one Ray Data embedding pipeline (:mod:`mtdp.pipeline`); :mod:`.config`, :mod:`.run`."""
 from .config import EmbedJobConfig
 from .run import EmbedJobResult, run_embed_job
 

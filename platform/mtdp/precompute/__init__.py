@@ -1,9 +1,10 @@
 """Teacher precompute on Ray Data: proteins → one Parquet dataset of teacher embeddings
 (the contract of :mod:`mtdp.teacher_data`).
 
-Modules: :mod:`.config` (settings), :mod:`.rundir` (layout, resume state), :mod:`.stage`
-(phase 1: parse, prepare, deduplicate), :mod:`.actor` (phase 2: the teacher actor),
-:mod:`.pipeline` (phase 2 on Ray Data), :mod:`.shards` (phase 3: shard files, manifest),
+It runs the library's one embedding pipeline (:mod:`mtdp.pipeline`: staging, then one
+embedding pass per teacher into the store) and adds what distillation needs. Modules:
+:mod:`.config` (settings), :mod:`.rundir` (layout, resume state), :mod:`.pipeline` (the
+teachers' passes, then assembly), :mod:`.shards` (shard files from the store, manifest),
 :mod:`.run` (:func:`run_precompute`, MLflow).
 """
 from .config import PrecomputeConfig

@@ -25,6 +25,10 @@ class PrecomputeConfig(Config):
         "teachers (as named in --teachers) whose per-residue states are written too, column "
         "r_<name>, for per-residue distillation (distill --residue-teachers); costs "
         "residues x dim x 2 bytes each"))
+    store: str = option("", help=(
+        "embedding store the teachers' vectors are committed to (default: RUN/work/store); a "
+        "shared store (a folder or s3://..., as the embedding job's --store) lets runs and "
+        "jobs reuse each other's teacher embeddings"))
     max_len: int = option(DEFAULT_MAX_LEN, ge=1, help=(
         "truncate proteins to this many residues (as the student will see them)"))
     validation_fraction: float = option(DEFAULT_VALIDATION_FRACTION, ge=0.0, lt=1.0, help=(
@@ -42,6 +46,9 @@ class PrecomputeConfig(Config):
     on_duplicate: str = option("error", choices=("error", "keep-first"), help=(
         "repeated ids: 'error' stops and lists them; 'keep-first' keeps the first in input "
         "order and writes the others to rejects.tsv"))
+    commit_rows: int = option(2048, ge=1, help=(
+        "embeddings per store commit (at most this much work per teacher is lost when a run "
+        "is killed)"))
     retries: int = option(2, ge=0, help=(
         "extra attempts for a single protein whose embedding fails, before it is rejected"))
     cpus_per_actor: float | None = option(None, gt=0.0, help=(

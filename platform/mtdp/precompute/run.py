@@ -1,26 +1,29 @@
 """Teacher precompute on Ray Data: proteins → one Parquet dataset of teacher embeddings.
 
 The output is exactly the contract of :mod:`mtdp.teacher_data` (``RUN/data/*.parquet`` plus
-``RUN/manifest.json`` written last). The run has three phases, each restartable:
+``RUN/manifest.json`` written last). It is the library's one embedding pipeline
+(:mod:`mtdp.pipeline`, the embedding job's) plus what distillation needs: splits, shards,
+per-feature statistics, the manifest. Three phases, each restartable:
 
-1. **Stage** (Ray Data): inputs are cut into pieces (:mod:`mtdp.inputs`) that tasks parse in
-   parallel; every record goes through :func:`mtdp.sequences.prepare` (the student's code path),
-   gets its split (:func:`mtdp.teacher_data.split_of`) and a shard from a stable hash of its id.
-   A ``groupby(shard)`` brings every copy of an id together, so duplicates are found globally;
-   each shard's prepared rows are written to ``RUN/work/stage/``. Invalid records and duplicate
-   ids are errors by default (all of them listed), or rejects (``on_invalid="skip"``,
-   ``on_duplicate="keep-first"``).
-2. **Embed** (Ray Data): for every shard not yet finished, one ``map_batches`` per teacher on an
-   actor pool (one model load per actor; ``num_gpus`` per actor on GPU clusters, a fraction of a
-   CPU otherwise so read/write tasks still get scheduled). A shard arrives as one batch and
-   :func:`mtdp.embed.embed_sequences` sorts it by length into token-budget batches. A failing
-   batch is retried by halving down to single proteins; a protein that still fails (or gives a
-   non-finite fp16 vector) becomes a reject with its reason. Dead actors are restarted and their
-   work retried by Ray (``max_restarts``/``max_task_retries``).
-3. **Write**: a shard is written once all its teachers are done — a done-marker with its stats,
-   then the Parquet file via temp file + rename. A finished shard is never rewritten; a rerun
-   with the same arguments skips finished shards. When every shard is finished, the rejects
-   file and the manifest (per-feature train mean/std merged from the shard markers) are written.
+1. **Stage** (:mod:`mtdp.pipeline.stage`): inputs are cut into pieces that tasks parse in
+   parallel; every record goes through :func:`mtdp.sequences.prepare` (the student's code
+   path, truncated to ``max_len``), gets its split (:func:`mtdp.teacher_data.split_of`) and a
+   shard from a stable hash of its id; duplicates are found across all inputs. Invalid
+   records and duplicate ids are errors by default (all of them listed), or rejects
+   (``on_invalid="skip"``, ``on_duplicate="keep-first"``).
+2. **Embed** (:func:`mtdp.pipeline.embed_pass`, one pass per teacher): the distinct sequences
+   of the unfinished shards that the store does not hold for the teacher run on its actor
+   pool (one model load per actor; ``num_gpus`` per actor on GPU clusters, a fraction of a
+   CPU otherwise) in length-sorted token-budget batches and are committed to the embedding
+   store (``RUN/work/store``, or a shared ``--store``) batch by batch. A failing batch is
+   retried by halving down to single proteins; a protein that still fails becomes a reject
+   with its reason. Dead actors are restarted and their work retried by Ray.
+3. **Assemble** (:mod:`.shards`): each unfinished shard is built from its staged rows and the
+   teachers' vectors in the store (float16; a vector that overflows float16 is a reject) —
+   a done-marker with its stats, then the Parquet file via temp file + rename. A finished
+   shard is never rewritten; a rerun with the same arguments recomputes nothing committed.
+   When every shard is finished, the rejects file and the manifest (per-feature train
+   mean/std merged from the shard markers) are written.
 
 Everything is tracked in one MLflow run per invocation.
 """
@@ -33,21 +36,27 @@ from pathlib import Path
 
 from ..io import sha256_file, write_json
 from ..runtime import init_ray, ray_get
-from ..teacher_data import MANIFEST_FILE, Manifest, ManifestMismatch, teacher_column
+from ..teacher_data import (MANIFEST_FILE, Manifest, ManifestMismatch, residue_column,
+                            teacher_column)
 from .config import PrecomputeConfig
-from .pipeline import embed_shards
+from .pipeline import embed_shards, read_passes, store_uri
 from .rundir import REJECTS_FILE, RunDir, claim, drop_damaged, fingerprint, log
 from .rundir import faults as read_faults
 from .shards import finalize
-from .stage import stage
+from ..pipeline import StageSettings, stage
 
 
-def _describe_teacher(spec: str) -> dict:
-    """Load a teacher (in a Ray task, not on the driver) and return its provenance."""
+def _describe_teacher(spec: str, max_len: int) -> dict:
+    """Load a teacher (in a Ray task, not on the driver) and return its provenance and its
+    store identity (its vectors of sequences cut to ``max_len``)."""
     from ..models.teachers import load_teacher
+    from ..store.keys import store_identity
 
-    info = load_teacher(spec).describe()
+    teacher = load_teacher(spec)
+    info = teacher.describe()
     info["spec"] = spec
+    info["identity"] = store_identity(teacher, "truncate")
+    info["identity"]["max_len"] = min(max_len, info["identity"]["max_len"])
     return info
 
 
@@ -58,7 +67,7 @@ def resolve_teachers(cfg: PrecomputeConfig, run: RunDir):
 
     if run.teachers.is_file():
         cached = json.loads(run.teachers.read_text())
-        if [t["spec"] for t in cached] == cfg.teachers:
+        if [t["spec"] for t in cached] == cfg.teachers and all("identity" in t for t in cached):
             for t in cached:  # a checkpoint replaced under the same path must not be mixed in
                 if t.get("sha256") and os.path.isfile(t["source"]) \
                         and sha256_file(t["source"]) != t["sha256"]:
@@ -66,7 +75,7 @@ def resolve_teachers(cfg: PrecomputeConfig, run: RunDir):
                                            "run started (sha256 differs); use a new --output")
             return lambda: cached
     task = ray.remote(num_cpus=0.5)(_describe_teacher)
-    futures = [task.remote(s) for s in cfg.teachers]
+    futures = [task.remote(s, cfg.max_len) for s in cfg.teachers]
 
     def wait() -> list[dict]:
         infos = ray_get(futures)
@@ -80,6 +89,8 @@ def resolve_teachers(cfg: PrecomputeConfig, run: RunDir):
                 raise ValueError(f"max_len {cfg.max_len} exceeds teacher {t['name']}'s limit "
                                  f"of {t['max_len']} residues; lower --max-len")
             t["column"] = teacher_column(t["name"])
+            if t["spec"] in cfg.per_residue:
+                t["residue_column"] = residue_column(t["name"])
         write_json(run.teachers, infos)
         return infos
 
@@ -127,6 +138,7 @@ def _tracked(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict) -> M
         mlflow.log_params({
             "teachers": ",".join(cfg.teachers)[:6000], "inputs": ",".join(cfg.inputs)[:6000],
             "output": os.path.abspath(cfg.output), "max_len": cfg.max_len,
+            "store": store_uri(cfg, run),
             "validation_fraction": cfg.validation_fraction, "batch_tokens": cfg.batch_tokens,
             "actors_per_teacher": cfg.actors_per_teacher, "on_invalid": cfg.on_invalid,
             "on_duplicate": cfg.on_duplicate})
@@ -136,11 +148,15 @@ def _tracked(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict) -> M
 def _run(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict, mrun) -> Manifest:
     t0 = time.perf_counter()
     teachers_future = resolve_teachers(cfg, run)
-    stage_summary = stage(cfg, run, state)
+    stage_summary = stage(StageSettings(
+        inputs=list(cfg.inputs), max_len=cfg.max_len, on_invalid=cfg.on_invalid,
+        on_duplicate=cfg.on_duplicate, num_shards=cfg.num_shards, shard_size=cfg.shard_size,
+        range_mb=cfg.range_mb, validation_fraction=cfg.validation_fraction,
+        progress=cfg.progress, label="precompute"), run, state)
     log(cfg, f"staged in {time.perf_counter() - t0:.1f} s")
     teachers = teachers_future()
     emb = embed_shards(cfg, run, teachers, stage_summary, faults)
-    manifest, seconds = finalize(cfg, run, teachers, stage_summary, state)
+    manifest, seconds = finalize(cfg, run, teachers, stage_summary, read_passes(run))
     wall = time.perf_counter() - t0
     # Figures of this invocation (in the returned object only; the saved manifest describes
     # the dataset, not how many attempts it took).

@@ -3,11 +3,12 @@ rules for refusing a rerun that would mix different runs.
 
 ``RUN/data/*.parquet`` and ``RUN/manifest.json`` are the dataset (:mod:`mtdp.teacher_data`);
 ``RUN/work/`` holds the private state: ``run.json`` (the arguments' fingerprint), staged
-shards, per-shard done-markers (row count, checksum, statistics) and part files.
+shards, the teachers' provenance and store identities, the embedding passes' record
+(seconds, rejects), per-shard done-markers (row count, checksum, statistics) and, unless
+``--store`` names another, the embedding store the teachers' vectors are committed to.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,40 +16,34 @@ import sys
 import time
 from pathlib import Path
 
-from ..io import atomic_open, write_json
+from ..io import write_json
+from ..pipeline.workdir import WorkDir
+from ..pipeline.workdir import log as _log
 from ..teacher_data import DATA_DIR, MANIFEST_FILE, ManifestMismatch, data_files
 from .config import PrecomputeConfig
 
 #: Environment variable with a JSON object of fault injections, for tests and drills only:
-#: ``fail_after_shards`` (N: the writer raises once N shards are finished), ``crash_actor_once``
-#: (a marker path: the first teacher call kills its actor process), ``unembeddable_ids`` (ids
-#: whose embedding raises).
+#: ``fail_after_shards`` (N: assembly raises once N shards are finished), and those of
+#: :mod:`mtdp.pipeline.stages` (``crash_actor_once``, ``unembeddable_sequences``,
+#: ``fail_after_batches``) for every teacher's embedding pass.
 FAULTS_ENV = "MTDP_PRECOMPUTE_FAULTS"
-WORK_DIR = "work"
 REJECTS_FILE = "rejects.tsv"
+STORE_DIR = "store"
 _STATE_VERSION = 1
 
 
-class RunDir:
-    """Paths of one run directory and its private ``work/`` state."""
+class RunDir(WorkDir):
+    """Paths of one run directory: the dataset and the private ``work/`` state (staging, the
+    teachers' provenance, the embedding passes' record, per-shard done-markers, and the
+    default embedding store)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.data = self.root / DATA_DIR
-        self.work = self.root / WORK_DIR
-        self.state = self.work / "run.json"
         self.teachers = self.work / "teachers.json"
-        self.stage = self.work / "stage"
-        self.stage_done = self.stage / "_SUCCESS.json"
+        self.passes = self.work / "passes.json"
         self.done = self.work / "done"
-        self.parts = self.work / "parts"
-        self.inputs = self.work / "input"
-
-    def shard_name(self, shard: int) -> str:
-        return f"shard-{shard:05d}"
-
-    def stage_file(self, shard: int) -> Path:
-        return self.stage / f"{self.shard_name(shard)}.parquet"
+        self.store = self.work / STORE_DIR
 
     def data_file(self, shard: int) -> Path:
         return self.data / f"{self.shard_name(shard)}.parquet"
@@ -59,12 +54,6 @@ class RunDir:
     def finished(self, shard: int) -> bool:
         """A shard is finished once its data file exists (its marker is written before)."""
         return self.data_file(shard).is_file()
-
-
-def shard_of(seq_id: str, num_shards: int) -> int:
-    """Shard of a protein: stable hash of its id (salted, so independent of the split)."""
-    h = hashlib.sha1(b"mtdp-shard:" + seq_id.encode()).digest()
-    return int.from_bytes(h[:8], "big") % num_shards
 
 
 def fingerprint(cfg: PrecomputeConfig) -> dict:
@@ -121,17 +110,7 @@ def faults() -> dict:
 
 def log(cfg: PrecomputeConfig, msg: str) -> None:
     """A progress line on stderr (when ``cfg.progress``)."""
-    if cfg.progress:
-        print(f"[precompute] {msg}", file=sys.stderr, flush=True)
-
-
-def write_rejects_tsv(path: Path, rejects: list[dict]) -> None:
-    """The rejects listing: ``id, source, record, stage, reason`` per rejected record."""
-    with atomic_open(path) as fh:
-        fh.write("id\tsource\trecord\tstage\treason\n")
-        for r in rejects:
-            reason = str(r["reason"]).replace("\t", " ").replace("\n", " ")
-            fh.write(f"{r['id']}\t{r['source']}\t{r['record']}\t{r['stage']}\t{reason}\n")
+    _log("precompute", cfg.progress, msg)
 
 
 def drop_damaged(run: RunDir, cfg: PrecomputeConfig) -> list[str]:

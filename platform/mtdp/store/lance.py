@@ -82,6 +82,19 @@ def _retry(fn, attempts: int = 6):
             time.sleep(0.05 * 2 ** k)
 
 
+def stored_hashes(table, hashes: list[str]) -> set[str]:
+    """Which of ``hashes`` a LanceDB table keyed by ``seq_hash`` holds."""
+    found: set[str] = set()
+    if not hashes or table.count_rows() == 0:
+        return found
+    for i in range(0, len(hashes), LOOKUP_BATCH):
+        part = hashes[i:i + LOOKUP_BATCH]
+        rows = (table.search().where(f"seq_hash IN ({_quoted(part)})").select(["seq_hash"])
+                .limit(len(part)).to_arrow())
+        found.update(rows.column("seq_hash").to_pylist())
+    return found
+
+
 class EmbeddingStore:
     """A store at ``uri`` (created if absent and ``create``)."""
 
@@ -243,6 +256,10 @@ class ModelTable:
         if getattr(self, "_ds_version", None) != version:
             self._ds, self._ds_version = self.table.to_lance(), version
         return self._ds
+
+    def stored(self, hashes: Iterable[str]) -> set[str]:
+        """Which of ``hashes`` are stored (their vectors are not read)."""
+        return stored_hashes(self.table, list(dict.fromkeys(hashes)))
 
     def lookup(self, hashes: Iterable[str], lengths: dict[str, int] | None = None
                ) -> dict[str, np.ndarray]:

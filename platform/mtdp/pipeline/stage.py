@@ -1,16 +1,18 @@
-"""Phase 1 of a precompute: parse every input in parallel pieces, prepare each record, find
-duplicate ids across all inputs, and stage each shard's rows (Ray Data).
+"""Staging, the first step of every embedding pipeline (the embedding job and precompute):
+parse every input in parallel pieces, prepare each record, find duplicate ids across all
+inputs, and stage each shard's rows (Ray Data).
 
 Inputs are cut into pieces (:mod:`mtdp.inputs`) that tasks parse in parallel; every record goes
 through :func:`mtdp.sequences.prepare` (the student's code path), gets its split
 (:func:`mtdp.teacher_data.split_of`) and a shard from a stable hash of its id. A
 ``groupby(shard)`` brings every copy of an id together, so duplicates are found globally; each
-shard's prepared rows are written to ``RUN/work/stage/``. Invalid records and duplicate ids
+shard's prepared rows are written to ``WORKDIR/work/stage/``. Invalid records and duplicate ids
 are errors by default (all of them listed), or rejects (``on_invalid="skip"``,
 ``on_duplicate="keep-first"``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -24,7 +26,7 @@ from ..io import write_json
 from ..runtime import ray_get
 from ..sequences import SequenceError, prepare
 from ..teacher_data import split_of, write_shard
-from .rundir import RunDir, log, shard_of, write_rejects_tsv
+from .workdir import WorkDir, log, write_rejects_tsv
 
 
 PROBLEMS_FILE = "input-problems.tsv"
@@ -32,9 +34,9 @@ PROBLEMS_FILE = "input-problems.tsv"
 
 @dataclass
 class StageSettings:
-    """What staging needs (a :class:`~.config.PrecomputeConfig` has every field; the
-    embedding job passes ``max_len=None``: sequences stay whole, the model's policy applies
-    later)."""
+    """What staging needs. Precompute truncates to its ``max_len`` here (the sequences the
+    student will see); the embedding job passes ``max_len=None``: sequences stay whole and
+    the model's length policy applies in the actors. ``label`` prefixes progress lines."""
 
     inputs: list[str]
     max_len: int | None
@@ -45,6 +47,13 @@ class StageSettings:
     range_mb: float = 16.0
     validation_fraction: float = 0.0
     progress: bool = True
+    label: str = "stage"
+
+
+def shard_of(seq_id: str, num_shards: int) -> int:
+    """Shard of a protein: stable hash of its id (salted, so independent of the split)."""
+    h = hashlib.sha1(b"mtdp-shard:" + seq_id.encode()).digest()
+    return int.from_bytes(h[:8], "big") % num_shards
 
 
 _STAGE_COLUMNS = ("id", "sequence", "length", "split", "shard", "file_index", "record",
@@ -140,7 +149,7 @@ def _stage_shard(table, *, stage_dir: str):
     return pa.concat_tables(problems).drop_columns(["sequence"])
 
 
-def stage(cfg: StageSettings, run: RunDir, state: dict) -> dict:
+def stage(cfg: StageSettings, run: WorkDir, state: dict) -> dict:
     """Phase 1 (see module doc). Returns the stage summary (also saved in the run dir).
 
     Raises:
@@ -157,8 +166,8 @@ def stage(cfg: StageSettings, run: RunDir, state: dict) -> dict:
         total / cfg.shard_size))
     state["num_shards"] = num_shards
     write_json(run.state, state)
-    log(cfg, f"staging {total:,} records from {len(cfg.inputs)} file(s) in {len(ranges)} "
-             f"piece(s) into {num_shards} shard(s)")
+    log(cfg.label, cfg.progress, f"staging {total:,} records from {len(cfg.inputs)} file(s) "
+        f"in {len(ranges)} piece(s) into {num_shards} shard(s)")
     rows = _stage_rows(cfg, run, ranges, num_shards)
     shards = {int(r["shard"]): int(r["record"]) for r in rows
               if r["kind"] == "staged" and r["record"]}
@@ -177,7 +186,7 @@ def stage(cfg: StageSettings, run: RunDir, state: dict) -> dict:
     return summary
 
 
-def _plan(cfg: StageSettings, run: RunDir) -> tuple[list[InputRange], int]:
+def _plan(cfg: StageSettings, run: WorkDir) -> tuple[list[InputRange], int]:
     """Input pieces with their first record number and record count, and the total."""
     import ray
 
@@ -200,7 +209,7 @@ def _plan(cfg: StageSettings, run: RunDir) -> tuple[list[InputRange], int]:
     return ranges, total
 
 
-def _stage_rows(cfg: StageSettings, run: RunDir, ranges: list[InputRange],
+def _stage_rows(cfg: StageSettings, run: WorkDir, ranges: list[InputRange],
                 num_shards: int) -> list[dict]:
     """Run the staging dataset; returns its problem rows and one ``staged`` row per shard."""
     import pyarrow as pa
@@ -219,7 +228,7 @@ def _stage_rows(cfg: StageSettings, run: RunDir, ranges: list[InputRange],
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 
-def _refuse_bad_input(cfg: StageSettings, run: RunDir, problems: list[dict],
+def _refuse_bad_input(cfg: StageSettings, run: WorkDir, problems: list[dict],
                       rejects: list[dict]) -> None:
     """Stop before anything is embedded when the policies make a problem an error."""
     fatal = [r for r in problems if r["kind"] == "fatal"]

@@ -1,0 +1,100 @@
+"""Per-residue states of one model in the store, beside its vectors: table ``res_<key>`` with
+``seq_hash``, ``length`` and ``states`` (one float16 vector per residue the model saw), written
+idempotently like the vectors (``merge_insert`` on ``seq_hash``). They are large (residues x
+dim x 2 bytes), so only pipelines that ask for them (precompute ``--per-residue``) write them;
+a stored vector without states is simply recomputed when states are asked for."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .lance import LOOKUP_BATCH, ModelTable, StoreError, _quoted, _retry, stored_hashes
+
+
+def _schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema([pa.field("seq_hash", pa.string(), nullable=False),
+                      pa.field("length", pa.int32(), nullable=False),
+                      pa.field("states", pa.list_(pa.list_(pa.float16(), dim)),
+                               nullable=False)])
+
+
+def states_array(states: Sequence[np.ndarray | None], dim: int):
+    """``list<fixed_size_list<float16>[dim]>`` of ``[L_i, dim]`` states, one entry per row
+    (null where ``None``)."""
+    import pyarrow as pa
+
+    lengths = [0 if s is None else len(s) for s in states]
+    flat = np.concatenate([s for s in states if s is not None] or [np.zeros((0, dim))])
+    inner = pa.FixedSizeListArray.from_arrays(
+        pa.array(flat.astype(np.float16, copy=False).reshape(-1), pa.float16()), dim)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), pa.int32())
+    mask = pa.array([s is None for s in states])
+    return pa.ListArray.from_arrays(offsets, inner, mask=mask)
+
+
+class ResidueTable:
+    """The stored per-residue states of the model of ``vectors`` (its :class:`ModelTable`)."""
+
+    def __init__(self, vectors: ModelTable) -> None:
+        store, self.dim, self.name = vectors.store, vectors.dim, vectors.name
+        self.table_name = f"res_{vectors.key}"
+        if self.table_name not in store._tables():
+            try:
+                store.db.create_table(self.table_name, schema=_schema(self.dim))
+            except Exception:  # noqa: BLE001 - created concurrently by another writer
+                pass
+        self.table = store._open(self.table_name)
+        if self.table.schema.field("states").type != _schema(self.dim).field("states").type:
+            raise StoreError(f"{store.uri}: table {self.table_name} does not hold {self.dim}-d "
+                             f"per-residue states of {self.name}; the store is damaged")
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+    def stored(self, hashes: Iterable[str]) -> set[str]:
+        """Which of ``hashes`` have stored states."""
+        return stored_hashes(self.table, list(dict.fromkeys(hashes)))
+
+    def lookup(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """Stored states (float16 ``[L, dim]``) of ``hashes``; those not stored are absent."""
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[str, np.ndarray] = {}
+        if not wanted or self.count() == 0:
+            return found
+        for i in range(0, len(wanted), LOOKUP_BATCH):
+            part = wanted[i:i + LOOKUP_BATCH]
+            rows = (self.table.search().where(f"seq_hash IN ({_quoted(part)})")
+                    .select(["seq_hash", "states"]).limit(len(part)).to_arrow())
+            col = rows.column("states").combine_chunks()
+            flat = col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dim)
+            offsets = col.offsets.to_numpy()
+            for k, h in enumerate(rows.column("seq_hash").to_pylist()):
+                found[h] = flat[offsets[k] - offsets[0]:offsets[k + 1] - offsets[0]]
+        return found
+
+    def add(self, hashes: Sequence[str], lengths: Sequence[int], states) -> int:
+        """Store states (an Arrow ``states`` column, or a list of ``[L, dim]`` arrays),
+        idempotently; returns rows added."""
+        import pyarrow as pa
+
+        if len(hashes) == 0:
+            return 0
+        if not isinstance(states, (pa.Array, pa.ChunkedArray)):
+            states = states_array(list(states), self.dim)
+        table = pa.table({"seq_hash": pa.array(list(hashes), pa.string()),
+                          "length": pa.array(list(lengths), pa.int32()), "states": states})
+        table = table.cast(_schema(self.dim))
+        res = _retry(lambda: self.table.merge_insert("seq_hash")
+                     .when_not_matched_insert_all().execute(table))
+        return int(getattr(res, "num_inserted_rows", len(hashes)))
+
+    def optimize(self) -> None:
+        """Compact fragments and (re)build the ``seq_hash`` index."""
+        from lancedb.index import BTree
+
+        if self.count():
+            self.table.create_index("seq_hash", config=BTree(), replace=True)
+            self.table.optimize()
