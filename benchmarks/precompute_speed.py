@@ -34,6 +34,7 @@ def one_run(fasta: Path, out: Path, actors: int, args) -> dict:
     cfg = PrecomputeConfig(inputs=[str(fasta)], teachers=args.teachers.split(","),
                            output=str(out), max_len=args.max_len, num_shards=args.shards,
                            batch_tokens=args.batch_tokens, actors_per_teacher=actors,
+                           commit_rows=args.commit_rows,
                            progress=False, track=False)
     t0 = time.perf_counter()
     manifest = run_precompute(cfg)
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actors", default="1,2", help="actor counts to compare (default 1,2)")
     p.add_argument("--shards", type=int, default=16, help="shards (work units) per run")
     p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--commit-rows", type=int, default=50,
+                   help="proteins per store commit (small: the steady rate needs commits)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2,
                    help="CPUs of the local Ray (default: all)")
     args = p.parse_args(argv)

@@ -233,6 +233,19 @@ def test_embedding_job_rejects_a_failing_protein_and_keeps_the_rest(
     ids, hashes = EmbeddingStore(tmp_path / "s").read_ids("job")
     assert len(ids) == 78 and seq_hash(bad) not in hashes
     assert set(_store_rows(tmp_path / "s")) == set(hashes)
+    # --too-long error: every protein over the limit listed, nothing embedded.
+    from mtdp.sequences import SequenceError
+
+    with pytest.raises(SequenceError, match=r"protein\(s\) longer than the model's limit of "
+                                            r"50 residues \(--too-long error\)"):
+        run_embed_job(EmbedJobConfig(
+            inputs=[str(fasta)], model="tiny-random-esm2", store=str(tmp_path / "s"),
+            workdir=str(work), run_name="job", shard_size=20, track=False, progress=False,
+            too_long="error", max_len=50))
+    listed = (work / "input-problems.tsv").read_text().splitlines()[1:]
+    assert len(listed) == sum(len(prepare(r.sequence)) > 50 for r in read_fasta(fasta)) > 0
+    assert all("residues > the limit of 50" in line for line in listed)
+    assert len(EmbeddingStore(tmp_path / "s").models()) == 1  # no table for the refused run
 
 
 def test_store_identity_follows_the_weights_not_the_name(tmp_path) -> None:

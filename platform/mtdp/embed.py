@@ -130,9 +130,7 @@ def model_table(store: "EmbeddingStore", embedder: "Embedder", too_long: str = "
                 max_len: int | None = None, create: bool = True) -> "ModelTable":
     """``embedder``'s table in ``store`` for sequences cut (or windowed) at ``max_len``
     (default: the model's limit), registered on first use (unless ``create=False``)."""
-    identity = store_identity(embedder, too_long)
-    if max_len is not None:
-        identity["max_len"] = min(max_len, identity["max_len"])
+    identity = store_identity(embedder, too_long, max_len=max_len)
     return store.model(identity, embedder.name, create=create)
 
 

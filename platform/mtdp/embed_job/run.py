@@ -15,7 +15,8 @@ once per teacher) plus an ids table:
    ``WORKDIR/rejects.tsv`` listing every rejected record (input problems, failed embeddings).
 
 Rerunning the same command after a kill recomputes nothing that was committed; a second run
-over the same input computes nothing. Each job is an MLflow run.
+over the same input computes nothing (but retries proteins whose embedding failed, as a
+transient error may have caused it). Each job is an MLflow run.
 """
 from __future__ import annotations
 
@@ -120,6 +121,36 @@ def _write_ids(cfg: EmbedJobConfig, run: WorkDir, summary: dict, store,
     return rejects
 
 
+def _refuse_too_long(cfg: EmbedJobConfig, run: WorkDir, summary: dict, limit: int) -> None:
+    """``--too-long error``: stop before anything is embedded if any staged protein is
+    longer than the limit, listing every one in ``WORKDIR/input-problems.tsv``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ..pipeline.stage import PROBLEMS_FILE
+    from ..sequences import SequenceError
+
+    listing = run.root / PROBLEMS_FILE
+    listing.unlink(missing_ok=True)  # staging passed: only an earlier refusal's list is here
+    if cfg.too_long != "error":
+        return
+    long = []
+    for s in summary["shards"]:
+        t = pq.read_table(run.stage_file(int(s)), columns=["id", "length", "source", "record"])
+        long += t.filter(pc.greater(t["length"], limit)).to_pylist()
+    if not long:
+        return
+    long.sort(key=lambda r: (r["source"], r["record"]))
+    write_rejects_tsv(listing, [{**r, "stage": "too-long", "reason": f"{r['length']} residues "
+                                 f"> the limit of {limit}"} for r in long])
+    first = long[0]
+    raise SequenceError(
+        f"{len(long)} protein(s) longer than the model's limit of {limit} residues "
+        f"(--too-long error); first: {first['length']} residues. All are listed in {listing}. "
+        "Nothing was embedded; use --too-long truncate or window, or shorten them",
+        source=first["source"], record=first["record"], seq_id=first["id"])
+
+
 def _identity(spec: str, too_long: str, max_len: int | None) -> tuple[dict, str]:
     """The model's store identity and name (computed in a Ray task: loading a big teacher
     on the driver would cost its memory there)."""
@@ -127,10 +158,7 @@ def _identity(spec: str, too_long: str, max_len: int | None) -> tuple[dict, str]
     from ..store.keys import store_identity
 
     embedder = load_embedder(spec, device="cpu")
-    identity = store_identity(embedder, too_long)
-    if max_len is not None:
-        identity["max_len"] = min(max_len, identity["max_len"])
-    return identity, embedder.name
+    return store_identity(embedder, too_long, max_len=max_len), embedder.name
 
 
 def run_embed_job(cfg: EmbedJobConfig) -> EmbedJobResult:
@@ -155,9 +183,10 @@ def run_embed_job(cfg: EmbedJobConfig) -> EmbedJobResult:
     init_ray(cfg.ray_address)
     identity, name = ray_get(ray.remote(num_cpus=0.5)(_identity).remote(
         cfg.model, cfg.too_long, cfg.max_len))
-    table = store.model(identity, name)
     run = WorkDir(cfg.workdir)
     summary = _stage(cfg, run)
+    _refuse_too_long(cfg, run, summary, int(identity["max_len"]))
+    table = store.model(identity, name)
     result = EmbedJobResult(cfg.run_name, cfg.store, table.key)
     if cfg.track:
         _tracked(cfg, run, summary, table, result)
@@ -182,7 +211,6 @@ def _run(cfg, run, summary, table, result) -> None:
                                    f"reasons in {listing}")
     else:
         listing.unlink(missing_ok=True)  # a rerun that rejects nothing leaves no stale list
-    table.optimize()
 
 
 def _tracked(cfg, run, summary, table, result) -> None:

@@ -41,13 +41,15 @@ class PassSettings:
 
 @dataclass
 class PassResult:
-    """What a pass did: proteins read, distinct sequences, computed now, reused from the
-    store, the rejects (``seq_hash`` → reason); wall and actor seconds."""
+    """What a pass did: proteins read, distinct sequences, computed now (and their residues,
+    as the model saw them), reused from the store, the rejects (``seq_hash`` → reason); wall
+    and actor seconds."""
 
     proteins: int = 0
     unique: int = 0
     computed: int = 0
     reused: int = 0
+    residues: int = 0
     seconds: float = 0.0
     actor_seconds: float = 0.0
     rejects: dict[str, str] = field(default_factory=dict)
@@ -131,12 +133,18 @@ def embed_pass(files: list[str], valid: int, store: str, identity: dict, name: s
     from ray.data.context import ShuffleStrategy
     from tqdm.auto import tqdm
 
+    from ..store import EmbeddingStore, ResidueTable
+
     faults = dict(faults or {})
     if faults:
         faults["driver_pid"] = os.getpid()
     result = PassResult()
     if not files:
         return result
+    # The store, the model's registration and its tables are created here, once, before the
+    # pass's tasks open them concurrently.
+    table = EmbeddingStore(store).model(identity, name)
+    residues = ResidueTable(table) if s.per_residue else None
     ctx = ray.data.DataContext.get_current()
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
     # The sort-based shuffle runs as plain tasks; the default hash shuffle starts aggregator
@@ -155,11 +163,16 @@ def embed_pass(files: list[str], valid: int, store: str, identity: dict, name: s
         bar.close()
         ctx.enable_progress_bars, ctx.shuffle_strategy = bars, shuffle
     result.seconds = time.perf_counter() - t0
+    if result.computed:  # compact the new fragments, refresh the seq_hash index
+        table.optimize()
+        if residues is not None:
+            residues.optimize()
     return result
 
 
 def _add(result: PassResult, r: dict) -> None:
     result.computed += r["computed"]
+    result.residues += r["residues"]
     result.proteins += r["n_rows"]
     result.unique += r["n_unique"]
     result.reused += r["n_reused"]

@@ -210,6 +210,7 @@ class StoreWriter:
         sums = {k: int(pa.compute.sum(batch[k]).as_py() or 0) for k in COUNTS}
         return pa.table({
             "computed": [rows.num_rows], "written": [written], "seconds": [seconds],
+            "residues": [int(pa.compute.sum(rows["length"]).as_py() or 0)],
             **{k: [v] for k, v in sums.items()}, "finished_at": [time.time()],
             "rejected_hash": pa.array([[h for h, _ in rejected]], pa.list_(pa.string())),
             "rejected_reason": pa.array([[r for _, r in rejected]], pa.list_(pa.string()))})

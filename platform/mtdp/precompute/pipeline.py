@@ -57,7 +57,6 @@ def _embed_teachers(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], st
     valid = sum(stage["shards"][str(s)] for s in pending)
     store = store_uri(cfg, run)
     passes = read_passes(run)
-    residues = _residues(files)
     pass_faults = {k: v for k, v in faults.items() if k not in _ASSEMBLY_FAULTS}
     log(cfg, f"embedding {valid:,} proteins of {len(pending)} shard(s) with "
              f"{len(teachers)} teacher(s), one after the other, into {store}")
@@ -70,30 +69,21 @@ def _embed_teachers(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], st
             per_residue=bool(t.get("residue_column")), progress=cfg.progress,
             label=f"precompute {t['name']}")
         done = embed_pass(files, valid, store, t["identity"], t["name"], settings, pass_faults)
-        rec = passes.setdefault(t["column"], {"computed": 0, "seconds": 0.0})
+        rec = passes.setdefault(t["column"], {"computed": 0, "residues": 0, "seconds": 0.0})
         rec["computed"] += done.computed
+        rec["residues"] = rec.get("residues", 0) + done.residues
         rec["seconds"] += done.actor_seconds
         rec["rejects"] = done.rejects
         write_json(run.passes, passes)
         # Proteins (and residues) through the teachers: those any teacher had to embed.
         stats["rows_embedded"] = max(stats["rows_embedded"], done.computed)
         stats["rows_reused"] = max(stats["rows_reused"], done.reused)
-        stats["residues_embedded"] = max(stats["residues_embedded"],
-                                         int(round(residues * done.computed / max(1, valid))))
+        stats["residues_embedded"] = max(stats["residues_embedded"], done.residues)
         rate = done.steady_proteins_per_s
         stats["steady_seconds"] += done.computed / rate if rate else done.seconds
         log(cfg, f"{t['name']}: {done.computed:,} computed, {done.reused:,} from the store, "
                  f"{len(done.rejects):,} failed, in {done.seconds:.1f} s")
     return passes
-
-
-def _residues(files: list[str]) -> int:
-    """Residues of the staged shards (their ``length`` column only)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    return sum(int(pc.sum(pq.read_table(f, columns=["length"])["length"]).as_py() or 0)
-               for f in files)
 
 
 def _assemble(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], pending: list[int],

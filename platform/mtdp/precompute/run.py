@@ -55,8 +55,7 @@ def _describe_teacher(spec: str, max_len: int) -> dict:
     teacher = load_teacher(spec)
     info = teacher.describe()
     info["spec"] = spec
-    info["identity"] = store_identity(teacher, "truncate")
-    info["identity"]["max_len"] = min(max_len, info["identity"]["max_len"])
+    info["identity"] = store_identity(teacher, "truncate", max_len=max_len)
     return info
 
 
@@ -156,7 +155,7 @@ def _run(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict, mrun) ->
     log(cfg, f"staged in {time.perf_counter() - t0:.1f} s")
     teachers = teachers_future()
     emb = embed_shards(cfg, run, teachers, stage_summary, faults)
-    manifest, seconds = finalize(cfg, run, teachers, stage_summary, read_passes(run))
+    manifest = finalize(cfg, run, teachers, stage_summary, read_passes(run))
     wall = time.perf_counter() - t0
     # Figures of this invocation (in the returned object only; the saved manifest describes
     # the dataset, not how many attempts it took).
@@ -167,12 +166,12 @@ def _run(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict, mrun) ->
     log(cfg, f"done: {manifest.rows:,} rows, {manifest.extra['rejected']} rejected, "
              f"{emb['shards_written']} shard(s) written now in {wall:.1f} s -> {run.root}")
     if mrun is not None:
-        _log_run(mrun, run, manifest, emb, stage_summary, seconds, wall)
+        _log_run(mrun, run, manifest, emb, stage_summary, wall)
     return manifest
 
 
 def _log_run(mrun, run: RunDir, manifest: Manifest, emb: dict, stage_summary: dict,
-             seconds: dict[str, float], wall: float) -> None:
+             wall: float) -> None:
     """This invocation's figures and the dataset's manifest/rejects into its MLflow run."""
     import mlflow
 
@@ -184,12 +183,14 @@ def _log_run(mrun, run: RunDir, manifest: Manifest, emb: dict, stage_summary: di
                "shards_done_before": emb["shards_done_before"], "proteins_per_s": rate,
                "tokens_per_s": emb["residues_embedded"] / emb["seconds"]
                if emb["seconds"] else 0.0, "wall_seconds": wall}
-    # Per teacher: throughput of one actor while busy (summed busy time over all shards).
-    res = manifest.extra["residues"]
-    for name, sec in seconds.items():
-        if sec > 0:
-            metrics[f"{name}.proteins_per_s"] = manifest.rows / sec
-            metrics[f"{name}.tokens_per_s"] = res / sec
+    # Per teacher: throughput of one actor while busy (proteins and residues it computed over
+    # every invocation of the run, over its actors' summed busy time).
+    passes = read_passes(run)
+    for t in manifest.teachers:
+        rec = passes.get(t.column, {})
+        if rec.get("seconds", 0) > 0 and rec.get("computed"):
+            metrics[f"{t.name}.proteins_per_s"] = rec["computed"] / rec["seconds"]
+            metrics[f"{t.name}.tokens_per_s"] = rec.get("residues", 0) / rec["seconds"]
     mlflow.log_metrics(metrics)
     mlflow.log_artifact(str(run.root / MANIFEST_FILE))
     mlflow.log_artifact(str(run.root / REJECTS_FILE))

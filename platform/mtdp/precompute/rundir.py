@@ -93,7 +93,11 @@ def claim(run: RunDir, fp: dict) -> dict:
                 f"input file changed size or modification time?) and {len(finished)} finished "
                 "shard(s); they are kept. Rerun with the original arguments to resume, or use a "
                 "new --output")
-        shutil.rmtree(run.work, ignore_errors=True)  # nothing finished: start over cleanly
+        # Nothing finished: start over cleanly, but keep the default store: its vectors are
+        # keyed by sequence and model identity, so they stay valid under any arguments.
+        for entry in run.work.iterdir() if run.work.is_dir() else []:
+            if entry != run.store:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     elif run.root.exists() and any(run.root.iterdir()):
         raise ValueError(f"{run.root} exists, is not empty and is not an mtdp precompute run "
                          "directory; choose a new --output")

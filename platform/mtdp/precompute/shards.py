@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ..io import write_json
-from ..teacher_data import Manifest, TeacherEntry, data_files, residue_column, write_shard
+from ..teacher_data import Manifest, TeacherEntry, data_files, write_shard
 from .config import PrecomputeConfig
 from ..pipeline.workdir import write_rejects_tsv
 from .rundir import FAULTS_ENV, REJECTS_FILE, RunDir
@@ -155,10 +155,9 @@ def _finish_shard(run: RunDir, shard: int, path: str, db, teachers: list[dict],
 
 
 def finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: dict,
-             passes: dict[str, dict]) -> tuple[Manifest, dict]:
-    """The rejects file and the manifest, once every shard is finished; ``passes`` holds each
-    teacher column's embedding record (actor seconds over every invocation of the run).
-    Returns the manifest and each teacher's busy seconds."""
+             passes: dict[str, dict]) -> Manifest:
+    """The rejects file and the manifest (returned), once every shard is finished; ``passes``
+    holds each teacher column's embedding record (actor seconds over every invocation)."""
     missing = [int(s) for s in stage["shards"] if not run.finished(int(s))]
     if missing:
         raise RuntimeError(f"{len(missing)} shard(s) still unfinished after assembly "
@@ -175,8 +174,8 @@ def finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: di
             name=t["name"], dim=t["dim"], source=t["source"], column=t["column"],
             pretrained=bool(t.get("pretrained")), sha256=t.get("sha256"),
             mean=[] if mean is None else mean.tolist(), std=[] if std is None else std.tolist())
-        if t["spec"] in cfg.per_residue:
-            entry.residue_column = residue_column(t["name"])
+        if t.get("residue_column"):
+            entry.residue_column = t["residue_column"]
             n, mean, m2 = _merge_stats([m["stats"][entry.residue_column] for m in markers])
             if n:
                 entry.residue_mean = mean.tolist()
@@ -204,4 +203,4 @@ def finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: di
     manifest.save(run.root)
     # Staged copies are no longer needed; markers and run state stay for auditing.
     shutil.rmtree(run.stage, ignore_errors=True)
-    return manifest, seconds
+    return manifest

@@ -15,21 +15,26 @@ if TYPE_CHECKING:
 
 
 def seq_hash(sequence: str) -> str:
-    """Hex SHA-256 of a prepared sequence (:func:`mtdp.sequences.prepare`, not truncated):
-    the same protein under any id, in any file, has one key."""
+    """Hex SHA-256 of a prepared sequence (:func:`mtdp.sequences.prepare`): the same protein
+    under any id, in any file, has one key. The embedding job, ``mtdp embed`` and Serve key
+    whole sequences (the model's length policy applies inside the table's identity);
+    precompute keys the sequences it cut to its ``max_len`` (their vectors are the same)."""
     return hashlib.sha256(sequence.encode("ascii")).hexdigest()
 
 
 def store_identity(embedder: "Embedder", too_long: str = "truncate",
-                   pooling: str | None = None) -> dict[str, Any]:
+                   pooling: str | None = None, max_len: int | None = None) -> dict[str, Any]:
     """What makes a model's stored vectors what they are: its class, dimension, length limit,
     the policy for longer sequences, the pooling, and its weights (the checkpoint's SHA-256,
     the student directory's weight files, or a fingerprint of its parameters; a no-weight
-    baseline by its source). The same weights under another name or path share a table."""
+    baseline by its source). The same weights under another name or path share a table.
+    ``max_len`` lowers the length limit below the model's (sequences cut, or windowed, there);
+    it never raises it."""
     info = fingerprint(embedder)
     pooling = pooling or getattr(embedder, "pooling", "masked")
     weights = info.get("sha256") or info.get("weights_sha256") or info.get("weights_fingerprint")
-    return {"class": info["class"], "dim": info["dim"], "max_len": info["max_len"],
+    limit = info["max_len"] if max_len is None else min(max_len, info["max_len"])
+    return {"class": info["class"], "dim": info["dim"], "max_len": limit,
             "too_long": too_long, "pooling": pooling,
             "weights": weights or f"{info['class']}:{info.get('source', '')}"}
 
