@@ -152,8 +152,8 @@ def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path
         return [store.model_by_key(m["model_key"]).count() for m in store.models()]
 
     assert len(stored()) == 1 and 0 < stored()[0] <= 256
-    # 2. Resume: the first teacher call also kills its actor once (Ray must restart and
-    # retry it); assembly then fails after 2 finished shards.
+    # 2. Resume: the first teacher call also kills its actor once (the pass must start again
+    # and keep what was committed); assembly then fails after 2 finished shards.
     marker = tmp_path / "actor-crashed"
     monkeypatch.setenv(FAULTS_ENV, json.dumps({"crash_actor_once": str(marker),
                                                "fail_after_shards": 2}))

@@ -248,6 +248,31 @@ def test_embedding_job_rejects_a_failing_protein_and_keeps_the_rest(
     assert len(EmbeddingStore(tmp_path / "s").models()) == 1  # no table for the refused run
 
 
+def test_an_actor_dying_past_the_restart_limit_stops_the_job_resumably(
+        ray_session, small_fasta, tmp_path, monkeypatch) -> None:
+    """An embedding actor whose process dies (OOM kill, lost node) starts the pass again (the
+    precompute kill test); past the limit the job stops naming the death, and the same
+    command resumes."""
+    from mtdp.embed_job import EmbedJobConfig, run_embed_job
+    from mtdp.pipeline import passes
+
+    fasta, unique = small_fasta
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv("MTDP_EMBED_FAULTS", json.dumps({"crash_actor_once": str(marker)}))
+    monkeypatch.setattr(passes, "RESTARTS", 0)
+    cfg = EmbedJobConfig(inputs=[str(fasta)], model="tiny-random-esm2",
+                         store=str(tmp_path / "s"), workdir=str(tmp_path / "w"),
+                         run_name="job", shard_size=20, track=False, progress=False)
+    with pytest.raises(RuntimeError, match=r"an actor of the pass died 1 times; last: .*"
+                                           r"rerun the same command to resume"):
+        run_embed_job(cfg)
+    assert marker.exists()
+    monkeypatch.delenv("MTDP_EMBED_FAULTS")
+    res = run_embed_job(cfg)
+    assert (res.computed, res.reused) == (unique, 0)
+    assert len(_store_rows(tmp_path / "s")) == unique
+
+
 def test_store_identity_follows_the_weights_not_the_name(tmp_path) -> None:
     from mtdp.models.registry import load_embedder
     from mtdp.models.student import StudentConfig, StudentModel

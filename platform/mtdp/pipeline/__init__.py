@@ -6,10 +6,12 @@
 * :mod:`.stages` + :mod:`.passes` — one pass per model: sequences hashed and grouped so each
   distinct one is seen once, those the store holds dropped, the rest embedded on an actor
   pool and committed to the store (:mod:`mtdp.store`) batch by batch;
+* :mod:`.context` — the Ray Data settings every stage runs under;
 * :mod:`.workdir` — the work folder (the unit of resume) and the rejects listing.
 """
+from .context import data_context
 from .passes import PassResult, PassSettings, embed_pass
 from .stage import StageSettings, stage
 from .workdir import WorkDir
 
-__all__ = ["PassResult", "PassSettings", "StageSettings", "WorkDir", "embed_pass", "stage"]
+__all__ = ["PassResult", "PassSettings", "StageSettings", "WorkDir", "data_context", "embed_pass", "stage"]

@@ -6,6 +6,12 @@ its dataset from the store.
 A pass is idempotent and resumable by construction: each distinct sequence is looked up
 before it is embedded, commits are ``merge_insert`` batches of ``commit_rows``, so a killed
 pass loses at most one uncommitted batch per writer and a rerun computes only the rest.
+
+A pass runs in two halves: plain tasks find the sequences to embed (materialized, so the
+counts are known first and a pass with nothing to embed starts no actor), then the actor pool
+and the writer embed and commit them. An actor or writer whose process dies does not restart
+in place (Ray Data can hang on an actor that died mid-task): the pass starts again, and what
+was committed is not embedded again.
 """
 from __future__ import annotations
 
@@ -14,11 +20,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .stages import EmbedActor, StoreWriter, hashed, missing
+from .context import data_context
+from .stages import COUNTS, EmbedActor, StoreWriter, group_counts, hashed, missing
 from .workdir import log
 
 #: CPUs of the store writer (one per pass).
 WRITER_CPUS = 0.1
+#: Times a pass starts again after one of its actors died.
+RESTARTS = 3
 
 
 @dataclass
@@ -88,18 +97,17 @@ def actor_resources(s: PassSettings) -> dict:
             "threads": max(1, int(round(num_cpus)))}
 
 
-def _dataset(files: list[str], valid: int, store: str, identity: dict, name: str,
-             s: PassSettings, faults: dict):
+def _todo(files: list[str], valid: int, store: str, identity: dict, name: str,
+          s: PassSettings):
+    """The pass's first half, plain tasks only: staged rows → hashes → one group per hash
+    shard → its distinct sequences the store lacks (plus each group's counts). Materialized:
+    the shuffle holds all of it anyway, the counts are known before any actor starts, and a
+    pass with nothing to embed starts none."""
     import ray.data
 
-    res = actor_resources(s)
-    # Enough hash groups and small enough actor batches that every actor gets work (Ray
-    # Data bundles blocks up to the batch size and hands a bundle to one actor), and no
-    # group larger than a staged shard (each group is held in memory once).
+    # Enough hash groups that every actor gets work, and no group larger than a staged
+    # shard (each group is held in memory once).
     shards = max(1, len(files), 4 * s.actors)
-    actor_batch = max(16, min(512, -(-int(valid) // (4 * s.actors))))
-    log(s.label, s.progress, f"embedding with {name}: {s.actors} actor(s) ({res['num_cpus']} "
-                             f"CPU, {res['num_gpus']} GPU, {res['threads']} thread(s) each)")
     ds = ray.data.read_parquet(files, columns=["sequence"],
                                override_num_blocks=max(1, len(files)))
     ds = ds.map_batches(hashed, batch_format="pyarrow", num_cpus=0.25,
@@ -107,18 +115,51 @@ def _dataset(files: list[str], valid: int, store: str, identity: dict, name: str
     ds = ds.groupby("hash_shard", num_partitions=min(shards, 64)).map_groups(
         missing, batch_format="pyarrow", num_cpus=0.25,
         fn_kwargs=dict(store=store, identity=identity, name=name, per_residue=s.per_residue))
-    # Blocks are the unit handed to an actor: cut them to the actor batch.
-    ds = ds.repartition(target_num_rows_per_block=actor_batch)
+    todo = ds.materialize()
+    counts = {k: 0 for k in (*COUNTS, "n_todo")}
+    for row in todo.map_batches(group_counts, batch_size=None, batch_format="pyarrow",
+                                num_cpus=0.25).iter_rows():
+        for k in counts:
+            counts[k] += int(row[k])
+    return todo, counts
+
+
+#: Ray 2.60 takes ``max_restarts`` only as an extra keyword (the deprecated
+#: ``ray_remote_args`` route, no named parameter yet): check when Ray passes 2.63.
+_NO_RESTART = {"max_restarts": 0}
+
+
+def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassSettings,
+              faults: dict):
+    """The pass's second half: the sequences to embed → the model's actor pool → the store
+    writer. Neither restarts after its process died (``max_restarts=0``): Ray Data's
+    restart of an actor that died mid-task can hang the dataset, so the death surfaces as a
+    ``RayActorError`` and :func:`embed_pass` starts the pass again."""
+    import warnings
+
+    import ray.data
+    from ray.util.annotations import RayDeprecationWarning
+
+    res = actor_resources(s)
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated",
+                            category=RayDeprecationWarning)
+    # Small enough actor batches that every actor gets work (Ray Data bundles blocks up to
+    # the batch size and hands a bundle to one actor); blocks cut to that size.
+    actor_batch = max(16, min(512, -(-int(n_todo) // (4 * s.actors))))
+    log(s.label, s.progress, f"embedding {n_todo:,} sequence(s) with {name}: {s.actors} "
+                             f"actor(s) ({res['num_cpus']} CPU, {res['num_gpus']} GPU, "
+                             f"{res['threads']} thread(s) each)")
+    ds = todo.repartition(target_num_rows_per_block=actor_batch)
     ds = ds.map_batches(
         EmbedActor, batch_size=actor_batch, batch_format="pyarrow",
         fn_constructor_kwargs=dict(spec=s.spec, too_long=s.too_long, max_len=s.max_len,
                                    batch_tokens=s.batch_tokens, threads=res["threads"],
                                    retries=s.retries, per_residue=s.per_residue,
                                    faults=faults),
-        compute=ray.data.ActorPoolStrategy(size=s.actors),
+        compute=ray.data.ActorPoolStrategy(size=s.actors), **_NO_RESTART,
         num_cpus=res["num_cpus"], num_gpus=res["num_gpus"] or None)
     return ds.map_batches(StoreWriter, batch_size=s.commit_rows, batch_format="pyarrow",
-                          num_cpus=WRITER_CPUS,
+                          num_cpus=WRITER_CPUS, **_NO_RESTART,
                           fn_constructor_kwargs=dict(store=store, identity=identity, name=name,
                                                      per_residue=s.per_residue, faults=faults),
                           compute=ray.data.ActorPoolStrategy(size=1))
@@ -128,10 +169,10 @@ def embed_pass(files: list[str], valid: int, store: str, identity: dict, name: s
                s: PassSettings, faults: dict | None = None) -> PassResult:
     """Embed the distinct sequences of the staged ``files`` (``valid`` rows in all) that
     ``store`` does not hold for the model ``identity`` (display ``name``); see the module
-    docstring. ``faults``: the injections of :mod:`.stages` (tests and drills only)."""
-    import ray.data
-    from ray.data.context import ShuffleStrategy
-    from tqdm.auto import tqdm
+    docstring. An actor or writer that dies (OOM kill, lost node) starts the pass again, up
+    to :data:`RESTARTS` times: what was committed is kept and not embedded again.
+    ``faults``: the injections of :mod:`.stages` (tests and drills only)."""
+    from ray.exceptions import RayActorError
 
     from ..store import EmbeddingStore, ResidueTable
 
@@ -145,23 +186,28 @@ def embed_pass(files: list[str], valid: int, store: str, identity: dict, name: s
     # pass's tasks open them concurrently.
     table = EmbeddingStore(store).model(identity, name)
     residues = ResidueTable(table) if s.per_residue else None
-    ctx = ray.data.DataContext.get_current()
-    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
-    # The sort-based shuffle runs as plain tasks; the default hash shuffle starts aggregator
-    # actors (a dozen worker processes: ~20 s of start-up on a 2-core machine).
-    shuffle, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    bar = tqdm(total=valid, unit="prot", desc=s.label, disable=not s.progress, mininterval=1.0)
     t0 = time.perf_counter()
-    try:
-        for batch in _dataset(files, valid, store, identity, name, s, faults).iter_batches(
-                batch_size=None, batch_format="pyarrow"):
-            for r in batch.to_pylist():
-                _add(result, r)
-                bar.update(r["n_rows"])
-                bar.set_postfix(computed=result.computed, reused=result.reused, refresh=False)
-    finally:
-        bar.close()
-        ctx.enable_progress_bars, ctx.shuffle_strategy = bars, shuffle
+    with data_context(progress_bars=False):  # one bar of ours instead of one per operator
+        for attempt in range(RESTARTS + 1):
+            before = result.computed
+            todo, counts = _todo(files, valid, store, identity, name, s)
+            result.proteins, result.unique = counts["n_rows"], counts["n_unique"]
+            result.reused = counts["n_reused"] - before  # committed by an earlier attempt
+            if not counts["n_todo"]:
+                break
+            try:
+                _run(_embedded(todo, counts["n_todo"], store, identity, name, s, faults),
+                     result, counts["n_todo"], s)
+                break
+            except RayActorError as exc:
+                if attempt == RESTARTS:
+                    raise RuntimeError(
+                        f"[{s.label}] an actor of the pass died {RESTARTS + 1} times; last: "
+                        f"{str(exc).splitlines()[0]}. Committed embeddings are kept: rerun "
+                        "the same command to resume") from exc
+                log(s.label, True, f"an actor died ({str(exc).splitlines()[0]}); starting the "
+                                   f"pass again ({attempt + 1} of {RESTARTS}): the "
+                                   f"{result.computed:,} committed embedding(s) are kept")
     result.seconds = time.perf_counter() - t0
     if result.computed:  # compact the new fragments, refresh the seq_hash index
         table.optimize()
@@ -170,13 +216,23 @@ def embed_pass(files: list[str], valid: int, store: str, identity: dict, name: s
     return result
 
 
-def _add(result: PassResult, r: dict) -> None:
-    result.computed += r["computed"]
-    result.residues += r["residues"]
-    result.proteins += r["n_rows"]
-    result.unique += r["n_unique"]
-    result.reused += r["n_reused"]
-    result.actor_seconds += r["seconds"]
-    result.rejects.update(zip(r["rejected_hash"], r["rejected_reason"]))
-    if r["computed"]:
-        result.commits.append((r["finished_at"], r["computed"]))
+def _run(ds, result: PassResult, total: int, s: PassSettings) -> None:
+    """Drain the writer's output into ``result``, with one bar: sequences embedded (or
+    rejected) of those the pass had to embed."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="seq", desc=s.label, disable=not s.progress, mininterval=1.0)
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for r in batch.to_pylist():
+                result.computed += r["computed"]
+                result.residues += r["residues"]
+                result.actor_seconds += r["seconds"]
+                result.rejects.update(zip(r["rejected_hash"], r["rejected_reason"]))
+                if r["computed"]:
+                    result.commits.append((r["finished_at"], r["computed"]))
+                bar.update(r["computed"] + len(r["rejected_hash"]))
+                bar.set_postfix(reused=result.reused, failed=len(result.rejects),
+                                refresh=False)
+    finally:
+        bar.close()

@@ -57,13 +57,24 @@ def missing(group, *, store: str, identity: dict, name: str, per_residue: bool =
     return pa.table(cols)
 
 
+def group_counts(block):
+    """A block of :func:`missing`'s output → one row: the sums of its groups' counts, and
+    ``n_todo``, the sequences in it to embed (rows with a sequence)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    sums = {k: [int(pc.sum(block[k]).as_py() or 0)] for k in COUNTS}
+    blank = int(pc.sum(pc.equal(block["sequence"], "").cast(pa.int64())).as_py() or 0)
+    return pa.table({**sums, "n_todo": [block.num_rows - blank]})
+
+
 class EmbedActor:
     """Ray Data actor: one model load (a GPU each on GPU clusters, a share of the CPUs
     otherwise); each batch embedded with the engine (length-sorted token-budget batches, the
     pass's length policy), failures isolated to the proteins that cause them.
 
     ``faults`` (tests and drills only): ``crash_actor_once`` (a marker path: the first call
-    kills this process, Ray restarts the actor and retries), ``unembeddable_sequences``
+    kills this process: the pass starts again, see :func:`.passes.embed_pass`), ``unembeddable_sequences``
     (sequences whose embedding raises).
     """
 

@@ -43,7 +43,7 @@ from .pipeline import embed_shards, read_passes, store_uri
 from .rundir import REJECTS_FILE, RunDir, claim, drop_damaged, fingerprint, log
 from .rundir import faults as read_faults
 from .shards import finalize
-from ..pipeline import StageSettings, stage
+from ..pipeline import StageSettings, data_context, stage
 
 
 def _describe_teacher(spec: str, max_len: int) -> dict:
@@ -114,15 +114,8 @@ def run_precompute(cfg: PrecomputeConfig) -> Manifest:
         return Manifest.load(run.root)
     faults = read_faults()
     init_ray(cfg.ray_address)
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    bars = ctx.enable_progress_bars
-    ctx.enable_progress_bars = cfg.progress
-    try:
+    with data_context(progress_bars=cfg.progress):  # the caller's settings restored after
         return _tracked(cfg, run, state, faults)
-    finally:
-        ctx.enable_progress_bars = bars  # the caller's setting, e.g. inside jobs/distill.py
 
 
 def _tracked(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict) -> Manifest:
