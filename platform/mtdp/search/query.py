@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..store.lance import LOOKUP_BATCH, EmbeddingStore, ModelTable, StoreError, _quoted
+from ..store.lance import EmbeddingStore, ModelTable, StoreError, fetch_rows
 from .index import LANCE_METRIC, METRICS, index_state
 
 if TYPE_CHECKING:
@@ -94,10 +94,8 @@ def ids_of(store: EmbeddingStore, hashes: Sequence[str], runs: Sequence[str]
     named: dict[str, list[tuple[str, int, str]]] = {}
     for r, run in enumerate(runs):
         t = store._open(f"ids_{run}")
-        for i in range(0, len(wanted), LOOKUP_BATCH):
-            rows = (t.search().where(f"seq_hash IN ({_quoted(wanted[i:i + LOOKUP_BATCH])})")
-                    .select(["id", "seq_hash", "order"]).limit(None).to_arrow().to_pylist())
-            for row in rows:
+        for rows in fetch_rows(t, wanted, ["id", "seq_hash", "order"], unique=False):
+            for row in rows.to_pylist():
                 named.setdefault(row["seq_hash"], []).append((r, row["order"], row["id"]))
     return {h: list(dict.fromkeys(i for *_, i in sorted(v))) for h, v in named.items()}
 

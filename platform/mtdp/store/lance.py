@@ -82,17 +82,42 @@ def _retry(fn, attempts: int = 6):
             time.sleep(0.05 * 2 ** k)
 
 
-def stored_hashes(table, hashes: list[str]) -> set[str]:
-    """Which of ``hashes`` a LanceDB table keyed by ``seq_hash`` holds."""
-    found: set[str] = set()
-    if not hashes or table.count_rows() == 0:
-        return found
-    for i in range(0, len(hashes), LOOKUP_BATCH):
-        part = hashes[i:i + LOOKUP_BATCH]
-        rows = (table.search().where(f"seq_hash IN ({_quoted(part)})").select(["seq_hash"])
-                .limit(len(part)).to_arrow())
-        found.update(rows.column("seq_hash").to_pylist())
-    return found
+def fetch_rows(table, hashes: Iterable[str], columns: Sequence[str], unique: bool = True):
+    """The rows of a table keyed by ``seq_hash`` whose hash is in ``hashes``, as Arrow tables
+    of up to :data:`LOOKUP_BATCH` hashes each (one indexed ``IN`` filter per batch); the
+    ``columns`` only. ``unique``: the table holds each hash once (a vectors or states table;
+    an ids table may hold one many times)."""
+    wanted = list(dict.fromkeys(hashes))
+    if not wanted or table.count_rows() == 0:
+        return
+    for i in range(0, len(wanted), LOOKUP_BATCH):
+        part = wanted[i:i + LOOKUP_BATCH]
+        yield (table.search().where(f"seq_hash IN ({_quoted(part)})").select(list(columns))
+               .limit(len(part) if unique else None).to_arrow())
+
+
+def stored_hashes(table, hashes: Iterable[str]) -> set[str]:
+    """Which of ``hashes`` a table keyed by ``seq_hash`` holds (nothing else is read)."""
+    return {h for rows in fetch_rows(table, hashes, ["seq_hash"])
+            for h in rows.column("seq_hash").to_pylist()}
+
+
+def insert_new(table, rows) -> int:
+    """Insert the ``rows`` whose ``seq_hash`` the table does not hold yet (``merge_insert``:
+    a repeated or retried batch never duplicates a row); returns the rows inserted."""
+    res = _retry(lambda: table.merge_insert("seq_hash").when_not_matched_insert_all()
+                 .execute(rows))
+    return int(getattr(res, "num_inserted_rows", rows.num_rows))
+
+
+def optimize_table(table) -> None:
+    """Compact small fragments and (re)build the ``seq_hash`` index (keeps lookups fast as
+    the table grows); safe at any time."""
+    from lancedb.index import BTree
+
+    if table.count_rows():
+        table.create_index("seq_hash", config=BTree(), replace=True)
+        table.optimize()
 
 
 class EmbeddingStore:
@@ -142,6 +167,16 @@ class EmbeddingStore:
         except Exception as exc:  # noqa: BLE001 - a missing or unreadable table
             raise StoreError(f"{self.uri}: table {name} cannot be opened ({exc}); the store is "
                              "damaged") from None
+
+    def _open_or_create(self, name: str, schema):
+        """Table ``name``, created empty with ``schema`` if absent (or by a concurrent
+        writer first)."""
+        if name not in self._tables():
+            try:
+                self.db.create_table(name, schema=schema)
+            except Exception:  # noqa: BLE001 - created concurrently by another writer
+                pass
+        return self._open(name)
 
     def _check_marker(self) -> None:
         try:
@@ -233,12 +268,7 @@ class ModelTable:
     def __init__(self, store: EmbeddingStore, key: str, name: str, dim: int) -> None:
         self.store, self.key, self.name, self.dim = store, key, name, dim
         self.table_name = f"emb_{key}"
-        if self.table_name not in store._tables():
-            try:
-                store.db.create_table(self.table_name, schema=_schema(dim))
-            except Exception:  # noqa: BLE001 - created concurrently by another writer
-                pass
-        self.table = store._open(self.table_name)
+        self.table = store._open_or_create(self.table_name, _schema(dim))
         schema = self.table.schema
         emb = schema.field("embedding").type if "embedding" in schema.names else None
         if "seq_hash" not in schema.names or getattr(emb, "list_size", None) != dim:
@@ -259,20 +289,14 @@ class ModelTable:
 
     def stored(self, hashes: Iterable[str]) -> set[str]:
         """Which of ``hashes`` are stored (their vectors are not read)."""
-        return stored_hashes(self.table, list(dict.fromkeys(hashes)))
+        return stored_hashes(self.table, hashes)
 
     def lookup(self, hashes: Iterable[str], lengths: dict[str, int] | None = None
                ) -> dict[str, np.ndarray]:
         """Stored embeddings of ``hashes`` (those not stored are absent from the result);
         ``lengths``, if given, receives the residues each was embedded from."""
-        wanted = list(dict.fromkeys(hashes))
         found: dict[str, np.ndarray] = {}
-        if not wanted or self.count() == 0:
-            return found
-        for i in range(0, len(wanted), LOOKUP_BATCH):
-            part = wanted[i:i + LOOKUP_BATCH]
-            rows = (self.table.search().where(f"seq_hash IN ({_quoted(part)})")
-                    .select(["seq_hash", "length", "embedding"]).limit(len(part)).to_arrow())
+        for rows in fetch_rows(self.table, hashes, ["seq_hash", "length", "embedding"]):
             emb = rows.column("embedding").combine_chunks().flatten().to_numpy(
                 zero_copy_only=False).reshape(-1, self.dim)
             keys = rows.column("seq_hash").to_pylist()
@@ -296,9 +320,7 @@ class ModelTable:
                           "embedding": pa.FixedSizeListArray.from_arrays(
                               pa.array(emb.reshape(-1), pa.float32()), self.dim)},
                          schema=_schema(self.dim))
-        res = _retry(lambda: self.table.merge_insert("seq_hash")
-                     .when_not_matched_insert_all().execute(table))
-        return int(getattr(res, "num_inserted_rows", len(hashes)))
+        return insert_new(self.table, table)
 
     def record_time(self, proteins: int, seconds: float) -> None:
         """Add ``proteins`` embedded in ``seconds`` to the model's measured throughput."""
@@ -314,10 +336,5 @@ class ModelTable:
         return row["embedded"] / row["seconds"] if row["seconds"] else float("nan")
 
     def optimize(self) -> None:
-        """Compact small fragments and (re)build the ``seq_hash`` index (keeps lookups fast
-        as the table grows); safe to call at any time."""
-        from lancedb.index import BTree
-
-        if self.count():
-            self.table.create_index("seq_hash", config=BTree(), replace=True)
-            self.table.optimize()
+        """See :func:`optimize_table`."""
+        optimize_table(self.table)

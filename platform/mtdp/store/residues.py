@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .lance import LOOKUP_BATCH, ModelTable, StoreError, _quoted, _retry, stored_hashes
+from .lance import ModelTable, StoreError, fetch_rows, insert_new, optimize_table, stored_hashes
 
 
 def _schema(dim: int):
@@ -41,12 +41,7 @@ class ResidueTable:
     def __init__(self, vectors: ModelTable) -> None:
         store, self.dim, self.name = vectors.store, vectors.dim, vectors.name
         self.table_name = f"res_{vectors.key}"
-        if self.table_name not in store._tables():
-            try:
-                store.db.create_table(self.table_name, schema=_schema(self.dim))
-            except Exception:  # noqa: BLE001 - created concurrently by another writer
-                pass
-        self.table = store._open(self.table_name)
+        self.table = store._open_or_create(self.table_name, _schema(self.dim))
         if self.table.schema.field("states").type != _schema(self.dim).field("states").type:
             raise StoreError(f"{store.uri}: table {self.table_name} does not hold {self.dim}-d "
                              f"per-residue states of {self.name}; the store is damaged")
@@ -56,18 +51,12 @@ class ResidueTable:
 
     def stored(self, hashes: Iterable[str]) -> set[str]:
         """Which of ``hashes`` have stored states."""
-        return stored_hashes(self.table, list(dict.fromkeys(hashes)))
+        return stored_hashes(self.table, hashes)
 
     def lookup(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """Stored states (float16 ``[L, dim]``) of ``hashes``; those not stored are absent."""
-        wanted = list(dict.fromkeys(hashes))
         found: dict[str, np.ndarray] = {}
-        if not wanted or self.count() == 0:
-            return found
-        for i in range(0, len(wanted), LOOKUP_BATCH):
-            part = wanted[i:i + LOOKUP_BATCH]
-            rows = (self.table.search().where(f"seq_hash IN ({_quoted(part)})")
-                    .select(["seq_hash", "states"]).limit(len(part)).to_arrow())
+        for rows in fetch_rows(self.table, hashes, ["seq_hash", "states"]):
             col = rows.column("states").combine_chunks()
             flat = col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dim)
             offsets = col.offsets.to_numpy()
@@ -87,14 +76,8 @@ class ResidueTable:
         table = pa.table({"seq_hash": pa.array(list(hashes), pa.string()),
                           "length": pa.array(list(lengths), pa.int32()), "states": states})
         table = table.cast(_schema(self.dim))
-        res = _retry(lambda: self.table.merge_insert("seq_hash")
-                     .when_not_matched_insert_all().execute(table))
-        return int(getattr(res, "num_inserted_rows", len(hashes)))
+        return insert_new(self.table, table)
 
     def optimize(self) -> None:
-        """Compact fragments and (re)build the ``seq_hash`` index."""
-        from lancedb.index import BTree
-
-        if self.count():
-            self.table.create_index("seq_hash", config=BTree(), replace=True)
-            self.table.optimize()
+        """See :func:`mtdp.store.lance.optimize_table`."""
+        optimize_table(self.table)
