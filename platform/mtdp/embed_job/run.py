@@ -84,7 +84,7 @@ def _embed(cfg: EmbedJobConfig, run: WorkDir, summary: dict, table, result: Embe
                             gpus_per_actor=cfg.gpus_per_actor, commit_rows=cfg.commit_rows,
                             progress=cfg.progress, label="embed")
     files = [str(run.stage_file(int(s))) for s in summary["shards"]]
-    done = embed_pass(files, int(summary["valid"]), cfg.store, identity, table.name, settings,
+    done = embed_pass(files, cfg.store, identity, table.name, settings,
                       json.loads(os.environ.get(FAULTS_ENV) or "{}"))
     result.proteins, result.unique = done.proteins, done.unique
     result.computed, result.reused, result.seconds = done.computed, done.reused, done.seconds

@@ -14,4 +14,5 @@ from .passes import PassResult, PassSettings, embed_pass
 from .stage import StageSettings, stage
 from .workdir import WorkDir
 
-__all__ = ["PassResult", "PassSettings", "StageSettings", "WorkDir", "data_context", "embed_pass", "stage"]
+__all__ = ["PassResult", "PassSettings", "StageSettings", "WorkDir", "data_context",
+           "embed_pass", "stage"]

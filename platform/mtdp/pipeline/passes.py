@@ -97,8 +97,7 @@ def actor_resources(s: PassSettings) -> dict:
             "threads": max(1, int(round(num_cpus)))}
 
 
-def _todo(files: list[str], valid: int, store: str, identity: dict, name: str,
-          s: PassSettings):
+def _todo(files: list[str], store: str, identity: dict, name: str, s: PassSettings):
     """The pass's first half, plain tasks only: staged rows → hashes → one group per hash
     shard → its distinct sequences the store lacks (plus each group's counts). Materialized:
     the shuffle holds all of it anyway, the counts are known before any actor starts, and a
@@ -141,8 +140,6 @@ def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassS
     from ray.util.annotations import RayDeprecationWarning
 
     res = actor_resources(s)
-    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated",
-                            category=RayDeprecationWarning)
     # Small enough actor batches that every actor gets work (Ray Data bundles blocks up to
     # the batch size and hands a bundle to one actor); blocks cut to that size.
     actor_batch = max(16, min(512, -(-int(n_todo) // (4 * s.actors))))
@@ -150,25 +147,28 @@ def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassS
                              f"actor(s) ({res['num_cpus']} CPU, {res['num_gpus']} GPU, "
                              f"{res['threads']} thread(s) each)")
     ds = todo.repartition(target_num_rows_per_block=actor_batch)
-    ds = ds.map_batches(
-        EmbedActor, batch_size=actor_batch, batch_format="pyarrow",
-        fn_constructor_kwargs=dict(spec=s.spec, too_long=s.too_long, max_len=s.max_len,
-                                   batch_tokens=s.batch_tokens, threads=res["threads"],
-                                   retries=s.retries, per_residue=s.per_residue,
-                                   faults=faults),
-        compute=ray.data.ActorPoolStrategy(size=s.actors), **_NO_RESTART,
-        num_cpus=res["num_cpus"], num_gpus=res["num_gpus"] or None)
-    return ds.map_batches(StoreWriter, batch_size=s.commit_rows, batch_format="pyarrow",
-                          num_cpus=WRITER_CPUS, **_NO_RESTART,
-                          fn_constructor_kwargs=dict(store=store, identity=identity, name=name,
-                                                     per_residue=s.per_residue, faults=faults),
-                          compute=ray.data.ActorPoolStrategy(size=1))
+    with warnings.catch_warnings():  # the deprecated keyword route of _NO_RESTART, only here
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated",
+                                category=RayDeprecationWarning)
+        ds = ds.map_batches(
+            EmbedActor, batch_size=actor_batch, batch_format="pyarrow",
+            fn_constructor_kwargs=dict(spec=s.spec, too_long=s.too_long, max_len=s.max_len,
+                                       batch_tokens=s.batch_tokens, threads=res["threads"],
+                                       retries=s.retries, per_residue=s.per_residue,
+                                       faults=faults),
+            compute=ray.data.ActorPoolStrategy(size=s.actors), **_NO_RESTART,
+            num_cpus=res["num_cpus"], num_gpus=res["num_gpus"] or None)
+        return ds.map_batches(
+            StoreWriter, batch_size=s.commit_rows, batch_format="pyarrow",
+            num_cpus=WRITER_CPUS, **_NO_RESTART,
+            fn_constructor_kwargs=dict(store=store, identity=identity, name=name,
+                                       per_residue=s.per_residue, faults=faults),
+            compute=ray.data.ActorPoolStrategy(size=1))
 
 
-def embed_pass(files: list[str], valid: int, store: str, identity: dict, name: str,
-               s: PassSettings, faults: dict | None = None) -> PassResult:
-    """Embed the distinct sequences of the staged ``files`` (``valid`` rows in all) that
-    ``store`` does not hold for the model ``identity`` (display ``name``); see the module
+def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassSettings,
+               faults: dict | None = None) -> PassResult:
+    """Embed the distinct sequences of the staged ``files`` that ``store`` does not hold for the model ``identity`` (display ``name``); see the module
     docstring. An actor or writer that dies (OOM kill, lost node) starts the pass again, up
     to :data:`RESTARTS` times: what was committed is kept and not embedded again.
     ``faults``: the injections of :mod:`.stages` (tests and drills only)."""
@@ -190,7 +190,7 @@ def embed_pass(files: list[str], valid: int, store: str, identity: dict, name: s
     with data_context(progress_bars=False):  # one bar of ours instead of one per operator
         for attempt in range(RESTARTS + 1):
             before = result.computed
-            todo, counts = _todo(files, valid, store, identity, name, s)
+            todo, counts = _todo(files, store, identity, name, s)
             result.proteins, result.unique = counts["n_rows"], counts["n_unique"]
             result.reused = counts["n_reused"] - before  # committed by an earlier attempt
             if not counts["n_todo"]:

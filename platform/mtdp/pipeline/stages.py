@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-#: Columns every stage passes on: proteins of the group, distinct sequences, stored ones.
+#: A hash group's counts (first row of :func:`missing`'s output): proteins, distinct
+#: sequences, stored ones; summed by :func:`group_counts` before anything is embedded.
 COUNTS = ("n_rows", "n_unique", "n_reused")
 #: Fewest proteins in a batch for "all of them failed" to mean a broken model.
 BROKEN_MODEL_MIN = 8
@@ -74,8 +75,8 @@ class EmbedActor:
     pass's length policy), failures isolated to the proteins that cause them.
 
     ``faults`` (tests and drills only): ``crash_actor_once`` (a marker path: the first call
-    kills this process: the pass starts again, see :func:`.passes.embed_pass`), ``unembeddable_sequences``
-    (sequences whose embedding raises).
+    kills this process; the pass starts again, see :func:`.passes.embed_pass`),
+    ``unembeddable_sequences`` (sequences whose embedding raises).
     """
 
     def __init__(self, spec: str, too_long: str, max_len: int | None, batch_tokens: int | None,
@@ -181,8 +182,8 @@ class EmbedActor:
 
 class StoreWriter:
     """Ray Data actor (one per pass): commits each batch's embedded proteins to the store
-    (``merge_insert``: a retried or repeated batch never duplicates a row); returns the
-    batch's counts and its rejects (``seq_hash`` → reason).
+    (``merge_insert``: a retried or repeated batch never duplicates a row); returns what it
+    committed (proteins, residues, actor seconds, when) and the batch's rejects.
 
     ``faults`` (tests and drills only): ``kill_driver_after_batches`` (N: after its N-th commit
     the writer SIGKILLs the driver, ``driver_pid``, and itself), ``fail_after_batches`` (N:
@@ -218,11 +219,10 @@ class StoreWriter:
             self.table.record_time(rows.num_rows, seconds)
         self.batches += 1
         self._faults()
-        sums = {k: int(pa.compute.sum(batch[k]).as_py() or 0) for k in COUNTS}
         return pa.table({
             "computed": [rows.num_rows], "written": [written], "seconds": [seconds],
             "residues": [int(pa.compute.sum(rows["length"]).as_py() or 0)],
-            **{k: [v] for k, v in sums.items()}, "finished_at": [time.time()],
+            "finished_at": [time.time()],
             "rejected_hash": pa.array([[h for h, _ in rejected]], pa.list_(pa.string())),
             "rejected_reason": pa.array([[r for _, r in rejected]], pa.list_(pa.string()))})
 

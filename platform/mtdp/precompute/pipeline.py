@@ -68,7 +68,7 @@ def _embed_teachers(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], st
             commit_rows=cfg.commit_rows, retries=cfg.retries,
             per_residue=bool(t.get("residue_column")), progress=cfg.progress,
             label=f"precompute {t['name']}")
-        done = embed_pass(files, valid, store, t["identity"], t["name"], settings, pass_faults)
+        done = embed_pass(files, store, t["identity"], t["name"], settings, pass_faults)
         rec = passes.setdefault(t["column"], {"computed": 0, "residues": 0, "seconds": 0.0})
         rec["computed"] += done.computed
         rec["residues"] = rec.get("residues", 0) + done.residues
