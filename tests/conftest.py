@@ -62,3 +62,26 @@ def ray_session():
     except Exception:
         pass
     ray.shutdown()
+
+
+@pytest.fixture
+def cpus_back(ray_session):
+    """``cpus_back()``: whether the cluster's free CPUs come back, within ``within`` seconds
+    (Ray frees a removed actor's CPUs asynchronously), to what they were when the test began:
+    what a finished or failed pass held is released, even while its exception is kept."""
+    import time
+
+    def free() -> float:
+        return ray_session.available_resources().get("CPU", 0.0)
+
+    start = free()
+
+    def check(within: float = 30.0) -> bool:
+        deadline = time.monotonic() + within
+        while free() < start - 1e-6:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    return check

@@ -134,17 +134,21 @@ def test_readers_validate_the_manifest(reference, tmp_path):
     assert mtimes == {f: Path(f).stat().st_mtime_ns for f in data_files(cfg.output)}
 
 
-def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path, monkeypatch,
+                                                    cpus_back):
     """Killed while embedding, then while assembling: each rerun computes only what is not
-    committed yet, keeps every finished shard, and ends with the uninterrupted dataset."""
+    committed yet, keeps every finished shard, and ends with the uninterrupted dataset. The
+    failed pass's actors are released while its error is kept (else they starve the rerun's
+    tasks: the rerun hung in CI)."""
     from mtdp.store import EmbeddingStore
 
     ref_cfg, _ = reference
     out = tmp_path / "run"
     # 1. The first teacher's store writer fails after 2 commits (of up to 128 proteins).
     monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_batches": 2}))
-    with pytest.raises(Exception, match="injected failure after 2 committed batch"):
+    with pytest.raises(Exception, match="injected failure after 2 committed batch") as failed:
         run_precompute(_cfg([real_gz], out, commit_rows=128))
+    assert cpus_back(), f"the failed pass still holds CPUs while {failed.typename} is kept"
     assert not data_files(out) and not (out / "manifest.json").exists()
     store = EmbeddingStore(out / "work" / "store", create=False)
 

@@ -245,28 +245,35 @@ def test_embedding_job_rejects_a_failing_protein_and_keeps_the_rest(
     assert len(EmbeddingStore(tmp_path / "s").models()) == 1  # no table for the refused run
 
 
-def test_an_actor_dying_past_the_restart_limit_stops_the_job_resumably(
-        ray_session, small_fasta, tmp_path, monkeypatch) -> None:
-    """An embedding actor whose process dies (OOM kill, lost node) starts the pass again (the
-    precompute kill test); past the limit the job stops naming the death, and the same
-    command resumes."""
+def test_a_failed_pass_releases_its_actors_and_past_the_restart_limit_stops_resumably(
+        ray_session, small_fasta, tmp_path, monkeypatch, cpus_back) -> None:
+    """A pass that fails (here its writer raises after one commit) releases its actors while
+    its error is still referenced (they would starve the next pass's tasks); an embedding
+    actor whose process dies (OOM kill, lost node) starts the pass again (the precompute kill
+    test), and past the limit the job stops naming the death; the same command resumes."""
     from mtdp.embed_job import EmbedJobConfig, run_embed_job
     from mtdp.pipeline import passes
 
     fasta, unique = small_fasta
+    cfg = EmbedJobConfig(inputs=[str(fasta)], model="tiny-random-esm2",
+                         store=str(tmp_path / "s"), workdir=str(tmp_path / "w"),
+                         run_name="job", shard_size=20, commit_rows=16, track=False,
+                         progress=False)
+    monkeypatch.setenv("MTDP_EMBED_FAULTS", json.dumps({"fail_after_batches": 1}))
+    with pytest.raises(Exception, match="injected failure after 1 committed batch") as failed:
+        run_embed_job(cfg)
+    assert cpus_back(), f"the failed pass still holds CPUs while {failed.typename} is kept"
     marker = tmp_path / "crashed"
     monkeypatch.setenv("MTDP_EMBED_FAULTS", json.dumps({"crash_actor_once": str(marker)}))
     monkeypatch.setattr(passes, "RESTARTS", 0)
-    cfg = EmbedJobConfig(inputs=[str(fasta)], model="tiny-random-esm2",
-                         store=str(tmp_path / "s"), workdir=str(tmp_path / "w"),
-                         run_name="job", shard_size=20, track=False, progress=False)
     with pytest.raises(RuntimeError, match=r"an actor of the pass died 1 times; last: .*"
-                                           r"rerun the same command to resume"):
+                                           r"rerun the same command to resume") as failed:
         run_embed_job(cfg)
     assert marker.exists()
+    assert cpus_back(), f"the failed pass still holds CPUs while {failed.typename} is kept"
     monkeypatch.delenv("MTDP_EMBED_FAULTS")
     res = run_embed_job(cfg)
-    assert (res.computed, res.reused) == (unique, 0)
+    assert 0 < res.reused < unique and res.computed + res.reused == unique
     assert len(_store_rows(tmp_path / "s")) == unique
 
 

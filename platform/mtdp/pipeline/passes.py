@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .context import data_context
@@ -97,6 +98,37 @@ def actor_resources(s: PassSettings) -> dict:
             "threads": max(1, int(round(num_cpus)))}
 
 
+#: Seconds a pass waits for its reservation before it says what it waits for (then again).
+WAIT_NOTICE_S = 60
+
+
+@contextmanager
+def _reserved(res: dict, s: PassSettings):
+    """The pass's actors and writer, reserved as two placement groups for one attempt, and
+    removed when it ends however it ends: removing them kills whatever still runs in them.
+    Without it the actors of a failed pass outlive it for as long as something (a kept
+    exception, a reference cycle) holds their handles, and their CPUs starve the next pass's
+    tasks. Yields the scheduling strategies of the actor pool and of the writer."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    actor = {"CPU": res["num_cpus"], **({"GPU": res["num_gpus"]} if res["num_gpus"] else {})}
+    groups = [placement_group([actor] * s.actors, strategy="PACK"),
+              placement_group([{"CPU": WRITER_CPUS}])]
+    try:
+        waited = 0
+        while not all(pg.wait(timeout_seconds=WAIT_NOTICE_S) for pg in groups):
+            waited += WAIT_NOTICE_S
+            log(s.label, True, f"waited {waited} s for the pass's resources ({s.actors} x "
+                               f"{actor} and {WRITER_CPUS} CPU for the writer): is another "
+                               "job holding them, or is the cluster scaling up?")
+        yield [PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=False)
+               for pg in groups]
+    finally:
+        for pg in groups:
+            remove_placement_group(pg)
+
+
 def _todo(files: list[str], store: str, identity: dict, name: str, s: PassSettings):
     """The pass's first half, plain tasks only: staged rows → hashes → one group per hash
     shard → its distinct sequences the store lacks (plus each group's counts). Materialized:
@@ -129,17 +161,17 @@ _NO_RESTART = {"max_restarts": 0}
 
 
 def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassSettings,
-              faults: dict):
+              faults: dict, res: dict, placement: list):
     """The pass's second half: the sequences to embed → the model's actor pool → the store
-    writer. Neither restarts after its process died (``max_restarts=0``): Ray Data's
-    restart of an actor that died mid-task can hang the dataset, so the death surfaces as a
-    ``RayActorError`` and :func:`embed_pass` starts the pass again."""
+    writer, each in its reservation (``placement``, :func:`_reserved`). Neither restarts
+    after its process died (``max_restarts=0``): Ray Data's restart of an actor that died
+    mid-task can hang the dataset, so the death surfaces as a ``RayActorError`` and
+    :func:`embed_pass` starts the pass again."""
     import warnings
 
     import ray.data
     from ray.util.annotations import RayDeprecationWarning
 
-    res = actor_resources(s)
     # Small enough actor batches that every actor gets work (Ray Data bundles blocks up to
     # the batch size and hands a bundle to one actor); blocks cut to that size.
     actor_batch = max(16, min(512, -(-int(n_todo) // (4 * s.actors))))
@@ -157,10 +189,11 @@ def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassS
                                        retries=s.retries, per_residue=s.per_residue,
                                        faults=faults),
             compute=ray.data.ActorPoolStrategy(size=s.actors), **_NO_RESTART,
+            scheduling_strategy=placement[0],
             num_cpus=res["num_cpus"], num_gpus=res["num_gpus"] or None)
         return ds.map_batches(
             StoreWriter, batch_size=s.commit_rows, batch_format="pyarrow",
-            num_cpus=WRITER_CPUS, **_NO_RESTART,
+            num_cpus=WRITER_CPUS, **_NO_RESTART, scheduling_strategy=placement[1],
             fn_constructor_kwargs=dict(store=store, identity=identity, name=name,
                                        per_residue=s.per_residue, faults=faults),
             compute=ray.data.ActorPoolStrategy(size=1))
@@ -195,9 +228,11 @@ def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassS
             result.reused = counts["n_reused"] - before  # committed by an earlier attempt
             if not counts["n_todo"]:
                 break
+            res = actor_resources(s)
             try:
-                _run(_embedded(todo, counts["n_todo"], store, identity, name, s, faults),
-                     result, counts["n_todo"], s)
+                with _reserved(res, s) as placement:
+                    _run(_embedded(todo, counts["n_todo"], store, identity, name, s, faults,
+                                   res, placement), result, counts["n_todo"], s)
                 break
             except RayActorError as exc:
                 if attempt == RESTARTS:
