@@ -1,0 +1,108 @@
+"""The store writer's cost as its table grows: the pass's commit path
+(:meth:`mtdp.store.ModelTable.add`, one ``merge_insert`` on ``seq_hash`` per ``commit_rows``
+batch, plus the throughput record) without the model or Ray, on generated rows.
+
+Each setting runs in a fresh process, one after the other in one invocation, so their memory
+is comparable: private memory (USS, from ``/proc/self/smaps_rollup``) is sampled ten times
+over the fill, with the milliseconds per commit since the last sample.
+Settings: ``merge`` (what the writer does today) and ``merge+index`` (the ``seq_hash`` BTree
+built after the first commit and brought up to date every ``refresh_every`` commits, as a
+writer could do mid-pass; the refresh is timed in the commit cost).
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import Config, option
+
+SETTINGS = ("merge", "merge+index")
+
+
+@dataclass
+class StoreWriterConfig(Config):
+    """The fill (``benchmarks/store_writer.py`` flags)."""
+
+    rows: int = option(1_000_000, ge=1, help="rows written in all")
+    commit_rows: int = option(2048, ge=1, help="rows per commit (the pass's --commit-rows)")
+    dim: int = option(128, ge=1, help="embedding dimension (128: the tiny student)")
+    repeat_every: int = option(7, ge=0, help=(
+        "every N-th commit re-offers 10 rows of the one before (0: never), as a rerun does"))
+    refresh_every: int = option(16, ge=1, help="commits between index refreshes (merge+index)")
+    settings: list[str] = option(factory=lambda: list(SETTINGS), help=(
+        "settings to run, comma-separated (merge, merge+index)"))
+
+
+def _private_mb() -> float:
+    fields = {}
+    with open("/proc/self/smaps_rollup") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                fields[parts[0][:-1]] = int(parts[1]) / 1024
+    return fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)
+
+
+def _hashes(commit: int, n: int) -> list[str]:
+    return [hashlib.sha256(f"{commit}-{i}".encode()).hexdigest() for i in range(n)]
+
+
+def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
+    """One setting's fill in this process; a sample per tenth of the commits."""
+    from lancedb.index import BTree
+
+    from ..store import EmbeddingStore
+
+    rng = np.random.default_rng(0)
+    commits = -(-cfg.rows // cfg.commit_rows)
+    every = max(1, commits // 10)
+    samples: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        identity = {"weights": "generated", "max_len": 512, "pooling": "mean", "dim": cfg.dim}
+        table = EmbeddingStore(tmp).model(identity, "generated")
+        last, inserted = time.perf_counter(), 0
+        for k in range(commits):
+            n = min(cfg.commit_rows, cfg.rows - k * cfg.commit_rows)
+            hashes = _hashes(k, n)
+            if cfg.repeat_every and k % cfg.repeat_every == cfg.repeat_every - 1 and k:
+                hashes[:10] = _hashes(k - 1, min(10, n))
+            inserted += table.add(hashes, [300] * n,
+                                  rng.standard_normal((n, cfg.dim), dtype=np.float32))
+            table.record_time(n, 1.0)
+            if setting == "merge+index":
+                if k == 0:
+                    table.table.create_index("seq_hash", config=BTree(), replace=True)
+                elif k % cfg.refresh_every == 0:
+                    table.table.to_lance().optimize.optimize_indices()
+            if (k + 1) % every == 0 or k == commits - 1:
+                now = time.perf_counter()
+                samples.append({"rows": min(cfg.rows, (k + 1) * cfg.commit_rows),
+                                "inserted": inserted, "uss_mb": _private_mb(),
+                                "ms_per_commit": 1000 * (now - last) / (k % every + 1)})
+                last = now
+    return samples
+
+
+def run_store_writer(cfg: StoreWriterConfig) -> dict:
+    """Every setting in its own fresh process, one after the other; prints a table each."""
+    bad = [s for s in cfg.settings if s not in SETTINGS]
+    if bad:
+        raise ValueError(f"settings: unknown {', '.join(bad)} (known: {', '.join(SETTINGS)})")
+    out = {}
+    ctx = multiprocessing.get_context("spawn")
+    for setting in cfg.settings:
+        t0 = time.perf_counter()
+        with ctx.Pool(1) as pool:
+            out[setting] = pool.apply(_fill, (cfg, setting))
+        print(f"\n{setting}: {cfg.rows:,} rows in commits of {cfg.commit_rows:,}, "
+              f"{time.perf_counter() - t0:.0f} s")
+        print(f"{'rows':>10} {'inserted':>10} {'USS MB':>8} {'ms/commit':>10}")
+        for s in out[setting]:
+            print(f"{s['rows']:>10,} {s['inserted']:>10,} {s['uss_mb']:>8.0f} "
+                  f"{s['ms_per_commit']:>10.0f}")
+    return out
