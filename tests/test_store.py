@@ -293,3 +293,19 @@ def test_store_identity_follows_the_weights_not_the_name(tmp_path) -> None:
     StudentModel(StudentConfig.preset("tiny")).save(tmp_path / "three")
     c = load_embedder(str(tmp_path / "three"), device="cpu")
     assert store_identity(c) != store_identity(a)
+
+
+def test_store_writer_benchmark_counts_each_offered_row_once(capsys) -> None:
+    """benchmarks/store_writer.py's fill goes through the writer's commit path: rows offered
+    again (every 2nd commit re-offers 10 of the one before) are not inserted twice, in either
+    setting; an unknown setting is refused by name."""
+    from mtdp.benchmarks.store_writer_perf import StoreWriterConfig, run_store_writer
+
+    cfg = StoreWriterConfig(rows=3000, commit_rows=500, dim=8, repeat_every=2)
+    out = run_store_writer(cfg)
+    for setting in ("merge", "merge+index"):
+        assert out[setting][-1]["rows"] == 3000
+        assert out[setting][-1]["inserted"] == 3000 - 3 * 10  # commits 1, 3, 5 repeat 10
+    assert "merge+index: 3,000 rows" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="settings: unknown fast"):
+        run_store_writer(StoreWriterConfig(rows=10, settings=["fast"]))
