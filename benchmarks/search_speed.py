@@ -11,8 +11,6 @@ recall@10 for each setting; --json FILE writes every figure.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 
@@ -21,21 +19,15 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_env_defaults()
     from mtdp.benchmarks.search_perf import SearchSpeedConfig, run_search_speed
-    from mtdp.config import add_dataclass_arguments, load_config
+    from mtdp.config import config_from_cli
+    from mtdp.io import write_json
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(p, SearchSpeedConfig)
-    p.add_argument("--json", default=None, help="write every figure to this file")
-    a = p.parse_args(argv)
-    try:
-        cfg = load_config(SearchSpeedConfig, None, a)
-    except ValueError as exc:
-        print(f"search_speed: error: {exc}", file=sys.stderr)
+    cfg = config_from_cli(SearchSpeedConfig, __doc__, "search_speed", argv)
+    if cfg is None:
         return 2
     out = run_search_speed(cfg)
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    if cfg.json:
+        write_json(cfg.json, out)
     return 0
 
 

@@ -9,8 +9,6 @@ commit at ten points of the fill; --json FILE writes every figure.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 
@@ -19,21 +17,15 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_env_defaults()
     from mtdp.benchmarks.store_writer_perf import StoreWriterConfig, run_store_writer
-    from mtdp.config import add_dataclass_arguments, load_config
+    from mtdp.config import config_from_cli
+    from mtdp.io import write_json
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(p, StoreWriterConfig)
-    p.add_argument("--json", default=None, help="write every figure to this file")
-    a = p.parse_args(argv)
-    try:
-        cfg = load_config(StoreWriterConfig, None, a)
-        out = run_store_writer(cfg)
-    except ValueError as exc:
-        print(f"store_writer: error: {exc}", file=sys.stderr)
+    cfg = config_from_cli(StoreWriterConfig, __doc__, "store_writer", argv)
+    if cfg is None:
         return 2
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    out = run_store_writer(cfg)
+    if cfg.json:
+        write_json(cfg.json, out)
     return 0
 
 

@@ -21,6 +21,7 @@ from ..models.base import Embedder
 from ..models.student import StudentEmbedder
 from ..models.teachers import ESM2Teacher, T5Teacher
 from ..sequences import prepare, read_fasta
+from .memory import reset_rss_peak, rss_bytes, rss_peak_bytes
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -82,30 +83,6 @@ def physical_cores() -> int:
         n = 0
     avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(n or avail or 1, avail or 1))
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_rss_peak() -> bool:
-    """Reset the kernel's per-process RSS high-water mark (Linux >= 4.0); False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_peak_bytes() -> int:
-    """The RSS high-water mark (``VmHWM``) since the last :func:`reset_rss_peak`."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
 
 
 class PeakMemory:

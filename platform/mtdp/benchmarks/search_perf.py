@@ -48,6 +48,7 @@ class SearchSpeedConfig(Config):
     refine: list[int] = option(factory=lambda: [5, 10, 20], help="refine factors to time")
     seed: int = option(0, ge=0, help="seed of the vectors and queries")
     store: str | None = option(None, help="keep the store here (default: a temporary folder)")
+    json: str | None = option(None, help="write every figure to this file")
 
 
 def mixture(n: int, centres: np.ndarray, spread: float, rng: np.random.Generator

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import Config, option
+from .memory import uss_bytes
 
 SETTINGS = ("merge", "merge+index")
 
@@ -36,16 +37,13 @@ class StoreWriterConfig(Config):
     refresh_every: int = option(16, ge=1, help="commits between index refreshes (merge+index)")
     settings: list[str] = option(factory=lambda: list(SETTINGS), help=(
         "settings to run, comma-separated (merge, merge+index)"))
+    json: str | None = option(None, help="write every figure to this file")
 
-
-def _private_mb() -> float:
-    fields = {}
-    with open("/proc/self/smaps_rollup") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
-                fields[parts[0][:-1]] = int(parts[1]) / 1024
-    return fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)
+    def validate(self) -> None:
+        bad = [s for s in self.settings if s not in SETTINGS]
+        if bad:
+            raise ValueError(f"settings: unknown {', '.join(bad)} (known: "
+                             f"{', '.join(SETTINGS)})")
 
 
 def _hashes(commit: int, n: int) -> list[str]:
@@ -82,7 +80,7 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
             if (k + 1) % every == 0 or k == commits - 1:
                 now = time.perf_counter()
                 samples.append({"rows": min(cfg.rows, (k + 1) * cfg.commit_rows),
-                                "inserted": inserted, "uss_mb": _private_mb(),
+                                "inserted": inserted, "uss_mb": uss_bytes() / 2**20,
                                 "ms_per_commit": 1000 * (now - last) / (k % every + 1)})
                 last = now
     return samples
@@ -90,9 +88,7 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
 
 def run_store_writer(cfg: StoreWriterConfig) -> dict:
     """Every setting in its own fresh process, one after the other; prints a table each."""
-    bad = [s for s in cfg.settings if s not in SETTINGS]
-    if bad:
-        raise ValueError(f"settings: unknown {', '.join(bad)} (known: {', '.join(SETTINGS)})")
+    cfg.validate()
     out = {}
     ctx = multiprocessing.get_context("spawn")
     for setting in cfg.settings:

@@ -201,10 +201,11 @@ def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassS
 
 def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassSettings,
                faults: dict | None = None) -> PassResult:
-    """Embed the distinct sequences of the staged ``files`` that ``store`` does not hold for the model ``identity`` (display ``name``); see the module
-    docstring. An actor or writer that dies (OOM kill, lost node) starts the pass again, up
-    to :data:`RESTARTS` times: what was committed is kept and not embedded again.
-    ``faults``: the injections of :mod:`.stages` (tests and drills only)."""
+    """Embed the distinct sequences of the staged ``files`` that ``store`` does not hold for
+    the model ``identity`` (display ``name``); see the module docstring. An actor or writer
+    that dies (OOM kill, lost node) starts the pass again, up to :data:`RESTARTS` times:
+    what was committed is kept and not embedded again. ``faults``: the injections of
+    :mod:`.stages` (tests and drills only)."""
     from ray.exceptions import RayActorError
 
     from ..store import EmbeddingStore, ResidueTable
