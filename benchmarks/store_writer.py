@@ -1,11 +1,11 @@
 """The store writer's commit cost and memory as its table grows (no model, no Ray): the
 pass's commit path on generated rows, each setting in a fresh process, side by side.
 
-    python benchmarks/store_writer.py                        # 1 M rows, both settings
-    python benchmarks/store_writer.py --rows 200000 --settings merge
+    python benchmarks/store_writer.py                   # 1 M rows: append, merge, merge+index
+    python benchmarks/store_writer.py --rows 200000 --settings append,merge
 
-Prints, per setting, rows written, rows inserted, private memory (USS) and milliseconds per
-commit at ten points of the fill; --json FILE writes every figure.
+Prints, per setting, rows written, rows inserted, rows stored, commits merged, private memory
+(USS) and milliseconds per commit at ten points of the fill; --json FILE writes every figure.
 """
 from __future__ import annotations
 

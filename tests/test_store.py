@@ -175,6 +175,7 @@ def test_embedding_job_dedupes_resumes_and_recomputes_nothing(ray_session, small
 
     ref = run_embed_job(cfg(tmp_path / "ref"))
     assert (ref.proteins, ref.unique, ref.computed, ref.reused) == (80, unique, unique, 0)
+    assert ref.extra["merged_commits"] == 0  # alone on the store: every commit appended
     again = run_embed_job(cfg(tmp_path / "ref"))
     assert (again.computed, again.reused) == (0, unique)
     reference = _store_rows(tmp_path / "ref")
@@ -296,16 +297,19 @@ def test_store_identity_follows_the_weights_not_the_name(tmp_path) -> None:
 
 
 def test_store_writer_benchmark_counts_each_offered_row_once(capsys) -> None:
-    """benchmarks/store_writer.py's fill goes through the writer's commit path: rows offered
-    again (every 2nd commit re-offers 10 of the one before) are not inserted twice, in either
-    setting; an unknown setting is refused by name."""
+    """benchmarks/store_writer.py's fill goes through the writer's commit paths: with merges,
+    rows offered again (every 2nd commit re-offers 10 of the one before) are not inserted
+    twice; appending, every commit appends and each row is stored once; an unknown setting is
+    refused by name."""
     from mtdp.benchmarks.store_writer_perf import StoreWriterConfig, run_store_writer
 
     cfg = StoreWriterConfig(rows=3000, commit_rows=500, dim=8, repeat_every=2)
     out = run_store_writer(cfg)
     for setting in ("merge", "merge+index"):
         assert out[setting][-1]["rows"] == 3000
-        assert out[setting][-1]["inserted"] == 3000 - 3 * 10  # commits 1, 3, 5 repeat 10
+        assert out[setting][-1]["inserted"] == out[setting][-1]["stored"] == 3000 - 3 * 10
+    last = out["append"][-1]
+    assert (last["inserted"], last["stored"], last["merged"]) == (3000, 3000, 0)
     assert "merge+index: 3,000 rows" in capsys.readouterr().out
     with pytest.raises(ValueError, match="settings: unknown fast"):
         run_store_writer(StoreWriterConfig(rows=10, settings=["fast"]))

@@ -5,9 +5,13 @@ batch, plus the throughput record) without the model or Ray, on generated rows.
 Each setting runs in a fresh process, one after the other in one invocation, so their memory
 is comparable: private memory (USS, from ``/proc/self/smaps_rollup``) is sampled ten times
 over the fill, with the milliseconds per commit since the last sample.
-Settings: ``merge`` (what the writer does today) and ``merge+index`` (the ``seq_hash`` BTree
-built after the first commit and brought up to date every ``refresh_every`` commits, as a
-writer could do mid-pass; the refresh is timed in the commit cost).
+Settings: ``append`` (what the pipeline's writer does while alone on the table: its rows are
+new by construction, :class:`mtdp.store.Appender`; no rows are re-offered; Lance's caches
+bounded as in the writer), ``merge`` (every
+commit a ``merge_insert``, what the writer did before and still does once another process
+commits to the table) and ``merge+index`` (as ``merge``, with the ``seq_hash`` BTree built
+after the first commit and brought up to date every ``refresh_every`` commits; the refresh is
+timed in the commit cost).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import numpy as np
 from ..config import Config, option
 from .memory import uss_bytes
 
-SETTINGS = ("merge", "merge+index")
+SETTINGS = ("append", "merge", "merge+index")
 
 
 @dataclass
@@ -33,10 +37,11 @@ class StoreWriterConfig(Config):
     commit_rows: int = option(2048, ge=1, help="rows per commit (the pass's --commit-rows)")
     dim: int = option(128, ge=1, help="embedding dimension (128: the tiny student)")
     repeat_every: int = option(7, ge=0, help=(
-        "every N-th commit re-offers 10 rows of the one before (0: never), as a rerun does"))
+        "every N-th commit re-offers 10 rows of the one before (0: never), as a rerun does; "
+        "merge settings only"))
     refresh_every: int = option(16, ge=1, help="commits between index refreshes (merge+index)")
     settings: list[str] = option(factory=lambda: list(SETTINGS), help=(
-        "settings to run, comma-separated (merge, merge+index)"))
+        "settings to run, comma-separated (append, merge, merge+index)"))
     json: str | None = option(None, help="write every figure to this file")
 
     def validate(self) -> None:
@@ -54,7 +59,8 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
     """One setting's fill in this process; a sample per tenth of the commits."""
     from lancedb.index import BTree
 
-    from ..store import EmbeddingStore
+    from ..pipeline.stages import StoreWriter
+    from ..store import Appender, EmbeddingStore
 
     rng = np.random.default_rng(0)
     commits = -(-cfg.rows // cfg.commit_rows)
@@ -62,15 +68,18 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
     samples: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         identity = {"weights": "generated", "max_len": 512, "pooling": "mean", "dim": cfg.dim}
-        table = EmbeddingStore(tmp).model(identity, "generated")
+        cache = StoreWriter.CACHE_MB if setting == "append" else None  # as the writer
+        table = EmbeddingStore(tmp, cache_mb=cache).model(identity, "generated")
+        via = Appender(table.table, table.version()) if setting == "append" else None
+        repeat = cfg.repeat_every if via is None else 0
         last, inserted = time.perf_counter(), 0
         for k in range(commits):
             n = min(cfg.commit_rows, cfg.rows - k * cfg.commit_rows)
             hashes = _hashes(k, n)
-            if cfg.repeat_every and k % cfg.repeat_every == cfg.repeat_every - 1 and k:
+            if repeat and k % repeat == repeat - 1 and k:
                 hashes[:10] = _hashes(k - 1, min(10, n))
             inserted += table.add(hashes, [300] * n,
-                                  rng.standard_normal((n, cfg.dim), dtype=np.float32))
+                                  rng.standard_normal((n, cfg.dim), dtype=np.float32), via=via)
             table.record_time(n, 1.0)
             if setting == "merge+index":
                 if k == 0:
@@ -80,7 +89,9 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
             if (k + 1) % every == 0 or k == commits - 1:
                 now = time.perf_counter()
                 samples.append({"rows": min(cfg.rows, (k + 1) * cfg.commit_rows),
-                                "inserted": inserted, "uss_mb": uss_bytes() / 2**20,
+                                "inserted": inserted, "stored": table.count(),
+                                "merged": via.merged if via is not None else k + 1,
+                                "uss_mb": uss_bytes() / 2**20,
                                 "ms_per_commit": 1000 * (now - last) / (k % every + 1)})
                 last = now
     return samples
@@ -97,8 +108,9 @@ def run_store_writer(cfg: StoreWriterConfig) -> dict:
             out[setting] = pool.apply(_fill, (cfg, setting))
         print(f"\n{setting}: {cfg.rows:,} rows in commits of {cfg.commit_rows:,}, "
               f"{time.perf_counter() - t0:.0f} s")
-        print(f"{'rows':>10} {'inserted':>10} {'USS MB':>8} {'ms/commit':>10}")
+        print(f"{'rows':>10} {'inserted':>10} {'stored':>10} {'merged':>7} {'USS MB':>8} "
+              f"{'ms/commit':>10}")
         for s in out[setting]:
-            print(f"{s['rows']:>10,} {s['inserted']:>10,} {s['uss_mb']:>8.0f} "
-                  f"{s['ms_per_commit']:>10.0f}")
+            print(f"{s['rows']:>10,} {s['inserted']:>10,} {s['stored']:>10,} "
+                  f"{s['merged']:>7} {s['uss_mb']:>8.0f} {s['ms_per_commit']:>10.0f}")
     return out

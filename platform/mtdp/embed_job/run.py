@@ -89,6 +89,7 @@ def _embed(cfg: EmbedJobConfig, run: WorkDir, summary: dict, table, result: Embe
     result.proteins, result.unique = done.proteins, done.unique
     result.computed, result.reused, result.seconds = done.computed, done.reused, done.seconds
     result.extra["actor_seconds"] = done.actor_seconds
+    result.extra["merged_commits"] = done.merged_commits
     return done.rejects
 
 

@@ -4,7 +4,8 @@ store does not hold for one model is embedded on an actor pool and committed to 
 its dataset from the store.
 
 A pass is idempotent and resumable by construction: each distinct sequence is looked up
-before it is embedded, commits are ``merge_insert`` batches of ``commit_rows``, so a killed
+before it is embedded (after the model's table versions are noted: the writer appends only
+while nothing else has committed since), commits are batches of ``commit_rows``, so a killed
 pass loses at most one uncommitted batch per writer and a rerun computes only the rest.
 
 A pass runs in two halves: plain tasks find the sequences to embed (materialized, so the
@@ -53,7 +54,8 @@ class PassSettings:
 class PassResult:
     """What a pass did: proteins read, distinct sequences, computed now (and their residues,
     as the model saw them), reused from the store, the rejects (``seq_hash`` → reason); wall
-    and actor seconds."""
+    and actor seconds; commits merged rather than appended (another process wrote the
+    model's table during the pass)."""
 
     proteins: int = 0
     unique: int = 0
@@ -64,6 +66,7 @@ class PassResult:
     actor_seconds: float = 0.0
     rejects: dict[str, str] = field(default_factory=dict)
     commits: list[tuple[float, int]] = field(default_factory=list)
+    merged_commits: int = 0
 
     @property
     def steady_proteins_per_s(self) -> float:
@@ -161,7 +164,7 @@ _NO_RESTART = {"max_restarts": 0}
 
 
 def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassSettings,
-              faults: dict, res: dict, placement: list):
+              faults: dict, res: dict, placement: list, since: dict):
     """The pass's second half: the sequences to embed → the model's actor pool → the store
     writer, each in its reservation (``placement``, :func:`_reserved`). Neither restarts
     after its process died (``max_restarts=0``): Ray Data's restart of an actor that died
@@ -195,7 +198,7 @@ def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassS
             StoreWriter, batch_size=s.commit_rows, batch_format="pyarrow",
             num_cpus=WRITER_CPUS, **_NO_RESTART, scheduling_strategy=placement[1],
             fn_constructor_kwargs=dict(store=store, identity=identity, name=name,
-                                       per_residue=s.per_residue, faults=faults),
+                                       since=since, per_residue=s.per_residue, faults=faults),
             compute=ray.data.ActorPoolStrategy(size=1))
 
 
@@ -224,6 +227,8 @@ def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassS
     with data_context(progress_bars=False):  # one bar of ours instead of one per operator
         for attempt in range(RESTARTS + 1):
             before = result.computed
+            since = {"vectors": table.version(),  # before the lookups: see StoreWriter
+                     "residues": residues.version() if residues is not None else None}
             todo, counts = _todo(files, store, identity, name, s)
             result.proteins, result.unique = counts["n_rows"], counts["n_unique"]
             result.reused = counts["n_reused"] - before  # committed by an earlier attempt
@@ -233,7 +238,7 @@ def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassS
             try:
                 with _reserved(res, s) as placement:
                     _run(_embedded(todo, counts["n_todo"], store, identity, name, s, faults,
-                                   res, placement), result, counts["n_todo"], s)
+                                   res, placement, since), result, counts["n_todo"], s)
                 break
             except RayActorError as exc:
                 if attempt == RESTARTS:
@@ -264,6 +269,7 @@ def _run(ds, result: PassResult, total: int, s: PassSettings) -> None:
                 result.computed += r["computed"]
                 result.residues += r["residues"]
                 result.actor_seconds += r["seconds"]
+                result.merged_commits += r["merged"]
                 result.rejects.update(zip(r["rejected_hash"], r["rejected_reason"]))
                 if r["computed"]:
                     result.commits.append((r["finished_at"], r["computed"]))

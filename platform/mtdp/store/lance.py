@@ -9,18 +9,20 @@ Layout of a store (a LanceDB database: a local folder, or ``s3://...`` / ``gs://
   ``seq_hash``, ``length`` (residues the model saw), ``embedding`` (float32 [dim]);
 * ``ids_<run>`` — per input run: ``id``, ``seq_hash`` (many ids may share one sequence).
 
-Writes are idempotent (``merge_insert`` on ``seq_hash``: a sequence is inserted once, however
-often or concurrently it is offered) and committed batch by batch, so a killed writer loses
-nothing it committed and a rerun recomputes nothing that is stored. A folder that is not a
-store, a table whose schema does not match, or a model key whose identity differs, is refused
-by name — a store is never silently extended with foreign data, nor read for another model.
+Writes are idempotent (``merge_insert`` on ``seq_hash``, declared the table's key so that
+concurrent merges of one new sequence conflict and are retried: a sequence is inserted once,
+however often or concurrently it is offered; :mod:`.commits`) and committed batch by batch, so
+a killed writer loses nothing it committed and a rerun recomputes nothing that is stored. A
+pipeline's writer, whose rows are new by construction, appends while nobody else commits
+(:class:`~.commits.Appender`): its commits cost the same at any table size. A folder that is
+not a store, a table whose schema does not match, or a model key whose identity differs, is
+refused by name — a store is never silently extended with foreign data, nor read for another model.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .commits import KEY, LOOKUP_BATCH, Appender, ensure_key, insert_new, quoted, retry
 from .keys import identity_key
 
 FORMAT = "mtdp-embedding-store"
@@ -41,9 +44,6 @@ os.environ.setdefault("LANCEDB_LOG", "error")
 # g++ building mtdp's kernel) exec a new program at once, which is safe.
 warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
 
-#: Sequences per ``IN (...)`` lookup (the BTree index keeps each one a few ms).
-LOOKUP_BATCH = 4096
-
 
 class StoreError(ValueError):
     """A store that is not one, is damaged, or does not match what is asked of it."""
@@ -52,34 +52,31 @@ class StoreError(ValueError):
 def _schema(dim: int):
     import pyarrow as pa
 
-    return pa.schema([pa.field("seq_hash", pa.string(), nullable=False),
+    return pa.schema([pa.field("seq_hash", pa.string(), nullable=False, metadata=KEY),
                       pa.field("length", pa.int32(), nullable=False),
                       pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)])
 
 
+def _models_schema():
+    import pyarrow as pa
+
+    return pa.schema([pa.field("model_key", pa.string(), nullable=False, metadata=KEY),
+                      ("name", pa.string()), ("dim", pa.int32()), ("identity", pa.string()),
+                      ("embedded", pa.int64()), ("seconds", pa.float64())])
+
+
+def _being_created(local: Path | None, names: set[str]) -> bool:
+    """No marker, and nothing but what creating a store writes first: an empty or new
+    folder, or a store another process is creating this moment (or died creating)."""
+    if not names <= {MODELS}:
+        return False
+    if local is None or not local.exists():
+        return True
+    return all(p.name == f"{MODELS}.lance" for p in local.iterdir())
+
+
 def _is_local(uri: str) -> bool:
     return "://" not in uri
-
-
-def _quoted(hashes: Iterable[str]) -> str:
-    out = []
-    for h in hashes:
-        if not re.fullmatch(r"[0-9a-f]{64}", h):
-            raise ValueError(f"not a sequence hash: {h!r}")
-        out.append(f"'{h}'")
-    return ",".join(out)
-
-
-def _retry(fn, attempts: int = 6):
-    """Run a commit, retrying when a concurrent writer committed first (Lance's optimistic
-    concurrency); merge inserts are idempotent, so a retry never duplicates a row."""
-    for k in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - Lance raises plain errors for conflicts
-            if k == attempts - 1 or "onflict" not in str(exc) and "retry" not in str(exc):
-                raise
-            time.sleep(0.05 * 2 ** k)
 
 
 def fetch_rows(table, hashes: Iterable[str], columns: Sequence[str], unique: bool = True):
@@ -92,7 +89,7 @@ def fetch_rows(table, hashes: Iterable[str], columns: Sequence[str], unique: boo
         return
     for i in range(0, len(wanted), LOOKUP_BATCH):
         part = wanted[i:i + LOOKUP_BATCH]
-        yield (table.search().where(f"seq_hash IN ({_quoted(part)})").select(list(columns))
+        yield (table.search().where(f"seq_hash IN ({quoted(part)})").select(list(columns))
                .limit(len(part) if unique else None).to_arrow())
 
 
@@ -100,14 +97,6 @@ def stored_hashes(table, hashes: Iterable[str]) -> set[str]:
     """Which of ``hashes`` a table keyed by ``seq_hash`` holds (nothing else is read)."""
     return {h for rows in fetch_rows(table, hashes, ["seq_hash"])
             for h in rows.column("seq_hash").to_pylist()}
-
-
-def insert_new(table, rows) -> int:
-    """Insert the ``rows`` whose ``seq_hash`` the table does not hold yet (``merge_insert``:
-    a repeated or retried batch never duplicates a row); returns the rows inserted."""
-    res = _retry(lambda: table.merge_insert("seq_hash").when_not_matched_insert_all()
-                 .execute(rows))
-    return int(getattr(res, "num_inserted_rows", rows.num_rows))
 
 
 def optimize_table(table) -> None:
@@ -121,9 +110,13 @@ def optimize_table(table) -> None:
 
 
 class EmbeddingStore:
-    """A store at ``uri`` (created if absent and ``create``)."""
+    """A store at ``uri`` (created if absent and ``create``). ``cache_mb``: bound Lance's
+    index and metadata caches (by default 6 GB and 1 GB, filled as versions and indices are
+    read) to this many MB each; a long-lived writer sets it, since every commit's manifest is
+    cached and its memory would grow with the commits."""
 
-    def __init__(self, uri: str | os.PathLike, create: bool = True) -> None:
+    def __init__(self, uri: str | os.PathLike, create: bool = True,
+                 cache_mb: int | None = None) -> None:
         import lancedb
 
         self.uri = str(uri)
@@ -137,15 +130,18 @@ class EmbeddingStore:
         # Other processes write the same store (the job's writer, Serve, the CLI): a local
         # store re-reads the table manifest on every access (a cheap file read) so each sees
         # the others' commits at once; object storage re-checks every few seconds.
+        session = None if cache_mb is None else lancedb.Session(
+            index_cache_size_bytes=cache_mb << 20, metadata_cache_size_bytes=cache_mb << 20)
         self.db = lancedb.connect(self.uri, read_consistency_interval=timedelta(
-            seconds=0 if local is not None else 5))
+            seconds=0 if local is not None else 5), session=session)
         names = set(self._tables())
         if MARKER not in names:
-            if names or (local is not None and not fresh):
+            if not _being_created(local, names):
                 raise StoreError(f"{self.uri} is not an mtdp embedding store (no {MARKER} "
                                  "table); choose an empty folder or an existing store")
             self._create_marker()
         self._check_marker()
+        ensure_key(self._open(MODELS), "model_key")
 
     # -- layout ---------------------------------------------------------------------------
     def _tables(self) -> list[str]:
@@ -153,13 +149,17 @@ class EmbeddingStore:
         return list(getattr(listing, "tables", listing))
 
     def _create_marker(self) -> None:
+        """The ``_models`` and marker tables (``exist_ok``: another process may be creating
+        the same store this moment)."""
         import pyarrow as pa
 
-        self.db.create_table(MODELS, schema=pa.schema([
-            ("model_key", pa.string()), ("name", pa.string()), ("dim", pa.int32()),
-            ("identity", pa.string()), ("embedded", pa.int64()), ("seconds", pa.float64())]))
-        self.db.create_table(MARKER, data=pa.table({"key": ["format", "version"],
-                                                    "value": [FORMAT, str(VERSION)]}))
+        marker = pa.table({"key": ["format", "version"], "value": [FORMAT, str(VERSION)]})
+        for name, content in ((MODELS, {"schema": _models_schema()}), (MARKER, {"data": marker})):
+            try:
+                self.db.create_table(name, exist_ok=True, **content)
+            except Exception:  # noqa: BLE001 - a concurrent creation committed first
+                if name not in self._tables():
+                    raise
 
     def _open(self, name: str):
         try:
@@ -168,15 +168,18 @@ class EmbeddingStore:
             raise StoreError(f"{self.uri}: table {name} cannot be opened ({exc}); the store is "
                              "damaged") from None
 
-    def _open_or_create(self, name: str, schema):
+    def _open_or_create(self, name: str, schema, key: str = "seq_hash"):
         """Table ``name``, created empty with ``schema`` if absent (or by a concurrent
-        writer first)."""
+        writer first), its ``key`` column declared its key (:func:`ensure_key`)."""
         if name not in self._tables():
             try:
                 self.db.create_table(name, schema=schema)
             except Exception:  # noqa: BLE001 - created concurrently by another writer
                 pass
-        return self._open(name)
+        table = self._open(name)
+        if key in table.schema.names:
+            ensure_key(table, key)
+        return table
 
     def _check_marker(self) -> None:
         try:
@@ -216,12 +219,12 @@ class EmbeddingStore:
         else:
             import pyarrow as pa
 
-            _retry(lambda: self._open(MODELS).merge_insert("model_key")
+            retry(lambda: self._open(MODELS).merge_insert("model_key")
                    .when_not_matched_insert_all().execute(pa.table({
-                       "model_key": [key], "name": [name], "dim": pa.array([dim], pa.int32()),
+                       "model_key": [key], "name": [name], "dim": [dim],
                        "identity": [json.dumps(identity, sort_keys=True)],
-                       "embedded": pa.array([0], pa.int64()),
-                       "seconds": pa.array([0.0], pa.float64())})))
+                       "embedded": [0], "seconds": [0.0]},
+                       schema=self._open(MODELS).schema)))
         return ModelTable(self, key, name, dim)
 
     def model_by_key(self, key: str) -> "ModelTable":
@@ -250,7 +253,7 @@ class EmbeddingStore:
                           "order": pa.array(order, pa.int64())})
         name = f"ids_{run}"
         if append and name in self._tables():
-            return _retry(lambda: self._open(name).add(table))
+            return retry(lambda: self._open(name).add(table))
         return self.db.create_table(name, data=table, mode="overwrite")
 
     def read_ids(self, run: str):
@@ -305,8 +308,14 @@ class ModelTable:
                 lengths.update(zip(keys, rows.column("length").to_pylist()))
         return found
 
-    def add(self, hashes: Sequence[str], lengths: Sequence[int], embeddings: np.ndarray) -> int:
-        """Store new embeddings (idempotent: stored hashes are skipped); returns rows added."""
+    def version(self) -> int:
+        """The table's version now (every commit adds one)."""
+        return self.table.version
+
+    def add(self, hashes: Sequence[str], lengths: Sequence[int], embeddings: np.ndarray,
+            via: Appender | None = None) -> int:
+        """Store new embeddings (idempotent: stored hashes are skipped); returns rows added.
+        ``via``: the writer's :class:`Appender` (made on this table), for rows known new."""
         if len(hashes) == 0:
             return 0
         import pyarrow as pa
@@ -320,14 +329,14 @@ class ModelTable:
                           "embedding": pa.FixedSizeListArray.from_arrays(
                               pa.array(emb.reshape(-1), pa.float32()), self.dim)},
                          schema=_schema(self.dim))
-        return insert_new(self.table, table)
+        return via(table) if via is not None else insert_new(self.table, table)
 
     def record_time(self, proteins: int, seconds: float) -> None:
         """Add ``proteins`` embedded in ``seconds`` to the model's measured throughput."""
         if proteins <= 0:
             return
         models = self.store._open(MODELS)
-        _retry(lambda: models.update(where=f"model_key = '{self.key}'", values_sql={
+        retry(lambda: models.update(where=f"model_key = '{self.key}'", values_sql={
             "embedded": f"embedded + {int(proteins)}", "seconds": f"seconds + {seconds:.6f}"}))
 
     def throughput(self) -> float:

@@ -9,13 +9,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .lance import ModelTable, StoreError, fetch_rows, insert_new, optimize_table, stored_hashes
+from .commits import KEY, Appender, insert_new
+from .lance import ModelTable, StoreError, fetch_rows, optimize_table, stored_hashes
 
 
 def _schema(dim: int):
     import pyarrow as pa
 
-    return pa.schema([pa.field("seq_hash", pa.string(), nullable=False),
+    return pa.schema([pa.field("seq_hash", pa.string(), nullable=False, metadata=KEY),
                       pa.field("length", pa.int32(), nullable=False),
                       pa.field("states", pa.list_(pa.list_(pa.float16(), dim)),
                                nullable=False)])
@@ -64,9 +65,14 @@ class ResidueTable:
                 found[h] = flat[offsets[k] - offsets[0]:offsets[k + 1] - offsets[0]]
         return found
 
-    def add(self, hashes: Sequence[str], lengths: Sequence[int], states) -> int:
+    def version(self) -> int:
+        """The table's version now (every commit adds one)."""
+        return self.table.version
+
+    def add(self, hashes: Sequence[str], lengths: Sequence[int], states,
+            via: Appender | None = None) -> int:
         """Store states (an Arrow ``states`` column, or a list of ``[L, dim]`` arrays),
-        idempotently; returns rows added."""
+        idempotently; returns rows added. ``via``: as in :meth:`ModelTable.add`."""
         import pyarrow as pa
 
         if len(hashes) == 0:
@@ -76,7 +82,7 @@ class ResidueTable:
         table = pa.table({"seq_hash": pa.array(list(hashes), pa.string()),
                           "length": pa.array(list(lengths), pa.int32()), "states": states})
         table = table.cast(_schema(self.dim))
-        return insert_new(self.table, table)
+        return via(table) if via is not None else insert_new(self.table, table)
 
     def optimize(self) -> None:
         """See :func:`mtdp.store.lance.optimize_table`."""

@@ -1,0 +1,113 @@
+"""The store's writes under concurrency: one row per sequence however many processes offer it,
+stores written before the key was declared, and the pipeline writer's append path."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyarrow as pa
+
+from mtdp.store import Appender, EmbeddingStore, seq_hash
+
+IDENTITY = {"dim": 4, "m": "w"}
+
+
+def _hashes(a: int, b: int) -> list[str]:
+    return [seq_hash("M" + "K" * i) for i in range(a, b)]
+
+
+def _add(table, hashes, via=None) -> int:
+    return table.add(hashes, [len(hashes)] * len(hashes), np.ones((len(hashes), 4)), via=via)
+
+
+def _stored(table) -> list[str]:
+    return table.table.to_arrow().column("seq_hash").to_pylist()
+
+
+def _race(uri, writers: int = 4, batches: int = 12, size: int = 40) -> int:
+    """``writers`` threads, each with its own connection, all offering the same batches."""
+    added = []
+
+    def write() -> None:
+        table = EmbeddingStore(uri).model(IDENTITY, "w")
+        added.append(sum(_add(table, _hashes(k * size, (k + 1) * size))
+                         for k in range(batches)))
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(added) == writers, "a writer raised"
+    return sum(added)
+
+
+def test_concurrent_writers_of_the_same_sequences_store_each_once(tmp_path) -> None:
+    # Without the table's declared key, Lance commits both of two concurrent merge inserts
+    # of one new sequence (here: ~1,850 rows for 1,000 sequences).
+    added = _race(tmp_path / "s", batches=25)
+    stored = _stored(EmbeddingStore(tmp_path / "s").model(IDENTITY, "w"))
+    assert len(stored) == len(set(stored)) == 1000
+    assert added == 1000  # and each writer counts only what it inserted
+
+
+def test_a_table_written_before_the_key_was_declared_gets_it_when_opened(tmp_path) -> None:
+    store = EmbeddingStore(tmp_path / "s")
+    table = store.model(IDENTITY, "w")
+    old = pa.schema([pa.field("seq_hash", pa.string(), nullable=False),
+                     pa.field("length", pa.int32(), nullable=False),
+                     pa.field("embedding", pa.list_(pa.float32(), 4), nullable=False)])
+    store.db.create_table(table.table_name, schema=old, mode="overwrite")  # as mtdp wrote it
+    assert not store.db.open_table(table.table_name).schema.field("seq_hash").metadata
+    _race(tmp_path / "s")
+    stored = _stored(EmbeddingStore(tmp_path / "s").model(IDENTITY, "w"))
+    assert len(stored) == len(set(stored)) == 480
+    meta = store.db.open_table(table.table_name).schema.field("seq_hash").metadata
+    assert any(k.startswith(b"lance-schema:unenforced-primary-key") for k in meta)
+
+
+def test_the_writer_appends_while_alone_and_merges_once_another_process_commits(
+        tmp_path) -> None:
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    start = table.version()
+    via = Appender(table.table, start)
+    assert _add(table, _hashes(0, 100), via) == 100
+    assert _add(table, _hashes(100, 200), via) == 100
+    assert (via.appended, via.merged, via.alone) == (2, 0, True)
+    assert table.version() == start + 2  # one commit each, nothing else
+    # Serve (another process) stores 10 of the writer's next batch meanwhile.
+    other = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    assert _add(other, _hashes(200, 205) + _hashes(400, 405)) == 10
+    assert _add(table, _hashes(200, 300), via) == 95
+    assert (via.appended, via.merged, via.alone) == (2, 1, False)
+    assert _add(table, _hashes(300, 350), via) == 50  # merges from now on
+    stored = _stored(table)
+    assert len(stored) == len(set(stored)) == 355
+
+
+class _Overtaken:
+    """A table whose next append is overtaken: another process commits some of the same
+    sequences between the writer's version check and its commit."""
+
+    def __init__(self, table, other, hashes) -> None:
+        self._table, self._other, self._hashes = table, other, hashes
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+    def add(self, rows):
+        _add(self._other, self._hashes)
+        return self._table.add(rows)
+
+
+def test_an_overtaken_append_deletes_its_copies_and_counts_only_new_rows(tmp_path) -> None:
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    other = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    assert _add(table, _hashes(0, 20)) == 20
+    racing = _hashes(30, 37) + _hashes(900, 903)  # 7 of the writer's batch, 3 others
+    via = Appender(_Overtaken(table.table, other, racing), table.version())
+    assert _add(table, _hashes(20, 60), via) == 33
+    assert (via.appended, via.alone) == (1, False)
+    stored = _stored(table)
+    assert len(stored) == len(set(stored)) == 63
+    assert set(table.lookup(_hashes(0, 60))) == set(_hashes(0, 60))
