@@ -10,8 +10,8 @@
    seconds inside the model calls: per actor, the job's sum divided by the actors). The
    difference, 'fixed s', is the job's start-up and scheduling cost, paid once per run.
 2. **memory**: the job over N proteins for each --sizes with the tiny random student; the
-   driver's and each role's peak RSS (embed actors, the store writer, other Ray workers),
-   sampled every 0.5 s over the job's own process tree.
+   driver's and each role's peak RSS, USS and anonymous memory (embed actors, the store
+   writer, other Ray workers), sampled every 0.5 s over the job's own process tree.
 
 Lengths follow DeepLoc 2.0's real length distribution (read from $MTDP_DATA_DIR when present,
 else a log-normal with its median and spread); residues are random; in part 2, 20 % of the
@@ -80,19 +80,21 @@ def main() -> None:
             print(f"engine: 1 actor / one process {e[1] / e[0]:.2f}   2 actors / 1 actor "
                   f"{e[2] / e[1]:.2f}")
         if args.sizes:
-            print("\nmemory: random 'tiny' student, peak RSS (USS: private memory) in MB")
-            print(f"{'proteins':>9} {'unique':>8} {'seconds':>8} {'driver':>7} "
-                  f"{'embed actor':>12} {'embed USS':>10} {'writer':>7} {'writer USS':>11} "
-                  f"{'other worker':>13}")
+            print("\nmemory: random 'tiny' student, peak MB: RSS, USS (private memory) and "
+                  "anon (heaps only, no object-store pages)")
+            cols = [("driver", "driver"), ("driver_anon", "anon"), ("embed", "embed"),
+                    ("embed_uss", "USS"), ("embed_anon", "anon"), ("writer", "writer"),
+                    ("writer_uss", "USS"), ("writer_anon", "anon"), ("other", "other"),
+                    ("other_anon", "anon")]
+            print(f"{'proteins':>9} {'unique':>8} {'seconds':>8} "
+                  + " ".join(f"{h:>7}" for _, h in cols))
             for n in args.sizes:
                 fa = generate_inputs(os.path.join(tmp, f"m{n}.fasta"), n, duplicates=0.2)
                 t0 = time.time()
                 r = _child("job", fa, tiny, os.path.join(tmp, f"m{n}"), "1")
                 rss = r["peak_rss_mb"]
-                print(f"{n:>9} {r['unique']:>8} {time.time() - t0:>8.0f} {rss['driver']:>7} "
-                      f"{rss.get('embed', 0):>12} {rss.get('embed_uss', 0):>10} "
-                      f"{rss.get('writer', 0):>7} {rss.get('writer_uss', 0):>11} "
-                      f"{rss.get('other', 0):>13}")
+                print(f"{n:>9} {r['unique']:>8} {time.time() - t0:>8.0f} "
+                      + " ".join(f"{rss.get(k, 0):>7}" for k, _ in cols))
                 os.remove(fa)
 
 

@@ -111,3 +111,20 @@ def test_an_overtaken_append_deletes_its_copies_and_counts_only_new_rows(tmp_pat
     stored = _stored(table)
     assert len(stored) == len(set(stored)) == 63
     assert set(table.lookup(_hashes(0, 60))) == set(_hashes(0, 60))
+
+
+def test_optimize_brings_the_index_up_to_date_over_new_rows_and_compacts(tmp_path) -> None:
+    # That it does not rebuild the index (its cost: new rows, not the table) is a figure of
+    # benchmarks/store_writer.py; here: the updated index covers every row, lookups find them.
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    _add(table, _hashes(0, 300), Appender(table.table, table.version()))
+    table.optimize()
+    (index,) = [i for i in table.table.list_indices() if list(i.columns) == ["seq_hash"]]
+    _add(table, _hashes(300, 400), Appender(table.table, table.version()))
+    assert table.table.index_stats(index.name).num_unindexed_rows == 100
+    table.optimize()
+    (after,) = [i for i in table.table.list_indices() if list(i.columns) == ["seq_hash"]]
+    stats = table.table.index_stats(after.name)
+    assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (400, 0)
+    assert table.stored(_hashes(0, 400)) == set(_hashes(0, 400))
+    assert len(table.table.to_lance().get_fragments()) < 3  # the small fragments compacted

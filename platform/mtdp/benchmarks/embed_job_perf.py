@@ -64,10 +64,12 @@ def save_random_student(path: str, preset: str, max_len: int) -> str:
 
 
 class TreeRSS:
-    """Peak RSS and USS (``<role>_uss``; MB) per role over this process's tree, sampled every
-    ``every`` seconds:
+    """Peak RSS, USS (``<role>_uss``) and anonymous memory (``<role>_anon``; MB) per role
+    over this process's tree and itself, sampled every ``every`` seconds:
     ``embed`` (actors running EmbedActor), ``writer`` (StoreWriter), ``other`` (other Ray
-    workers), ``system`` (raylet, GCS, dashboard...), ``driver`` (this process's own peak)."""
+    workers), ``system`` (raylet, GCS, dashboard...), ``driver`` (this process; its RSS is
+    the kernel's high-water mark). USS still counts object-store pages only this process
+    maps; anonymous memory is the heaps alone."""
 
     def __init__(self, every: float = 0.5) -> None:
         self.peak: dict[str, float] = {}
@@ -85,8 +87,12 @@ class TreeRSS:
     def _run(self, every: float) -> None:
         import psutil
 
+        from .memory import anon_bytes
+
         me = psutil.Process()
         while not self._stop.wait(every):
+            self._peak("driver_uss", me.memory_full_info().uss)
+            self._peak("driver_anon", anon_bytes(me.pid))
             for p in me.children(recursive=True):
                 try:
                     role = self.role(" ".join(p.cmdline()))
@@ -95,9 +101,12 @@ class TreeRSS:
                     continue
                 # RSS counts shared pages too (Ray's object store mapped into the process,
                 # libraries); USS is the memory the process alone holds.
-                self.peak[role] = max(self.peak.get(role, 0.0), mem.rss / 2**20)
-                self.peak[f"{role}_uss"] = max(self.peak.get(f"{role}_uss", 0.0),
-                                               mem.uss / 2**20)
+                self._peak(role, mem.rss)
+                self._peak(f"{role}_uss", mem.uss)
+                self._peak(f"{role}_anon", anon_bytes(p.pid))
+
+    def _peak(self, key: str, nbytes: float) -> None:
+        self.peak[key] = max(self.peak.get(key, 0.0), nbytes / 2**20)
 
     def __enter__(self) -> "TreeRSS":
         self._thread.start()

@@ -1,5 +1,5 @@
 """This process's memory as the kernel reports it (``/proc/self``): resident pages, private
-pages, and the resident high-water mark. No torch here: a probe that imports this module
+pages, anonymous pages (any process's), and the resident high-water mark. No torch here: a probe that imports this module
 measures only what it loads itself."""
 from __future__ import annotations
 
@@ -22,6 +22,19 @@ def uss_bytes() -> int:
             if line.startswith(("Private_Clean:", "Private_Dirty:")):
                 kb += int(line.split()[1])
     return kb * 1024
+
+
+def anon_bytes(pid: int | str = "self") -> int:
+    """A process's resident anonymous memory (``RssAnon``: its heaps, no file or shared-memory
+    pages, so no mapped object-store pages either); 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def reset_rss_peak() -> bool:

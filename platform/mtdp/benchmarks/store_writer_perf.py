@@ -11,7 +11,10 @@ bounded as in the writer), ``merge`` (every
 commit a ``merge_insert``, what the writer did before and still does once another process
 commits to the table) and ``merge+index`` (as ``merge``, with the ``seq_hash`` BTree built
 after the first commit and brought up to date every ``refresh_every`` commits; the refresh is
-timed in the commit cost).
+timed in the commit cost). With ``append``, the end of a pass is timed too, each way in a fresh
+process: on a table whose last tenth a second pass appended, the pass's ``optimize`` (fragments
+compacted, the ``seq_hash`` index brought up to date) against the same after a full rebuild of
+that index (what the pass did before).
 """
 from __future__ import annotations
 
@@ -97,6 +100,42 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
     return samples
 
 
+def _appended(table, first: int, commits: int, cfg: StoreWriterConfig) -> None:
+    """``commits`` commits of new rows through a fresh writer's :class:`Appender`."""
+    from ..store import Appender
+
+    rng, via = np.random.default_rng(first), Appender(table.table, table.version())
+    for k in range(first, first + commits):
+        table.add(_hashes(k, cfg.commit_rows), [300] * cfg.commit_rows,
+                  rng.standard_normal((cfg.commit_rows, cfg.dim), dtype=np.float32), via=via)
+
+
+def _pass_end(cfg: StoreWriterConfig, step: str) -> dict:
+    """A pass's end step on a table of ``rows`` whose last tenth a second pass added (the first
+    pass ended with its ``optimize``): ``incremental``, the pass's ``optimize`` (the
+    ``seq_hash`` index brought up to date), or ``rebuild`` (the index built anew first, as the
+    pass did before); its seconds and the rise of this process's RSS peak (MB)."""
+    from lancedb.index import BTree
+
+    from ..store import EmbeddingStore
+    from .memory import reset_rss_peak, rss_bytes, rss_peak_bytes
+
+    commits = -(-cfg.rows // cfg.commit_rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        identity = {"weights": "generated", "max_len": 512, "pooling": "mean", "dim": cfg.dim}
+        table = EmbeddingStore(tmp).model(identity, "generated")
+        _appended(table, 0, commits - commits // 10, cfg)
+        table.optimize()
+        _appended(table, commits - commits // 10, commits // 10, cfg)
+        reset_rss_peak()
+        base, t0 = rss_bytes(), time.perf_counter()
+        if step == "rebuild":  # what the pass's end did before: rebuild, then compact
+            table.table.create_index("seq_hash", config=BTree(), replace=True)
+        table.optimize()
+        return {"rows": table.count(), "seconds": time.perf_counter() - t0,
+                "rss_peak_rise_mb": (rss_peak_bytes() - base) / 2**20}
+
+
 def run_store_writer(cfg: StoreWriterConfig) -> dict:
     """Every setting in its own fresh process, one after the other; prints a table each."""
     cfg.validate()
@@ -113,4 +152,10 @@ def run_store_writer(cfg: StoreWriterConfig) -> dict:
         for s in out[setting]:
             print(f"{s['rows']:>10,} {s['inserted']:>10,} {s['stored']:>10,} "
                   f"{s['merged']:>7} {s['uss_mb']:>8.0f} {s['ms_per_commit']:>10.0f}")
+    if "append" in cfg.settings:
+        for step in ("incremental", "rebuild"):
+            with ctx.Pool(1) as pool:
+                r = out[f"pass end: {step}"] = pool.apply(_pass_end, (cfg, step))
+            print(f"pass end ({step} seq_hash index, {r['rows']:,} rows, last tenth new): "
+                  f"{r['seconds']:.1f} s, RSS peak +{r['rss_peak_rise_mb']:.0f} MB")
     return out
