@@ -16,7 +16,8 @@ a killed writer loses nothing it committed and a rerun recomputes nothing that i
 pipeline's writer, whose rows are new by construction, appends while nobody else commits
 (:class:`~.commits.Appender`): its commits cost the same at any table size. A folder that is
 not a store, a table whose schema does not match, or a model key whose identity differs, is
-refused by name — a store is never silently extended with foreign data, nor read for another model.
+refused by name — a store is never silently extended with foreign data, nor read for another
+model.
 """
 from __future__ import annotations
 
