@@ -95,6 +95,7 @@ def main() -> None:
                 rss = r["peak_rss_mb"]
                 print(f"{n:>9} {r['unique']:>8} {time.time() - t0:>8.0f} "
                       + " ".join(f"{rss.get(k, 0):>7}" for k, _ in cols))
+                print(f"{'':>9} largest other worker (anon): {r['other_worker']}")
                 os.remove(fa)
 
 

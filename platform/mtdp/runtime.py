@@ -7,6 +7,9 @@
   local cluster (``address="local"`` never attaches to another Ray found on the host). The
   variables Ray workers need (the data folder, offline hub, MLflow, mtdp's cache) travel in
   the runtime environment.
+* :func:`release_heap` hands the C heap's free pages back to the system, for long-lived
+  workers whose batches vary in size; :class:`HeapReleaser` does it at most a set share of
+  the time.
 """
 from __future__ import annotations
 
@@ -139,3 +142,53 @@ def ray_get(refs):
         if isinstance(cause, Exception):
             raise cause from None
         raise
+
+
+_LIBC: Any = None
+
+
+def release_heap() -> bool:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``); ``False`` where
+    the C library has none (musl, macOS).
+
+    A long-lived worker whose batches vary in size (an embedding actor: each batch's tensors
+    have another shape) otherwise keeps what glibc freed but cannot give back, so its memory
+    creeps up with the batches seen — 771 → 1,056 MB of heap over 60 batches of 512 proteins
+    in one actor, flat at ~770 MB with a trim after each batch (10-18 ms each)."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
+class HeapReleaser:
+    """:func:`release_heap` after a batch, at most ``share`` of the worker's time: a trim
+    costs milliseconds, a CPU batch seconds, a GPU batch maybe less than the trim, so the next
+    is due only once ``1/share`` times the last one's cost has passed."""
+
+    def __init__(self, share: float = 0.02) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        self.share, self.due, self.count = share, 0.0, 0
+
+    def __call__(self) -> bool:
+        import time
+
+        start = time.perf_counter()
+        if start < self.due:
+            return False
+        released = release_heap()
+        cost = time.perf_counter() - start
+        self.due = start + cost / self.share
+        self.count += released
+        return released

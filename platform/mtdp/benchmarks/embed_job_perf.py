@@ -73,6 +73,7 @@ class TreeRSS:
 
     def __init__(self, every: float = 0.5) -> None:
         self.peak: dict[str, float] = {}
+        self.other_worker = ""  # the title of the "other" worker at its anonymous peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
 
@@ -103,10 +104,15 @@ class TreeRSS:
                 # libraries); USS is the memory the process alone holds.
                 self._peak(role, mem.rss)
                 self._peak(f"{role}_uss", mem.uss)
-                self._peak(f"{role}_anon", anon_bytes(p.pid))
+                if self._peak(f"{role}_anon", anon_bytes(p.pid)) and role == "other":
+                    self.other_worker = " ".join(p.cmdline())[:100]
 
-    def _peak(self, key: str, nbytes: float) -> None:
-        self.peak[key] = max(self.peak.get(key, 0.0), nbytes / 2**20)
+    def _peak(self, key: str, nbytes: float) -> bool:
+        """Keep the larger; ``True`` when this one is a new peak."""
+        if nbytes / 2**20 <= self.peak.get(key, 0.0):
+            return False
+        self.peak[key] = nbytes / 2**20
+        return True
 
     def __enter__(self) -> "TreeRSS":
         self._thread.start()
@@ -149,4 +155,4 @@ def child_main(mode: str, fasta: str, model: str, out: str, actors: str = "1") -
     return {"computed": r.computed, "unique": r.unique, "proteins": r.proteins,
             "seconds": r.seconds, "proteins_per_s": r.proteins_per_s,
             "engine_seconds": r.extra.get("actor_seconds", 0.0),
-            "peak_rss_mb": rss.rounded()}
+            "peak_rss_mb": rss.rounded(), "other_worker": rss.other_worker}
