@@ -66,6 +66,21 @@ def test_a_table_written_before_the_key_was_declared_gets_it_when_opened(tmp_pat
     assert any(k.startswith(b"lance-schema:unenforced-primary-key") for k in meta)
 
 
+def test_a_vector_stored_twice_by_an_old_store_hides_no_other_hash(tmp_path) -> None:
+    # Stores written before the key could hold a hash twice; a lookup capped at one row per
+    # wanted hash then returned the copy and missed another hash (re-embedded every run).
+    store = EmbeddingStore(tmp_path / "s")
+    table = store.model(IDENTITY, "w")
+    a, b, c = _hashes(0, 3)
+    table.table.add(pa.table({"seq_hash": [a, a, b, c], "length": pa.array([1, 1, 2, 3],
+                                                                         pa.int32()),
+                              "embedding": pa.FixedSizeListArray.from_arrays(
+                                  pa.array(np.arange(16, dtype=np.float32)), 4)},
+                             schema=table.table.schema))
+    assert table.stored([a, b]) == {a, b}
+    assert sorted(table.lookup([a, c])) == sorted([a, c])
+
+
 def test_the_writer_appends_while_alone_and_merges_once_another_process_commits(
         tmp_path) -> None:
     table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")

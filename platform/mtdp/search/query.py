@@ -94,7 +94,7 @@ def ids_of(store: EmbeddingStore, hashes: Sequence[str], runs: Sequence[str]
     named: dict[str, list[tuple[str, int, str]]] = {}
     for r, run in enumerate(runs):
         t = store._open(f"ids_{run}")
-        for rows in fetch_rows(t, wanted, ["id", "seq_hash", "order"], unique=False):
+        for rows in fetch_rows(t, wanted, ["id", "seq_hash", "order"]):
             for row in rows.to_pylist():
                 named.setdefault(row["seq_hash"], []).append((r, row["order"], row["id"]))
     return {h: list(dict.fromkeys(i for *_, i in sorted(v))) for h, v in named.items()}

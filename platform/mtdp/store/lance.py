@@ -80,18 +80,19 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri
 
 
-def fetch_rows(table, hashes: Iterable[str], columns: Sequence[str], unique: bool = True):
+def fetch_rows(table, hashes: Iterable[str], columns: Sequence[str]):
     """The rows of a table keyed by ``seq_hash`` whose hash is in ``hashes``, as Arrow tables
     of up to :data:`LOOKUP_BATCH` hashes each (one indexed ``IN`` filter per batch); the
-    ``columns`` only. ``unique``: the table holds each hash once (a vectors or states table;
-    an ids table may hold one many times)."""
+    ``columns`` only. Never capped at one row per hash: an ids table holds a hash once per
+    id, and a store written before ``seq_hash`` was each table's key may hold a vector twice
+    (concurrent writers both inserted it) — a cap would then push other hashes out."""
     wanted = list(dict.fromkeys(hashes))
     if not wanted or table.count_rows() == 0:
         return
     for i in range(0, len(wanted), LOOKUP_BATCH):
         part = wanted[i:i + LOOKUP_BATCH]
         yield (table.search().where(f"seq_hash IN ({quoted(part)})").select(list(columns))
-               .limit(len(part) if unique else None).to_arrow())
+               .limit(None).to_arrow())
 
 
 def stored_hashes(table, hashes: Iterable[str]) -> set[str]:
@@ -104,8 +105,8 @@ def optimize_table(table) -> None:
     """Compact small fragments and bring the ``seq_hash`` index up to date (keeps lookups fast
     as the table grows); safe at any time. The index is built once, on the first call with
     rows; later calls index only the rows added since (Lance's incremental update), so their
-    cost follows the new rows, not the table: 0.8 s and +7 MB for 100 k new rows on a 900 k
-    table, against 3.9 s and +359 MB to rebuild it."""
+    cost follows the new rows, not the table: 0.7 s and +9 MB for 100 k new rows on a 900 k
+    table, against 3.3 s and +415 MB to rebuild it (``benchmarks/store_writer.py``)."""
     from lancedb.index import BTree
 
     if table.count_rows():
