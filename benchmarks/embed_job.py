@@ -30,7 +30,8 @@ import sys
 import tempfile
 import time
 
-from mtdp.benchmarks.embed_job_perf import child_main, generate_inputs, save_random_student
+from mtdp.benchmarks.embed_job_perf import (child_main, generate_inputs, lengths_source,
+                                            save_random_student)
 
 
 def _child(*args: str) -> dict:
@@ -53,6 +54,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child_main(*args.child)))
         return
+    print(f"generated inputs: {lengths_source()}")
     with tempfile.TemporaryDirectory() as tmp:
         small = save_random_student(os.path.join(tmp, "small"), "small", args.max_len)
         tiny = save_random_student(os.path.join(tmp, "tiny"), "tiny", args.max_len)

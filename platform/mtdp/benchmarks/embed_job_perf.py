@@ -13,14 +13,27 @@ import numpy as np
 AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
 
+def _deeploc_csv():
+    from ..io import data_dir
+
+    return data_dir() / "deeploc2" / "swissprot_train_val_5partitions.csv"
+
+
+def lengths_source() -> str:
+    """Where :func:`real_lengths` takes its lengths from, for the benchmark's header."""
+    path = _deeploc_csv()
+    if path.is_file():
+        return f"DeepLoc 2.0's protein lengths ({path})"
+    return (f"log-normal lengths: {path} not found (set MTDP_DATA_DIR to compare with the "
+            "README's figures)")
+
+
 def real_lengths() -> np.ndarray:
     """DeepLoc 2.0's protein lengths ($MTDP_DATA_DIR), else a log-normal with their median
     (~420) and spread."""
     import csv
 
-    from ..io import data_dir
-
-    path = data_dir() / "deeploc2" / "swissprot_train_val_5partitions.csv"
+    path = _deeploc_csv()
     if path.is_file():
         csv.field_size_limit(1 << 24)
         with open(path, newline="") as fh:
