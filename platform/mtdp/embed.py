@@ -26,6 +26,7 @@ from . import __version__
 from .store.keys import seq_hash, store_identity
 from .outputs import (check_output, embedding_table, npy_writer, output_format,
                       parquet_schema, parquet_writer, write_rejects)
+from .runtime import release_heap_after_batch
 from .sequences import (Record, SequenceError, fit_length, iter_fasta, prepare_records,
                         windows)
 
@@ -113,6 +114,7 @@ def embed_sequences(embedder: "Embedder", sequences: Sequence[str], *,
                 residues[i] = res[j].numpy()
         bar.update(len(batch))
     bar.close()
+    release_heap_after_batch()  # each call's tensors have other shapes: see HeapReleaser
     return (out, residues) if per_residue else out
 
 

@@ -9,7 +9,8 @@
   the runtime environment.
 * :func:`release_heap` hands the C heap's free pages back to the system, for long-lived
   workers whose batches vary in size; :class:`HeapReleaser` does it at most a set share of
-  the time.
+  the time, and :data:`release_heap_after_batch` is the process's one such releaser (the
+  embedding engine calls it after every call, the store writer after every commit).
 """
 from __future__ import annotations
 
@@ -192,3 +193,7 @@ class HeapReleaser:
         self.due = start + cost / self.share
         self.count += released
         return released
+
+
+#: The process's releaser: a trim is process-wide, so is the share of time it may take.
+release_heap_after_batch = HeapReleaser()

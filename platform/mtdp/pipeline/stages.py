@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime import HeapReleaser
+from ..runtime import release_heap_after_batch
 
 #: A hash group's counts (first row of :func:`missing`'s output): proteins, distinct
 #: sequences, stored ones; summed by :func:`group_counts` before anything is embedded.
@@ -96,7 +96,6 @@ class EmbedActor:
         self.too_long, self.max_len, self.batch_tokens = too_long, max_len, batch_tokens
         self.retries, self.per_residue, self.faults = retries, per_residue, faults or {}
         self.unembeddable = set(self.faults.get("unembeddable_sequences") or [])
-        self.release_heap = HeapReleaser()
 
     def _embed(self, seqs: list[str]):
         from ..embed import embed_sequences
@@ -179,8 +178,6 @@ class EmbedActor:
                 [states.get(i) if reasons[i] is None and seqs[i] else None
                  for i in range(len(seqs))], self.embedder.dim))
         out = out.append_column("reason", pa.array(reasons, pa.string()))
-        del emb, states
-        self.release_heap()  # each batch's tensors have another shape: see HeapReleaser
         return out.append_column("seconds", pa.array([time.perf_counter() - t0] +
                                                      [0.0] * (len(seqs) - 1), pa.float64()))
 
@@ -213,7 +210,6 @@ class StoreWriter:
         self.via_residues = (Appender(self.residues.table, since["residues"])
                              if self.residues is not None else None)
         self.faults, self.batches = faults or {}, 0
-        self.release_heap = HeapReleaser()
 
     def _commit(self, rows) -> int:
         emb = rows["embedding"].combine_chunks().flatten().to_numpy(
@@ -237,7 +233,7 @@ class StoreWriter:
             written = self._commit(rows)
             self.table.record_time(rows.num_rows, seconds)
         self.batches += 1
-        self.release_heap()
+        release_heap_after_batch()
         self._faults()
         return pa.table({
             "computed": [rows.num_rows], "written": [written], "seconds": [seconds],

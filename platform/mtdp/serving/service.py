@@ -42,7 +42,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from .. import __version__
-from ..runtime import HeapReleaser
 from ..sequences import SequenceError, fit_length, iter_fasta, prepare_records, records_from_pairs
 from .config import ServeConfig
 from .schemas import (ERROR_RESPONSES, DType, EmbedRequest, EmbedResponse, Format, InfoResponse,
@@ -132,7 +131,6 @@ class EmbeddingService:
         # across requests cuts padding (tiny student, 2 busy CPUs, 100 concurrent requests:
         # 24 -> 39 proteins/s against one forward pass per queue batch).
         self.queue_tokens = cfg.queue_tokens or 4 * self.batch_tokens
-        self.release_heap = HeapReleaser()
         self.model_name, self.model_version = display_identity(cfg.model, self.embedder)
         from ..embed import CacheCounts
 
@@ -180,15 +178,12 @@ class EmbeddingService:
         store when the service has one (stored sequences are read, new ones stored)."""
         from ..embed import embed_cached, embed_sequences
 
-        try:
-            if per_residue:
-                return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens,
-                                       per_residue=True, too_long=too_long)
-            table = self._store_table(too_long)
-            return embed_cached(self.embedder, seqs, table, batch_tokens=self.batch_tokens,
-                                too_long=too_long, counts=self.store_counts)
-        finally:
-            self.release_heap()  # every queue batch has another shape: see HeapReleaser
+        if per_residue:
+            return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens,
+                                   per_residue=True, too_long=too_long)
+        table = self._store_table(too_long)
+        return embed_cached(self.embedder, seqs, table, batch_tokens=self.batch_tokens,
+                            too_long=too_long, counts=self.store_counts)
 
     def _store_table(self, too_long: str):
         if self.store is None:
