@@ -278,6 +278,31 @@ def test_a_failed_pass_releases_its_actors_and_past_the_restart_limit_stops_resu
     assert len(_store_rows(tmp_path / "s")) == unique
 
 
+def test_the_lookup_reads_its_staged_shards_itself_sequences_only(tmp_path) -> None:
+    """The pass's first task gets shard files, not rows (a bounded task at any input size):
+    each file's sequences in order, keyed and sharded by their hash; other columns unread."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtdp.pipeline.stages import hashed
+
+    seqs = [["MKV", "MKVL", "MKV"], ["ACDE"], []]
+    files = []
+    for i, chunk in enumerate(seqs):
+        files.append(str(tmp_path / f"shard-{i}.parquet"))
+        pq.write_table(pa.table({"id": [f"p{i}{k}" for k in range(len(chunk))],
+                                 "sequence": pa.array(chunk, pa.string()),
+                                 "length": pa.array([len(q) for q in chunk], pa.int32())}),
+                       files[-1])
+    out = hashed(pa.table({"file": files}), hash_shards=3)
+    flat = [q for chunk in seqs for q in chunk]
+    assert out.column_names == ["sequence", "seq_hash", "hash_shard"]
+    assert out["sequence"].to_pylist() == flat
+    assert out["seq_hash"].to_pylist() == [seq_hash(q) for q in flat]
+    assert out["hash_shard"].to_pylist() == [int(seq_hash(q)[:8], 16) % 3 for q in flat]
+    assert hashed(pa.table({"file": files[2:]}), hash_shards=3).num_rows == 0
+
+
 def test_store_identity_follows_the_weights_not_the_name(tmp_path) -> None:
     from mtdp.models.registry import load_embedder
     from mtdp.models.student import StudentConfig, StudentModel

@@ -154,7 +154,8 @@ def _refuse_too_long(cfg: EmbedJobConfig, run: WorkDir, summary: dict, limit: in
 
 def _identity(spec: str, too_long: str, max_len: int | None) -> tuple[dict, str]:
     """The model's store identity and name (computed in a Ray task: loading a big teacher
-    on the driver would cost its memory there)."""
+    on the driver would cost its memory there; the task's process exits after it, see
+    :func:`run_embed_job`)."""
     from ..models.registry import load_embedder
     from ..store.keys import store_identity
 
@@ -182,7 +183,9 @@ def run_embed_job(cfg: EmbedJobConfig) -> EmbedJobResult:
     resolve(cfg.model)
     store = EmbeddingStore(cfg.store)  # a foreign or damaged store is refused before work
     init_ray(cfg.ray_address)
-    identity, name = ray_get(ray.remote(num_cpus=0.5)(_identity).remote(
+    # max_calls=1: the worker that loaded the model exits, and no staging or lookup task
+    # inherits its heap (torch and the weights: +300 MB with the tiny student, GBs for ESM-2).
+    identity, name = ray_get(ray.remote(num_cpus=0.5, max_calls=1)(_identity).remote(
         cfg.model, cfg.too_long, cfg.max_len))
     run = WorkDir(cfg.workdir)
     summary = _stage(cfg, run)

@@ -73,7 +73,9 @@ def resolve_teachers(cfg: PrecomputeConfig, run: RunDir):
                     raise ManifestMismatch(f"teacher checkpoint {t['source']} changed since this "
                                            "run started (sha256 differs); use a new --output")
             return lambda: cached
-    task = ray.remote(num_cpus=0.5)(_describe_teacher)
+    # max_calls=1: each worker that loaded a teacher exits, and no pipeline task inherits
+    # its heap (GBs for ESM-2 650M).
+    task = ray.remote(num_cpus=0.5, max_calls=1)(_describe_teacher)
     futures = [task.remote(s, cfg.max_len) for s in cfg.teachers]
 
     def wait() -> list[dict]:
