@@ -51,6 +51,28 @@ def test_concurrent_writers_of_the_same_sequences_store_each_once(tmp_path) -> N
     assert added == 1000  # and each writer counts only what it inserted
 
 
+def test_processes_creating_the_same_new_store_at_once_all_open_it(tmp_path) -> None:
+    """Six connections creating one new store at once (two `mtdp embed --store` started
+    together): all open it. A table's folder is listed before its first commit lands, and
+    that moment was taken for a foreign or damaged store (8 and 11 of 40 rounds failed)."""
+    errors = []
+
+    def open_store(uri) -> None:
+        try:
+            EmbeddingStore(uri)
+        except Exception as exc:  # noqa: BLE001 - collected, asserted below
+            errors.append(exc)
+
+    for k in range(40):
+        threads = [threading.Thread(target=open_store, args=(tmp_path / f"s{k}",))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, f"{len(errors)} opening(s) failed; first: {errors[0]}"
+
+
 def test_a_table_written_before_the_key_was_declared_gets_it_when_opened(tmp_path) -> None:
     store = EmbeddingStore(tmp_path / "s")
     table = store.model(IDENTITY, "w")

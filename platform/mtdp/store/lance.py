@@ -35,6 +35,8 @@ from .commits import KEY, LOOKUP_BATCH, Appender, ensure_key, insert_new, quoted
 from .keys import identity_key
 
 FORMAT = "mtdp-embedding-store"
+#: Seconds a process creating a store waits for another's concurrent creation to commit.
+CREATE_WAIT_S = 10.0
 VERSION = 1
 MARKER, MODELS = "_mtdp", "_models"
 # Lance's Rust logger: warnings such as "No existing dataset ..., it will be created" are
@@ -68,12 +70,13 @@ def _models_schema():
 
 def _being_created(local: Path | None, names: set[str]) -> bool:
     """No marker, and nothing but what creating a store writes first: an empty or new
-    folder, or a store another process is creating this moment (or died creating)."""
+    folder, or a store another process is creating this moment (or died creating) — its
+    ``_models`` table, and maybe the marker's folder before the marker's first commit."""
     if not names <= {MODELS}:
         return False
     if local is None or not local.exists():
         return True
-    return all(p.name == f"{MODELS}.lance" for p in local.iterdir())
+    return all(p.name in (f"{MODELS}.lance", f"{MARKER}.lance") for p in local.iterdir())
 
 
 def _is_local(uri: str) -> bool:
@@ -141,8 +144,8 @@ class EmbeddingStore:
         self.db = lancedb.connect(self.uri, read_consistency_interval=timedelta(
             seconds=0 if local is not None else 5), session=session)
         names = set(self._tables())
-        if MARKER not in names:
-            if not _being_created(local, names):
+        if MARKER not in names or names <= {MODELS, MARKER}:  # none, or maybe not committed
+            if not _being_created(local, names - {MARKER}):
                 raise StoreError(f"{self.uri} is not an mtdp embedding store (no {MARKER} "
                                  "table); choose an empty folder or an existing store")
             self._create_marker()
@@ -166,6 +169,21 @@ class EmbeddingStore:
             except Exception:  # noqa: BLE001 - a concurrent creation committed first
                 if name not in self._tables():
                     raise
+            self._await_table(name)
+
+    def _await_table(self, name: str, seconds: float = CREATE_WAIT_S) -> None:
+        """Wait until table ``name`` opens: one created by another process this moment is
+        listed (its folder exists) before its first commit lands. Past ``seconds`` the
+        check that follows names the store damaged."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self.db.open_table(name)
+                return
+            except Exception:  # noqa: BLE001 - not committed yet
+                time.sleep(0.05)
 
     def _open(self, name: str):
         try:
