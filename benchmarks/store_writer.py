@@ -1,11 +1,13 @@
 """The store writer's commit cost and memory as its table grows (no model, no Ray): the
 pass's commit path on generated rows, each setting in a fresh process, side by side.
 
-    python benchmarks/store_writer.py                   # 1 M rows: append, merge, merge+index
+    python benchmarks/store_writer.py                   # 1 M rows: every setting
     python benchmarks/store_writer.py --rows 200000 --settings append,merge
+    python benchmarks/store_writer.py --commit-rows 256 --settings append,append-uncompacted
 
 Prints, per setting, rows written, rows inserted, rows stored, commits merged, private memory
-(USS) and milliseconds per commit at ten points of the fill; --json FILE writes every figure.
+(USS), milliseconds per commit, the table's fragments and the manifests Lance keeps, at ten
+points of the fill; --json FILE writes every figure.
 """
 from __future__ import annotations
 

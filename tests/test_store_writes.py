@@ -165,3 +165,79 @@ def test_optimize_brings_the_index_up_to_date_over_new_rows_and_compacts(tmp_pat
     assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (400, 0)
     assert table.stored(_hashes(0, 400)) == set(_hashes(0, 400))
     assert len(table.table.to_lance().get_fragments()) < 3  # the small fragments compacted
+
+
+def test_the_writer_compacts_its_fragments_every_n_commits_and_stays_alone(tmp_path) -> None:
+    """A fragment per commit, and every manifest listing them all, grew Lance's manifests as
+    the square of the commits: every ``compact_every`` commits the writer merges its new
+    fragments (older compacted ones kept), appending throughout; the index still finds all."""
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    _add(table, _hashes(0, 50))
+    table.optimize()  # an indexed table, as after an earlier pass
+    via = Appender(table.table, table.version(), compact_every=4)
+    for k in range(22):
+        assert _add(table, _hashes(50 + 10 * k, 60 + 10 * k), via) == 10
+    assert (via.appended, via.merged, via.compactions, via.alone) == (22, 0, 5, True)
+    fragments = table.table.to_lance().get_fragments()
+    assert len(fragments) <= 1 + 5 + 2, len(fragments)  # the old one, one per compaction, 2 new
+    assert sorted(f.count_rows() for f in fragments)[-2:] == [40, 50]
+    stored = _stored(table)
+    assert len(stored) == len(set(stored)) == 270
+    assert table.stored(_hashes(0, 270)) == set(_hashes(0, 270))
+
+
+class _CompactedWhileOtherWrites:
+    """A table on which another process stores rows while the writer compacts."""
+
+    def __init__(self, table, other, hashes) -> None:
+        self._table, self._other, self._hashes = table, other, hashes
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+    def to_lance(self):  # the writer's compaction starts from the table's Lance dataset
+        _add(self._other, self._hashes)
+        return self._table.to_lance()
+
+
+def test_rows_another_process_adds_during_a_compaction_make_the_writer_merge(tmp_path) -> None:
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    other = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    racing = _hashes(40, 45)  # 5 of the writer's next batch
+    via = Appender(_CompactedWhileOtherWrites(table.table, other, racing), table.version(),
+                   compact_every=2)
+    assert _add(table, _hashes(0, 20), via) + _add(table, _hashes(20, 40), via) == 40
+    assert (via.compactions, via.alone) == (1, False)
+    assert _add(table, _hashes(40, 60), via) == 15 and via.merged == 1
+    stored = _stored(table)
+    assert len(stored) == len(set(stored)) == 60
+
+
+def test_commits_without_a_writer_merge_and_compact_too(tmp_path, monkeypatch) -> None:
+    """Serve and `mtdp embed` commit through the table's own merging Appender: a long-lived
+    service's fragments (one per request) are compacted like the pipeline writer's."""
+    import mtdp.store.commits as commits
+
+    monkeypatch.setattr(commits, "COMPACT_EVERY", 3)
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    for k in range(10):  # 5 new sequences each, and (after the first) 2 stored ones again
+        assert _add(table, _hashes(5 * k, 5 * k + 5) + (_hashes(0, 2) if k else [])) == 5
+    assert (table.merges.merged, table.merges.compactions, table.merges.appended) == (10, 3, 0)
+    assert len(table.table.to_lance().get_fragments()) <= 3 + 1
+    stored = _stored(table)
+    assert len(stored) == len(set(stored)) == 50
+
+
+def test_a_compaction_leaves_the_fragments_of_earlier_ones_as_they_are(tmp_path) -> None:
+    """Windows of unequal size (rejects, uneven batches): a later, larger window's compaction
+    does not rewrite the fragment an earlier one made (each row rewritten about once)."""
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    via = Appender(table.table, table.version(), compact_every=2)
+    _add(table, _hashes(0, 20), via), _add(table, _hashes(20, 40), via)  # window 1: 40 rows
+    (first,) = [f.fragment_id for f in table.table.to_lance().get_fragments()]
+    for k in range(4):  # window 2 and 3: 60 rows each
+        _add(table, _hashes(40 + 30 * k, 70 + 30 * k), via)
+    fragments = table.table.to_lance().get_fragments()
+    assert via.compactions == 3 and via.alone
+    assert first in [f.fragment_id for f in fragments]
+    assert sum(f.count_rows() for f in fragments) == len(set(_stored(table))) == 160

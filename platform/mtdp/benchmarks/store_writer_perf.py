@@ -4,10 +4,14 @@ batch, plus the throughput record) without the model or Ray, on generated rows.
 
 Each setting runs in a fresh process, one after the other in one invocation, so their memory
 is comparable: private memory (USS, from ``/proc/self/smaps_rollup``) is sampled ten times
-over the fill, with the milliseconds per commit since the last sample.
+over the fill, with the milliseconds per commit since the last sample, the table's fragments
+and the size of the manifests Lance keeps (its ``_versions`` folder, one per version) and of
+its data files (those a compaction replaced stay until a cleanup removes old versions).
 Settings: ``append`` (what the pipeline's writer does while alone on the table: its rows are
-new by construction, :class:`mtdp.store.Appender`; no rows are re-offered; Lance's caches
-bounded as in the writer), ``merge`` (every
+new by construction, :class:`mtdp.store.Appender`, which compacts its fragments every
+:data:`~mtdp.store.commits.COMPACT_EVERY` commits; no rows are re-offered; Lance's caches
+bounded as in the writer), ``append-uncompacted`` (as ``append`` without the compactions, as
+the writer was: a fragment per commit), ``merge`` (every
 commit a ``merge_insert``, what the writer did before and still does once another process
 commits to the table) and ``merge+index`` (as ``merge``, with the ``seq_hash`` BTree built
 after the first commit and brought up to date every ``refresh_every`` commits; the refresh is
@@ -23,13 +27,14 @@ import multiprocessing
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..config import Config, option
 from .memory import uss_bytes
 
-SETTINGS = ("append", "merge", "merge+index")
+SETTINGS = ("append", "append-uncompacted", "merge", "merge+index")
 
 
 @dataclass
@@ -44,7 +49,7 @@ class StoreWriterConfig(Config):
         "merge settings only"))
     refresh_every: int = option(16, ge=1, help="commits between index refreshes (merge+index)")
     settings: list[str] = option(factory=lambda: list(SETTINGS), help=(
-        "settings to run, comma-separated (append, merge, merge+index)"))
+        "settings to run, comma-separated (append, append-uncompacted, merge, merge+index)"))
     json: str | None = option(None, help="write every figure to this file")
 
     def validate(self) -> None:
@@ -56,6 +61,11 @@ class StoreWriterConfig(Config):
 
 def _hashes(commit: int, n: int) -> list[str]:
     return [hashlib.sha256(f"{commit}-{i}".encode()).hexdigest() for i in range(n)]
+
+
+def _mb(folder: Path) -> float:
+    """MB of the files in ``folder`` (a table's manifests or data files)."""
+    return sum(f.stat().st_size for f in folder.iterdir()) / 2**20
 
 
 def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
@@ -71,9 +81,13 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
     samples: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         identity = {"weights": "generated", "max_len": 512, "pooling": "mean", "dim": cfg.dim}
-        cache = StoreWriter.CACHE_MB if setting == "append" else None  # as the writer
+        appends = setting.startswith("append")
+        cache = StoreWriter.CACHE_MB if appends else None  # as the writer
         table = EmbeddingStore(tmp, cache_mb=cache).model(identity, "generated")
-        via = Appender(table.table, table.version()) if setting == "append" else None
+        via = Appender(table.table, table.version(), 0 if setting == "append-uncompacted"
+                       else None) if appends else None
+        versions, data = (Path(tmp) / f"{table.table_name}.lance" / d
+                          for d in ("_versions", "data"))
         repeat = cfg.repeat_every if via is None else 0
         last, inserted = time.perf_counter(), 0
         for k in range(commits):
@@ -95,6 +109,8 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
                                 "inserted": inserted, "stored": table.count(),
                                 "merged": via.merged if via is not None else k + 1,
                                 "uss_mb": uss_bytes() / 2**20,
+                                "fragments": len(table.table.to_lance().get_fragments()),
+                                "manifests_mb": _mb(versions), "data_mb": _mb(data),
                                 "ms_per_commit": 1000 * (now - last) / (k % every + 1)})
                 last = now
     return samples
@@ -148,10 +164,11 @@ def run_store_writer(cfg: StoreWriterConfig) -> dict:
         print(f"\n{setting}: {cfg.rows:,} rows in commits of {cfg.commit_rows:,}, "
               f"{time.perf_counter() - t0:.0f} s")
         print(f"{'rows':>10} {'inserted':>10} {'stored':>10} {'merged':>7} {'USS MB':>8} "
-              f"{'ms/commit':>10}")
+              f"{'ms/commit':>10} {'fragments':>10} {'manifests MB':>13} {'data MB':>8}")
         for s in out[setting]:
             print(f"{s['rows']:>10,} {s['inserted']:>10,} {s['stored']:>10,} "
-                  f"{s['merged']:>7} {s['uss_mb']:>8.0f} {s['ms_per_commit']:>10.0f}")
+                  f"{s['merged']:>7} {s['uss_mb']:>8.0f} {s['ms_per_commit']:>10.0f} "
+                  f"{s['fragments']:>10} {s['manifests_mb']:>13.1f} {s['data_mb']:>8.0f}")
     if "append" in cfg.settings:
         for step in ("incremental", "rebuild"):
             with ctx.Pool(1) as pool:

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .commits import KEY, LOOKUP_BATCH, Appender, ensure_key, insert_new, quoted, retry
+from .commits import KEY, LOOKUP_BATCH, Appender, ensure_key, quoted, retry
 from .keys import identity_key
 
 FORMAT = "mtdp-embedding-store"
@@ -301,6 +301,7 @@ class ModelTable:
         if "seq_hash" not in schema.names or getattr(emb, "list_size", None) != dim:
             raise StoreError(f"{store.uri}: table {self.table_name} does not hold {dim}-d "
                              f"embeddings of {name} (schema {schema}); the store is damaged")
+        self.merges = Appender(self.table, None)  # commits without a writer's Appender
 
     def count(self) -> int:
         return self.table.count_rows()
@@ -353,7 +354,9 @@ class ModelTable:
                           "embedding": pa.FixedSizeListArray.from_arrays(
                               pa.array(emb.reshape(-1), pa.float32()), self.dim)},
                          schema=_schema(self.dim))
-        return via(table) if via is not None else insert_new(self.table, table)
+        # Without a writer's Appender: merges, through this table's own (its fragments
+        # compacted every COMPACT_EVERY commits, as the writer's are: Serve's commits).
+        return (via or self.merges)(table)
 
     def record_time(self, proteins: int, seconds: float) -> None:
         """Add ``proteins`` embedded in ``seconds`` to the model's measured throughput."""

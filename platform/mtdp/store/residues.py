@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .commits import KEY, Appender, insert_new
+from .commits import KEY, Appender
 from .lance import ModelTable, StoreError, fetch_rows, optimize_table, stored_hashes
 
 
@@ -46,6 +46,7 @@ class ResidueTable:
         if self.table.schema.field("states").type != _schema(self.dim).field("states").type:
             raise StoreError(f"{store.uri}: table {self.table_name} does not hold {self.dim}-d "
                              f"per-residue states of {self.name}; the store is damaged")
+        self.merges = Appender(self.table, None)  # commits without a writer's Appender
 
     def count(self) -> int:
         return self.table.count_rows()
@@ -82,7 +83,9 @@ class ResidueTable:
         table = pa.table({"seq_hash": pa.array(list(hashes), pa.string()),
                           "length": pa.array(list(lengths), pa.int32()), "states": states})
         table = table.cast(_schema(self.dim))
-        return via(table) if via is not None else insert_new(self.table, table)
+        # Without a writer's Appender: merges, through this table's own (its fragments
+        # compacted every COMPACT_EVERY commits, as the writer's are: Serve's commits).
+        return (via or self.merges)(table)
 
     def optimize(self) -> None:
         """See :func:`mtdp.store.lance.optimize_table`."""
