@@ -303,6 +303,74 @@ def test_the_lookup_reads_its_staged_shards_itself_sequences_only(tmp_path) -> N
     assert hashed(pa.table({"file": files[2:]}), hash_shards=3).num_rows == 0
 
 
+def test_the_shuffles_grow_with_the_input_and_cap_their_objects() -> None:
+    """Both shuffles (staging's by shard, the lookup's by hash shard) cut the rows into
+    partitions of ~64 k rows, 64 to 512 of them, never more than the groups; their map tasks
+    are capped at 512: at most 262 k shuffle objects at any input size."""
+    from mtdp.pipeline.context import shuffle_maps, shuffle_partitions
+
+    assert shuffle_partitions(245, 1_000_000) == 64  # 1 M proteins: as before the rule
+    assert shuffle_partitions(12, 1_000_000) == 12  # one group each
+    assert shuffle_partitions(2_442, 10_000_000) == 153  # ~65 k rows each
+    assert shuffle_partitions(14_649, 60_000_000) == 512  # capped: ~117 k rows each
+    assert shuffle_partitions(0, 0) == 1
+    assert (shuffle_maps(31), shuffle_maps(1_700), shuffle_maps(0)) == (31, 512, 1)
+
+
+def test_a_job_past_the_shuffle_caps_gives_the_same_store(ray_session, real_fasta, tmp_path,
+                                                          monkeypatch) -> None:
+    """Past the caps (forced to 2 map tasks and 2 partitions here, as 60 M proteins would
+    be), a map task parses several input pieces and hashes several staged shards, a reduce
+    task holds several groups: the same counts, rejects, ids and vectors as under them."""
+    import ray.data
+
+    import mtdp.embed_job.run as job_run
+    import mtdp.pipeline.context as context
+    from mtdp.embed_job import EmbedJobConfig, run_embed_job
+
+    recs = read_fasta(real_fasta)[:300]
+    pairs = [(r.id, r.sequence) for r in recs] + [(f"copy{i}", recs[i].sequence)
+                                                  for i in range(90)] + [(recs[5].id, "MKV")]
+    fasta = tmp_path / "in.fasta"
+    write_fasta(pairs, fasta)
+    blocks, partitions = [], []
+    from_items, groupby = ray.data.from_items, ray.data.Dataset.groupby
+    monkeypatch.setattr(ray.data, "from_items", lambda items, **kw: (
+        blocks.append(kw.get("override_num_blocks")), from_items(items, **kw))[1])
+    monkeypatch.setattr(ray.data.Dataset, "groupby", lambda ds, key, **kw: (
+        partitions.append(kw.get("num_partitions")), groupby(ds, key, **kw))[1])
+
+    def job(name: str):
+        blocks.clear()
+        partitions.clear()
+        out = run_embed_job(EmbedJobConfig(
+            inputs=[str(fasta)], model="tiny-random-esm2", store=str(tmp_path / name),
+            workdir=str(tmp_path / f"work-{name}"), run_name="job", shard_size=20,
+            on_duplicate="keep-first", range_mb=0.0625, track=False, progress=False))
+        return out, list(blocks), list(partitions)
+
+    ref, ref_blocks, ref_partitions = job("ref")
+    assert ref_blocks[0] > 2 and ref_blocks[-1] > 2 and min(ref_partitions) > 2
+    for name, value in (("MAX_SHUFFLE_MAPS", 2), ("MAX_PARTITIONS", 2), ("MIN_PARTITIONS", 1)):
+        monkeypatch.setattr(context, name, value)
+    monkeypatch.setattr(job_run, "IDS_COMMIT_ROWS", 100)  # and the ids in several commits
+    capped, capped_blocks, capped_partitions = job("capped")
+    assert (capped_blocks[0], capped_blocks[-1], capped_partitions) == (2, 2, [2, 2])
+    counts = ("proteins", "unique", "computed", "reused", "rejected")
+    assert [getattr(capped, k) for k in counts] == [getattr(ref, k) for k in counts] \
+        == [390, 300, 300, 0, 1]
+    assert EmbeddingStore(tmp_path / "capped").read_ids("job") == \
+        EmbeddingStore(tmp_path / "ref").read_ids("job")
+    # The ids table: one commit (a fragment) per 2^18 rows, not one per staged shard (20).
+    fragments = {name: len(EmbeddingStore(tmp_path / name).db.open_table("ids_job").to_lance()
+                           .get_fragments()) for name in ("ref", "capped")}
+    assert fragments["ref"] == 1 and 3 <= fragments["capped"] <= 4, fragments
+    reference, rows = _store_rows(tmp_path / "ref"), _store_rows(tmp_path / "capped")
+    assert set(rows) == set(reference)
+    for h, v in rows.items():
+        np.testing.assert_allclose(v, reference[h], rtol=0, atol=1e-6)
+
+
 def test_store_identity_follows_the_weights_not_the_name(tmp_path) -> None:
     from mtdp.models.registry import load_embedder
     from mtdp.models.student import StudentConfig, StudentModel

@@ -1,7 +1,20 @@
-"""The Ray Data settings every pipeline stage runs under (one home for them)."""
+"""The Ray Data settings every pipeline stage runs under, and the size rule of its two
+shuffles (one home for both)."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
+
+#: Rows a shuffle's reduce task should hold at most (~36 MB of sequences, hashes and ids at
+#: UniProt's mean length): partitions grow with the input beyond :data:`MIN_PARTITIONS`.
+ROWS_PER_PARTITION = 1 << 16
+#: Partitions below which a shuffle is never cut (fewer groups: one partition each). Inputs
+#: up to ``MIN_PARTITIONS × ROWS_PER_PARTITION`` (~4 M proteins) get exactly this.
+MIN_PARTITIONS = 64
+#: A sort shuffle makes ``map tasks × partitions`` objects: both are capped here (512 × 512
+#: = 262k objects). Beyond ``MAX_PARTITIONS × ROWS_PER_PARTITION`` (~34 M proteins) a task's
+#: rows grow again, as the square root of ``objects`` would otherwise.
+MAX_SHUFFLE_MAPS = MAX_PARTITIONS = 512
 
 
 @contextmanager
@@ -25,3 +38,17 @@ def data_context(progress_bars: bool | None = None):
         yield ctx
     finally:
         ctx.enable_progress_bars, ctx.shuffle_strategy = saved
+
+
+def shuffle_partitions(groups: int, rows: int) -> int:
+    """Partitions of a ``groupby`` over ``groups`` keys and ``rows`` rows: enough that a
+    reduce task holds ~:data:`ROWS_PER_PARTITION` rows, at least :data:`MIN_PARTITIONS`, at
+    most :data:`MAX_PARTITIONS`, never more than there are groups."""
+    wanted = max(MIN_PARTITIONS, min(MAX_PARTITIONS, math.ceil(rows / ROWS_PER_PARTITION)))
+    return max(1, min(groups, wanted))
+
+
+def shuffle_maps(pieces: int) -> int:
+    """Map tasks (blocks) feeding a shuffle from ``pieces`` units of input (FASTA ranges,
+    staged shards): one each, at most :data:`MAX_SHUFFLE_MAPS` (then a task takes several)."""
+    return max(1, min(pieces, MAX_SHUFFLE_MAPS))

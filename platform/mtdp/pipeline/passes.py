@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .context import data_context
+from .context import data_context, shuffle_maps, shuffle_partitions
 from .stages import COUNTS, EmbedActor, StoreWriter, group_counts, hashed, missing
 from .workdir import log
 
@@ -32,7 +32,8 @@ WRITER_CPUS = 0.1
 RESTARTS = 3
 #: Staged shards read and hashed per task: a bounded task (~20 MB of sequences at the default
 #: shard size), and few enough blocks that the hash shuffle stays cheap (one per shard made
-#: its map stage ~2x slower at 1 M proteins).
+#: its map stage ~2x slower at 1 M proteins); more per task beyond
+#: :data:`~.context.MAX_SHUFFLE_MAPS` tasks.
 FILES_PER_READ = 8
 
 
@@ -136,21 +137,25 @@ def _reserved(res: dict, s: PassSettings):
             remove_placement_group(pg)
 
 
-def _todo(files: list[str], store: str, identity: dict, name: str, s: PassSettings):
+def lookups(files: list[str], store: str, identity: dict, name: str, s: PassSettings):
     """The pass's first half, plain tasks only: staged rows → hashes → one group per hash
     shard → its distinct sequences the store lacks (plus each group's counts). Materialized:
     the shuffle holds all of it anyway, the counts are known before any actor starts, and a
     pass with nothing to embed starts none."""
+    import pyarrow.parquet as pq
     import ray.data
 
     # Enough hash groups that every actor gets work, and no group larger than a staged
     # shard (each group is held in memory once).
     shards = max(1, len(files), 4 * s.actors)
-    reads = -(-len(files) // FILES_PER_READ)
+    reads = shuffle_maps(-(-len(files) // FILES_PER_READ))
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)  # footers only
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=reads)
-    ds = ds.map_batches(hashed, batch_size=FILES_PER_READ, batch_format="pyarrow",
-                        num_cpus=0.25, fn_kwargs={"hash_shards": shards})
-    ds = ds.groupby("hash_shard", num_partitions=min(shards, 64)).map_groups(
+    # A block per task (batch_size=None): a batch size would bundle a smaller block with the
+    # next, and the task would hold twice the files.
+    ds = ds.map_batches(hashed, batch_size=None, batch_format="pyarrow", num_cpus=0.25,
+                        fn_kwargs={"hash_shards": shards})
+    ds = ds.groupby("hash_shard", num_partitions=shuffle_partitions(shards, rows)).map_groups(
         missing, batch_format="pyarrow", num_cpus=0.25,
         fn_kwargs=dict(store=store, identity=identity, name=name, per_residue=s.per_residue))
     todo = ds.materialize()
@@ -233,7 +238,7 @@ def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassS
             before = result.computed
             since = {"vectors": table.version(),  # before the lookups: see StoreWriter
                      "residues": residues.version() if residues is not None else None}
-            todo, counts = _todo(files, store, identity, name, s)
+            todo, counts = lookups(files, store, identity, name, s)
             result.proteins, result.unique = counts["n_rows"], counts["n_unique"]
             result.reused = counts["n_reused"] - before  # committed by an earlier attempt
             if not counts["n_todo"]:

@@ -26,7 +26,7 @@ from ..io import write_json
 from ..runtime import ray_get
 from ..sequences import SequenceError, prepare
 from ..teacher_data import split_of, write_shard
-from .context import data_context
+from .context import data_context, shuffle_maps, shuffle_partitions
 from .workdir import WorkDir, log, write_rejects_tsv
 
 
@@ -219,11 +219,14 @@ def _stage_rows(cfg: StageSettings, run: WorkDir, ranges: list[InputRange],
     run.stage.mkdir(parents=True, exist_ok=True)
     items = [r.to_dict() for r in ranges]
     with data_context():  # set before the dataset is built: it keeps a copy of the context
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        # One block per input piece up to a cap (a task then parses several): the shuffle's
+        # objects are map tasks × partitions (mtdp.pipeline.context).
+        ds = ray.data.from_items(items, override_num_blocks=shuffle_maps(len(items)))
         ds = ds.map_batches(_parse_ranges, batch_size=1, batch_format="pyarrow",
                             fn_kwargs=dict(max_len=cfg.max_len, num_shards=num_shards,
                                            validation_fraction=cfg.validation_fraction))
-        ds = ds.groupby("shard", num_partitions=min(num_shards, 64)).map_groups(
+        rows = sum(r.records for r in ranges)
+        ds = ds.groupby("shard", num_partitions=shuffle_partitions(num_shards, rows)).map_groups(
             _stage_shard, batch_format="pyarrow", fn_kwargs=dict(stage_dir=str(run.stage)))
         tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
                   for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")]

@@ -1,0 +1,65 @@
+"""The size rule of the pipeline's two shuffles (staging's groupby by shard, the lookup's by
+hash shard; `mtdp.pipeline.context`), measured on its data half: staging and the pass's
+lookups, no model run, one fresh process and local Ray per setting, side by side.
+
+A reduce task holds rows / partitions, and a sort shuffle makes map tasks × partitions
+objects. The settings force, at the size run here, what a task would hold at a larger one
+(`mtdp.benchmarks.shuffle_perf.SETTINGS`): `as-60M-old-rule` (one partition at 1 M
+proteins: the ~0.94 M rows of a reduce task at 60 M proteins under the old cap of 64
+partitions), `as-60M-rule` (8 partitions and 8 map tasks: the ~117 k rows a task holds at
+60 M under the rule), `many-objects` (the most shuffle objects 1 M proteins can make).
+Prints each half's seconds, the shuffles' sizes, the largest Ray worker's peak heap (anon).
+
+    python benchmarks/pipeline_shuffle.py                       # 200k proteins, all settings
+    python benchmarks/pipeline_shuffle.py --n 1000000 --settings default as-60M-old-rule
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from mtdp.benchmarks.embed_job_perf import generate_inputs, lengths_source, save_random_student
+from mtdp.benchmarks.shuffle_perf import SETTINGS, data_half
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200_000, help="proteins (20 %% repeated)")
+    ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(data_half(*args.child)))
+        return
+    print(f"{args.n:,} generated proteins, 20 % repeated ({lengths_source()}); "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'setting':16} {'stage s':>8} {'lookup s':>9} {'blocks':>7} {'parts':>6} "
+          f"{'blocks':>7} {'parts':>6} {'objects':>8} {'worker MB':>10} {'driver':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fasta = generate_inputs(os.path.join(tmp, "in.fasta"), args.n, duplicates=0.2)
+        model = save_random_student(os.path.join(tmp, "student"), "tiny", 512)
+        for name in args.settings:
+            out = subprocess.run([sys.executable, __file__, "--child", fasta, model,
+                                  os.path.join(tmp, name), name], capture_output=True,
+                                 text=True)
+            if out.returncode:
+                sys.exit(f"setting {name} failed:\n{out.stderr[-4000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            objects = r["stage_maps"] * r["stage_partitions"] \
+                + r["lookup_maps"] * r["lookup_partitions"]
+            print(f"{name:16} {r['stage_s']:>8.1f} {r['lookup_s']:>9.1f} {r['stage_maps']:>7} "
+                  f"{r['stage_partitions']:>6} {r['lookup_maps']:>7} "
+                  f"{r['lookup_partitions']:>6} {objects:>8} "
+                  f"{r['peak_mb'].get('other_anon', 0):>10} "
+                  f"{r['peak_mb'].get('driver_anon', 0):>7}")
+            print(f"{'':16} {r['proteins']:,} proteins, {r['unique']:,} distinct, "
+                  f"{r['groups']} staged shards; largest worker: {r['largest'].strip()[:60]}")
+
+
+if __name__ == "__main__":
+    main()
