@@ -351,7 +351,7 @@ def test_a_job_past_the_shuffle_caps_gives_the_same_store(ray_session, real_fast
 
     ref, ref_blocks, ref_partitions = job("ref")
     assert ref_blocks[0] > 2 and ref_blocks[-1] > 2 and min(ref_partitions) > 2
-    for name, value in (("MAX_SHUFFLE_MAPS", 2), ("MAX_PARTITIONS", 2), ("MIN_PARTITIONS", 1)):
+    for name, value in (("MAX_SHUFFLE_MAPS", 2), ("MAX_PARTITIONS", 2), ("MIN_PARTITIONS", 2)):
         monkeypatch.setattr(context, name, value)
     monkeypatch.setattr(job_run, "IDS_COMMIT_ROWS", 100)  # and the ids in several commits
     capped, capped_blocks, capped_partitions = job("capped")
