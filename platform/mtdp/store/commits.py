@@ -76,13 +76,13 @@ class Appender:
     commit to the table since ``since`` is this writer's own, a batch is appended (no join
     against the stored keys, so a commit costs the same at 1 k and 60 M rows); once another
     process has committed (Serve, a concurrent job, a compaction), it merges as
-    :func:`insert_new` does for the rest of its life. An append overtaken by another commit (it landed later than the
-    version after the one it saw) is checked at once: the copies of its sequences beyond the
-    first are deleted. Every ``compact_every`` commits the fragments made since the last
-    compaction are merged into one or a few (:meth:`compact`): fragments, and so each
-    manifest, stay few at any table size (0: never). ``since=None``: merges from the start (commits of
-    ``ModelTable.add`` without a writer: Serve, ``mtdp embed``). ``appended`` / ``merged`` /
-    ``compactions`` count its commits."""
+    :func:`insert_new` does for the rest of its life. An append overtaken by another commit
+    (it landed later than the version after the one it saw) is checked at once: the copies of
+    its sequences beyond the first are deleted. Every ``compact_every`` commits the fragments
+    made since the last compaction are merged into one or a few (:meth:`compact`): fragments,
+    and so each manifest, stay few at any table size (0: never). ``since=None``: merges from
+    the start (commits of ``ModelTable.add`` without a writer: Serve, ``mtdp embed``).
+    ``appended`` / ``merged`` / ``compactions`` count its commits."""
 
     def __init__(self, table, since: int | None, compact_every: int | None = None) -> None:
         self.table, self.expected = table, since
