@@ -74,9 +74,9 @@ def data_half(fasta: str, model: str, out: str, setting: str) -> dict:
                                       range_mb=float(knobs.get("range_mb", 16.0)),
                                       progress=False), run, {})
         t1 = time.perf_counter()
-        files = [str(run.stage_file(int(s))) for s in summary["shards"]]
+        staged = {str(run.stage_file(int(s))): n for s, n in summary["shards"].items()}
         with data_context(progress_bars=False):
-            _, counts = passes.lookups(files, store, identity, name,
+            _, counts = passes.lookups(staged, store, identity, name,
                                        PassSettings(spec=model, progress=False))
         t2 = time.perf_counter()
         ray.shutdown()
@@ -85,5 +85,5 @@ def data_half(fasta: str, model: str, out: str, setting: str) -> dict:
     return {"setting": setting, "proteins": counts["n_rows"], "unique": counts["n_unique"],
             "to_embed": counts["n_todo"], "stage_s": t1 - t0, "lookup_s": t2 - t1,
             "stage_maps": maps[0], "stage_partitions": parts[0], "lookup_maps": maps[-1],
-            "lookup_partitions": parts[-1], "groups": len(files),
+            "lookup_partitions": parts[-1], "groups": len(staged),
             "peak_mb": rss.rounded(), "largest": rss.other_worker}

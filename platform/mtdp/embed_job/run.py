@@ -83,8 +83,8 @@ def _embed(cfg: EmbedJobConfig, run: WorkDir, summary: dict, table, result: Embe
                             cpus_per_actor=cfg.cpus_per_actor,
                             gpus_per_actor=cfg.gpus_per_actor, commit_rows=cfg.commit_rows,
                             progress=cfg.progress, label="embed")
-    files = [str(run.stage_file(int(s))) for s in summary["shards"]]
-    done = embed_pass(files, cfg.store, identity, table.name, settings,
+    staged = {str(run.stage_file(int(s))): n for s, n in summary["shards"].items()}
+    done = embed_pass(staged, cfg.store, identity, table.name, settings,
                       json.loads(os.environ.get(FAULTS_ENV) or "{}"))
     result.proteins, result.unique = done.proteins, done.unique
     result.computed, result.reused, result.seconds = done.computed, done.reused, done.seconds

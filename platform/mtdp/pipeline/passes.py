@@ -137,19 +137,20 @@ def _reserved(res: dict, s: PassSettings):
             remove_placement_group(pg)
 
 
-def lookups(files: list[str], store: str, identity: dict, name: str, s: PassSettings):
-    """The pass's first half, plain tasks only: staged rows → hashes → one group per hash
-    shard → its distinct sequences the store lacks (plus each group's counts). Materialized:
-    the shuffle holds all of it anyway, the counts are known before any actor starts, and a
-    pass with nothing to embed starts none."""
-    import pyarrow.parquet as pq
+def lookups(staged: dict[str, int], store: str, identity: dict, name: str, s: PassSettings):
+    """The pass's first half, plain tasks only: the ``staged`` shards' rows (file → its rows,
+    as staging counted them) → hashes → one group per hash shard → its distinct sequences
+    the store lacks (plus each group's counts). Materialized: the shuffle holds all of it
+    anyway, the counts are known before any actor starts, and a pass with nothing to embed
+    starts none."""
     import ray.data
 
+    files = list(staged)
     # Enough hash groups that every actor gets work, and no group larger than a staged
     # shard (each group is held in memory once).
     shards = max(1, len(files), 4 * s.actors)
     reads = shuffle_maps(-(-len(files) // FILES_PER_READ))
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)  # footers only
+    rows = sum(staged.values())
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=reads)
     # A block per task (batch_size=None): a batch size would bundle a smaller block with the
     # next, and the task would hold twice the files.
@@ -211,10 +212,11 @@ def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassS
             compute=ray.data.ActorPoolStrategy(size=1))
 
 
-def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassSettings,
-               faults: dict | None = None) -> PassResult:
-    """Embed the distinct sequences of the staged ``files`` that ``store`` does not hold for
-    the model ``identity`` (display ``name``); see the module docstring. An actor or writer
+def embed_pass(staged: dict[str, int], store: str, identity: dict, name: str,
+               s: PassSettings, faults: dict | None = None) -> PassResult:
+    """Embed the distinct sequences of the ``staged`` shards (file → its rows, as staging
+    counted them) that ``store`` does not hold for the model ``identity`` (display
+    ``name``); see the module docstring. An actor or writer
     that dies (OOM kill, lost node) starts the pass again, up to :data:`RESTARTS` times:
     what was committed is kept and not embedded again. ``faults``: the injections of
     :mod:`.stages` (tests and drills only)."""
@@ -226,7 +228,7 @@ def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassS
     if faults:
         faults["driver_pid"] = os.getpid()
     result = PassResult()
-    if not files:
+    if not staged:
         return result
     # The store, the model's registration and its tables are created here, once, before the
     # pass's tasks open them concurrently.
@@ -238,7 +240,7 @@ def embed_pass(files: list[str], store: str, identity: dict, name: str, s: PassS
             before = result.computed
             since = {"vectors": table.version(),  # before the lookups: see StoreWriter
                      "residues": residues.version() if residues is not None else None}
-            todo, counts = lookups(files, store, identity, name, s)
+            todo, counts = lookups(staged, store, identity, name, s)
             result.proteins, result.unique = counts["n_rows"], counts["n_unique"]
             result.reused = counts["n_reused"] - before  # committed by an earlier attempt
             if not counts["n_todo"]:

@@ -53,8 +53,8 @@ def read_passes(run: RunDir) -> dict[str, dict]:
 
 def _embed_teachers(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: dict,
                     pending: list[int], faults: dict, stats: dict) -> dict[str, dict]:
-    files = [str(run.stage_file(s)) for s in pending]
-    valid = sum(stage["shards"][str(s)] for s in pending)
+    staged = {str(run.stage_file(s)): stage["shards"][str(s)] for s in pending}
+    valid = sum(staged.values())
     store = store_uri(cfg, run)
     passes = read_passes(run)
     pass_faults = {k: v for k, v in faults.items() if k not in _ASSEMBLY_FAULTS}
@@ -68,7 +68,7 @@ def _embed_teachers(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], st
             commit_rows=cfg.commit_rows, retries=cfg.retries,
             per_residue=bool(t.get("residue_column")), progress=cfg.progress,
             label=f"precompute {t['name']}")
-        done = embed_pass(files, store, t["identity"], t["name"], settings, pass_faults)
+        done = embed_pass(staged, store, t["identity"], t["name"], settings, pass_faults)
         rec = passes.setdefault(t["column"], {"computed": 0, "residues": 0, "seconds": 0.0})
         rec["computed"] += done.computed
         rec["residues"] = rec.get("residues", 0) + done.residues
