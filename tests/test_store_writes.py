@@ -241,3 +241,28 @@ def test_a_compaction_leaves_the_fragments_of_earlier_ones_as_they_are(tmp_path)
     assert via.compactions == 3 and via.alone
     assert first in [f.fragment_id for f in fragments]
     assert sum(f.count_rows() for f in fragments) == len(set(_stored(table))) == 160
+
+
+def test_optimize_leaves_settled_fragments_as_they_are(tmp_path, monkeypatch) -> None:
+    """LanceDB's own optimize (compaction aiming at 1 M rows) merged the writer's compacted
+    fragments once more, every row of a pass written three times: the table's upkeep merges
+    only fragments under SETTLED_ROWS, and still indexes every row."""
+    import mtdp.store.lance as lance_store
+
+    monkeypatch.setattr(lance_store, "SETTLED_ROWS", 32)
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    via = Appender(table.table, table.version(), compact_every=4)
+    for k in range(11):  # two compacted 40-row fragments, then three of a commit each
+        _add(table, _hashes(10 * k, 10 * k + 10), via)
+    fragments = table.table.to_lance().get_fragments()
+    settled = {f.fragment_id: [d.path for d in f.data_files()] for f in fragments
+               if f.count_rows() >= 32}
+    assert len(settled) == 2 and len(fragments) == 5
+    table.optimize()
+    after = {f.fragment_id: f for f in table.table.to_lance().get_fragments()}
+    assert {k: [d.path for d in after[k].data_files()] for k in settled if k in after} \
+        == settled
+    assert sorted(f.count_rows() for f in after.values()) == [30, 40, 40]
+    (index,) = [i for i in table.table.list_indices() if list(i.columns) == ["seq_hash"]]
+    assert table.table.index_stats(index.name).num_unindexed_rows == 0
+    assert table.stored(_hashes(0, 110)) == set(_hashes(0, 110))

@@ -18,7 +18,8 @@ after the first commit and brought up to date every ``refresh_every`` commits; t
 timed in the commit cost). With ``append``, the end of a pass is timed too, each way in a fresh
 process: on a table whose last tenth a second pass appended, the pass's ``optimize`` (fragments
 compacted, the ``seq_hash`` index brought up to date) against the same after a full rebuild of
-that index (what the pass did before).
+that index (what the pass did before) and against LanceDB's own ``optimize`` (whose
+compaction merged the writer's fragments again), with the MB of data each writes.
 """
 from __future__ import annotations
 
@@ -126,11 +127,28 @@ def _appended(table, first: int, commits: int, cfg: StoreWriterConfig) -> None:
                   rng.standard_normal((cfg.commit_rows, cfg.dim), dtype=np.float32), via=via)
 
 
+def _files(folder: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_size for f in folder.iterdir()}
+
+
+def _lancedb_optimize(table) -> None:
+    """The pass's end before fragments were settled: the index built once, then LanceDB's own
+    ``optimize`` (compaction aiming at 1 M rows: the writer's fragments merged again)."""
+    from lancedb.index import BTree
+
+    if not any(list(i.columns) == ["seq_hash"] for i in table.table.list_indices()):
+        table.table.create_index("seq_hash", config=BTree(), replace=True)
+    table.table.optimize()
+
+
 def _pass_end(cfg: StoreWriterConfig, step: str) -> dict:
     """A pass's end step on a table of ``rows`` whose last tenth a second pass added (the first
-    pass ended with its ``optimize``): ``incremental``, the pass's ``optimize`` (the
-    ``seq_hash`` index brought up to date), or ``rebuild`` (the index built anew first, as the
-    pass did before); its seconds and the rise of this process's RSS peak (MB)."""
+    pass ended the same way): ``incremental``, the pass's ``optimize`` (the ``seq_hash`` index
+    brought up to date, fragments under :data:`~mtdp.store.commits.SETTLED_ROWS` merged),
+    ``rebuild`` (the index built anew first, as the pass did before) or ``lancedb`` (LanceDB's
+    own ``optimize``, as the pass did before its fragments were settled); its seconds, the
+    rise of this process's RSS peak (MB), the fragments after it and the MB of data files it
+    wrote (and the first pass's end wrote)."""
     from lancedb.index import BTree
 
     from ..store import EmbeddingStore
@@ -140,16 +158,31 @@ def _pass_end(cfg: StoreWriterConfig, step: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         identity = {"weights": "generated", "max_len": 512, "pooling": "mean", "dim": cfg.dim}
         table = EmbeddingStore(tmp).model(identity, "generated")
+        end = (lambda: _lancedb_optimize(table)) if step == "lancedb" else table.optimize
         _appended(table, 0, commits - commits // 10, cfg)
-        table.optimize()
+        data = Path(table.table.to_lance().uri) / "data"
+        before = _files(data)
+        end()
+        first = sum(n for f, n in _files(data).items() if f not in before)
         _appended(table, commits - commits // 10, commits // 10, cfg)
+        before = _files(data)
         reset_rss_peak()
         base, t0 = rss_bytes(), time.perf_counter()
         if step == "rebuild":  # what the pass's end did before: rebuild, then compact
             table.table.create_index("seq_hash", config=BTree(), replace=True)
-        table.optimize()
-        return {"rows": table.count(), "seconds": time.perf_counter() - t0,
-                "rss_peak_rise_mb": (rss_peak_bytes() - base) / 2**20}
+        end()
+        seconds = time.perf_counter() - t0
+        written = sum(n for f, n in _files(data).items() if f not in before)
+        return {"rows": table.count(), "seconds": seconds,
+                "rss_peak_rise_mb": (rss_peak_bytes() - base) / 2**20,
+                "fragments": len(table.table.to_lance().get_fragments()),
+                "written_mb": written / 2**20, "first_written_mb": first / 2**20,
+                "data_mb": sum(before.values()) / 2**20}
+
+
+_STEPS = {"incremental": "incremental seq_hash index",
+          "rebuild": "rebuild seq_hash index",
+          "lancedb": "LanceDB's optimize, as before settled fragments"}
 
 
 def run_store_writer(cfg: StoreWriterConfig) -> dict:
@@ -170,9 +203,12 @@ def run_store_writer(cfg: StoreWriterConfig) -> dict:
                   f"{s['merged']:>7} {s['uss_mb']:>8.0f} {s['ms_per_commit']:>10.0f} "
                   f"{s['fragments']:>10} {s['manifests_mb']:>13.1f} {s['data_mb']:>8.0f}")
     if "append" in cfg.settings:
-        for step in ("incremental", "rebuild"):
+        for step in ("incremental", "rebuild", "lancedb"):
             with ctx.Pool(1) as pool:
                 r = out[f"pass end: {step}"] = pool.apply(_pass_end, (cfg, step))
-            print(f"pass end ({step} seq_hash index, {r['rows']:,} rows, last tenth new): "
-                  f"{r['seconds']:.1f} s, RSS peak +{r['rss_peak_rise_mb']:.0f} MB")
+            print(f"pass end ({_STEPS[step]}, {r['rows']:,} rows, last tenth new): "
+                  f"{r['seconds']:.1f} s, RSS peak +{r['rss_peak_rise_mb']:.0f} MB, "
+                  f"{r['fragments']} fragments after, {r['written_mb']:.0f} MB written "
+                  f"(the first pass's end: {r['first_written_mb']:.0f} MB; data files "
+                  f"before: {r['data_mb']:.0f} MB)")
     return out

@@ -68,6 +68,11 @@ def insert_new(table, rows) -> int:
 #: lists every fragment: without compactions the manifests grow as the square of the commits
 #: (1,500 commits: 94 MB; a 60 M-protein pass in 2,048-row commits: ~35 GB).
 COMPACT_EVERY = 128
+#: Rows from which a fragment is settled: the table's upkeep (:func:`.lance.optimize_table`)
+#: merges only smaller ones. The writer's compactions make fragments of ~``COMPACT_EVERY``
+#: commits (262 k rows at the pipeline's 2,048 per commit); half of that leaves them as they
+#: are however many rows their commits lost to rejects.
+SETTLED_ROWS = 1 << 17
 
 
 class Appender:

@@ -31,13 +31,16 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .commits import KEY, LOOKUP_BATCH, Appender, ensure_key, quoted, retry
+from .commits import KEY, LOOKUP_BATCH, SETTLED_ROWS, Appender, ensure_key, quoted, retry
 from .keys import identity_key
 
 FORMAT = "mtdp-embedding-store"
 #: Seconds a process creating a store waits for another's concurrent creation to commit.
 CREATE_WAIT_S = 10.0
 VERSION = 1
+#: Days a table's old versions (and the files only they use) are kept, as LanceDB's default:
+#: a reader still on one of them keeps working.
+CLEANUP_DAYS = 7
 MARKER, MODELS = "_mtdp", "_models"
 # Lance's Rust logger: warnings such as "No existing dataset ..., it will be created" are
 # routine here; errors still show.
@@ -109,13 +112,26 @@ def optimize_table(table) -> None:
     as the table grows); safe at any time. The index is built once, on the first call with
     rows; later calls index only the rows added since (Lance's incremental update), so their
     cost follows the new rows, not the table: 0.7 s and +9 MB for 100 k new rows on a 900 k
-    table, against 3.3 s and +415 MB to rebuild it (``benchmarks/store_writer.py``)."""
+    table, against 3.3 s and +415 MB to rebuild it (``benchmarks/store_writer.py``).
+    Fragments of :data:`~.commits.SETTLED_ROWS` rows or more are left as they are: LanceDB's
+    ``optimize`` (whose compaction aims at 1 M rows and cannot be told otherwise) merged the
+    writer's compacted fragments once more, so every row a pass added was written three
+    times and, until old versions were cleaned (those older than 7 days, as LanceDB does),
+    held three times on disk."""
     from lancedb.index import BTree
 
-    if table.count_rows():
-        if not any(list(i.columns) == ["seq_hash"] for i in table.list_indices()):
-            table.create_index("seq_hash", config=BTree(), replace=True)
-        table.optimize()
+    if not table.count_rows():
+        return
+    if not any(list(i.columns) == ["seq_hash"] for i in table.list_indices()):
+        table.create_index("seq_hash", config=BTree(), replace=True)
+    retry(lambda: table.to_lance().optimize.compact_files(
+        target_rows_per_fragment=SETTLED_ROWS, compaction_mode="try_binary_copy"))
+    table.checkout_latest()
+    ds = table.to_lance()
+    retry(ds.optimize.optimize_indices)
+    ds.cleanup_old_versions(older_than=timedelta(days=CLEANUP_DAYS),
+                            error_if_tagged_old_versions=False)
+    table.checkout_latest()
 
 
 class EmbeddingStore:
