@@ -266,3 +266,37 @@ def test_optimize_leaves_settled_fragments_as_they_are(tmp_path, monkeypatch) ->
     (index,) = [i for i in table.table.list_indices() if list(i.columns) == ["seq_hash"]]
     assert table.table.index_stats(index.name).num_unindexed_rows == 0
     assert table.stored(_hashes(0, 110)) == set(_hashes(0, 110))
+
+
+def _manifests(table) -> int:
+    from pathlib import Path
+
+    return sum(1 for p in (Path(table.to_lance().uri) / "_versions").iterdir()
+               if p.suffix == ".manifest")
+
+
+def test_writers_prune_old_versions_and_stay_alone(tmp_path, monkeypatch) -> None:
+    """Each kept version's manifest costs every later commit (at 3,000 versions an append
+    took 22 ms, 6.5 ms once pruned): the writer prunes versions older than KEEP_VERSIONS_S
+    after each compaction, and the throughput record prunes ``_models`` as often; the rows,
+    the writer's append path and the index stay."""
+    import mtdp.store.commits as commits
+    import mtdp.store.lance as lance_store
+
+    monkeypatch.setattr(commits, "KEEP_VERSIONS_S", 0.0)
+    monkeypatch.setattr(lance_store, "COMPACT_EVERY", 4)
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    _add(table, _hashes(0, 50))
+    table.optimize()
+    via = Appender(table.table, table.version(), compact_every=4)
+    for k in range(21):
+        assert _add(table, _hashes(50 + 10 * k, 60 + 10 * k), via) == 10
+        table.record_time(10, 0.5)
+    assert (via.appended, via.merged, via.compactions, via.alone) == (21, 0, 5, True)
+    assert _manifests(table.table) <= 3  # the newest, and the commit after the pruning
+    assert _manifests(table.store._open("_models")) <= 4
+    assert table.version() > 25  # versions are numbered on; only old manifests went
+    assert len(set(_stored(table))) == len(_stored(table)) == 260
+    assert table.stored(_hashes(0, 260)) == set(_hashes(0, 260))
+    (model,) = [m for m in table.store.models() if m["model_key"] == table.key]
+    assert model["embedded"] == 210

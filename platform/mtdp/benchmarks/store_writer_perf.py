@@ -10,8 +10,11 @@ its data files (those a compaction replaced stay until a cleanup removes old ver
 Settings: ``append`` (what the pipeline's writer does while alone on the table: its rows are
 new by construction, :class:`mtdp.store.Appender`, which compacts its fragments every
 :data:`~mtdp.store.commits.COMPACT_EVERY` commits; no rows are re-offered; Lance's caches
-bounded as in the writer), ``append-uncompacted`` (as ``append`` without the compactions, as
-the writer was: a fragment per commit), ``merge`` (every
+bounded as in the writer; its old versions are pruned after each compaction, but the
+library keeps them an hour, longer than this fill), ``append-pruned`` (as ``append``, old
+versions kept ``prune_keep_s`` seconds only: what a pass longer than an hour sees),
+``append-uncompacted`` (as ``append`` without the compactions, as the writer was: a fragment
+per commit), ``merge`` (every
 commit a ``merge_insert``, what the writer did before and still does once another process
 commits to the table) and ``merge+index`` (as ``merge``, with the ``seq_hash`` BTree built
 after the first commit and brought up to date every ``refresh_every`` commits; the refresh is
@@ -35,7 +38,7 @@ import numpy as np
 from ..config import Config, option
 from .memory import uss_bytes
 
-SETTINGS = ("append", "append-uncompacted", "merge", "merge+index")
+SETTINGS = ("append", "append-pruned", "append-uncompacted", "merge", "merge+index")
 
 
 @dataclass
@@ -49,8 +52,11 @@ class StoreWriterConfig(Config):
         "every N-th commit re-offers 10 rows of the one before (0: never), as a rerun does; "
         "merge settings only"))
     refresh_every: int = option(16, ge=1, help="commits between index refreshes (merge+index)")
+    prune_keep_s: float = option(10.0, ge=0.0, help=(
+        "append-pruned: seconds old versions are kept (the library keeps them an hour)"))
     settings: list[str] = option(factory=lambda: list(SETTINGS), help=(
-        "settings to run, comma-separated (append, append-uncompacted, merge, merge+index)"))
+        "settings to run, comma-separated (append, append-pruned, append-uncompacted, merge, "
+        "merge+index)"))
     json: str | None = option(None, help="write every figure to this file")
 
     def validate(self) -> None:
@@ -76,6 +82,10 @@ def _fill(cfg: StoreWriterConfig, setting: str) -> list[dict]:
     from ..pipeline.stages import StoreWriter
     from ..store import Appender, EmbeddingStore
 
+    if setting == "append-pruned":  # this process only (a fresh one per setting)
+        from ..store import commits as store_commits
+
+        store_commits.KEEP_VERSIONS_S = cfg.prune_keep_s
     rng = np.random.default_rng(0)
     commits = -(-cfg.rows // cfg.commit_rows)
     every = max(1, commits // 10)

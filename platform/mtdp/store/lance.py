@@ -31,16 +31,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .commits import KEY, LOOKUP_BATCH, SETTLED_ROWS, Appender, ensure_key, quoted, retry
+from .commits import (COMPACT_EVERY, KEY, LOOKUP_BATCH, SETTLED_ROWS, Appender, ensure_key,
+                      prune_versions, quoted, retry)
 from .keys import identity_key
 
 FORMAT = "mtdp-embedding-store"
 #: Seconds a process creating a store waits for another's concurrent creation to commit.
 CREATE_WAIT_S = 10.0
 VERSION = 1
-#: Days a table's old versions (and the files only they use) are kept, as LanceDB's default:
-#: a reader still on one of them keeps working.
-CLEANUP_DAYS = 7
 MARKER, MODELS = "_mtdp", "_models"
 # Lance's Rust logger: warnings such as "No existing dataset ..., it will be created" are
 # routine here; errors still show.
@@ -116,8 +114,8 @@ def optimize_table(table) -> None:
     Fragments of :data:`~.commits.SETTLED_ROWS` rows or more are left as they are: LanceDB's
     ``optimize`` (whose compaction aims at 1 M rows and cannot be told otherwise) merged the
     writer's compacted fragments once more, so every row a pass added was written three
-    times and, until old versions were cleaned (those older than 7 days, as LanceDB does),
-    held three times on disk."""
+    times and, until old versions were cleaned, held three times on disk. Old versions are
+    pruned (:func:`~.commits.prune_versions`; LanceDB's ``optimize`` kept them 7 days)."""
     from lancedb.index import BTree
 
     if not table.count_rows():
@@ -129,8 +127,7 @@ def optimize_table(table) -> None:
     table.checkout_latest()
     ds = table.to_lance()
     retry(ds.optimize.optimize_indices)
-    ds.cleanup_old_versions(older_than=timedelta(days=CLEANUP_DAYS),
-                            error_if_tagged_old_versions=False)
+    prune_versions(ds)
     table.checkout_latest()
 
 
@@ -318,6 +315,7 @@ class ModelTable:
             raise StoreError(f"{store.uri}: table {self.table_name} does not hold {dim}-d "
                              f"embeddings of {name} (schema {schema}); the store is damaged")
         self.merges = Appender(self.table, None)  # commits without a writer's Appender
+        self._records = 0  # record_time's commits
 
     def count(self) -> int:
         return self.table.count_rows()
@@ -375,12 +373,16 @@ class ModelTable:
         return (via or self.merges)(table)
 
     def record_time(self, proteins: int, seconds: float) -> None:
-        """Add ``proteins`` embedded in ``seconds`` to the model's measured throughput."""
+        """Add ``proteins`` embedded in ``seconds`` to the model's measured throughput (a
+        commit to ``_models``, whose old versions are pruned every ``COMPACT_EVERY``)."""
         if proteins <= 0:
             return
         models = self.store._open(MODELS)
         retry(lambda: models.update(where=f"model_key = '{self.key}'", values_sql={
             "embedded": f"embedded + {int(proteins)}", "seconds": f"seconds + {seconds:.6f}"}))
+        self._records += 1
+        if self._records % COMPACT_EVERY == 0:  # a version per record: see prune_versions
+            prune_versions(models.to_lance())
 
     def throughput(self) -> float:
         """Proteins per second over every embedding session recorded for this model."""
