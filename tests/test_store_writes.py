@@ -215,7 +215,8 @@ def test_rows_another_process_adds_during_a_compaction_make_the_writer_merge(tmp
 
 def test_commits_without_a_writer_merge_and_compact_too(tmp_path, monkeypatch) -> None:
     """Serve and `mtdp embed` commit through the table's own merging Appender: a long-lived
-    service's fragments (one per request) are compacted like the pipeline writer's."""
+    service's fragments (one per request) are compacted like the pipeline writer's, and its
+    rows indexed at each compaction (no pass end ever optimizes a service's table)."""
     import mtdp.store.commits as commits
 
     monkeypatch.setattr(commits, "COMPACT_EVERY", 3)
@@ -226,6 +227,9 @@ def test_commits_without_a_writer_merge_and_compact_too(tmp_path, monkeypatch) -
     assert len(table.table.to_lance().get_fragments()) <= 3 + 1
     stored = _stored(table)
     assert len(stored) == len(set(stored)) == 50
+    (index,) = [i for i in table.table.list_indices() if list(i.columns) == ["seq_hash"]]
+    stats = table.table.index_stats(index.name)  # indexed up to the last (9th) commit
+    assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (45, 5)
 
 
 def test_a_compaction_leaves_the_fragments_of_earlier_ones_as_they_are(tmp_path) -> None:

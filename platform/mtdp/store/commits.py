@@ -86,6 +86,27 @@ def prune_versions(ds) -> None:
                       "pruning tries again")
 
 
+def ensure_index(table) -> bool:
+    """Build the ``seq_hash`` BTree index of a table that has rows and none yet; returns
+    whether it built one (an index built now covers every row)."""
+    from lancedb.index import BTree
+
+    if not table.count_rows() or any(list(i.columns) == ["seq_hash"]
+                                     for i in table.list_indices()):
+        return False
+    table.create_index("seq_hash", config=BTree(), replace=True)
+    return True
+
+
+def update_index(table) -> None:
+    """The ``seq_hash`` index over every row: built if absent, else the rows added since
+    indexed (Lance's incremental update: its cost follows the new rows, not the table)."""
+    if not ensure_index(table) and table.count_rows():
+        table.checkout_latest()
+        retry(table.to_lance().optimize.optimize_indices)
+        table.checkout_latest()
+
+
 #: A writer's commits between two compactions of the fragments they made (:class:`Appender`).
 #: Each commit adds a fragment, and each version's manifest, which Lance keeps until a cleanup,
 #: lists every fragment: without compactions the manifests grow as the square of the commits
@@ -110,10 +131,15 @@ class Appender:
     made since the last compaction are merged into one or a few (:meth:`compact`): fragments,
     and so each manifest, stay few at any table size (0: never). ``since=None``: merges from
     the start (commits of ``ModelTable.add`` without a writer: Serve, ``mtdp embed``).
-    ``appended`` / ``merged`` / ``compactions`` count its commits."""
+    ``keep_index``: after each compaction while merging, the ``seq_hash`` index is brought
+    up to date too (:func:`update_index`): a long-lived service's table is never optimized
+    by a pass end, and an unindexed lookup reads every stored hash (64 hashes: 6 ms at 10 k
+    rows, 44 ms at 300 k, 13 ms indexed). ``appended`` / ``merged`` / ``compactions`` count
+    its commits."""
 
-    def __init__(self, table, since: int | None, compact_every: int | None = None) -> None:
-        self.table, self.expected = table, since
+    def __init__(self, table, since: int | None, compact_every: int | None = None,
+                 keep_index: bool = False) -> None:
+        self.table, self.expected, self.keep_index = table, since, keep_index
         self.appended = self.merged = self.compactions = 0
         self.compact_every = COMPACT_EVERY if compact_every is None else compact_every
         self._rows: list[int] = []  # rows each commit since the last compaction added
@@ -170,6 +196,12 @@ class Appender:
             history = ds.get_transactions(since) if since > 0 else []
             quiet = len(history) == since and all(_adds_no_rows(t) for t in history)
             self.expected = ds.version if quiet else None
+        if self.keep_index and not self.alone:
+            try:
+                update_index(self.table)
+            except Exception as exc:  # noqa: BLE001 - upkeep; lookups are only slower
+                warnings.warn(f"indexing {self.table.name} failed ({exc}); the next "
+                              "compaction or optimize tries again")
         prune_versions(self.table.to_lance())  # after the check: it reads the history
 
 

@@ -31,8 +31,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .commits import (COMPACT_EVERY, KEY, LOOKUP_BATCH, SETTLED_ROWS, Appender, ensure_key,
-                      prune_versions, quoted, retry)
+from .commits import (COMPACT_EVERY, KEY, LOOKUP_BATCH, SETTLED_ROWS, Appender, ensure_index,
+                      ensure_key, prune_versions, quoted, retry)
 from .keys import identity_key
 
 FORMAT = "mtdp-embedding-store"
@@ -116,12 +116,9 @@ def optimize_table(table) -> None:
     writer's compacted fragments once more, so every row a pass added was written three
     times and, until old versions were cleaned, held three times on disk. Old versions are
     pruned (:func:`~.commits.prune_versions`; LanceDB's ``optimize`` kept them 7 days)."""
-    from lancedb.index import BTree
-
     if not table.count_rows():
         return
-    if not any(list(i.columns) == ["seq_hash"] for i in table.list_indices()):
-        table.create_index("seq_hash", config=BTree(), replace=True)
+    ensure_index(table)
     retry(lambda: table.to_lance().optimize.compact_files(
         target_rows_per_fragment=SETTLED_ROWS, compaction_mode="try_binary_copy"))
     table.checkout_latest()
@@ -314,7 +311,9 @@ class ModelTable:
         if "seq_hash" not in schema.names or getattr(emb, "list_size", None) != dim:
             raise StoreError(f"{store.uri}: table {self.table_name} does not hold {dim}-d "
                              f"embeddings of {name} (schema {schema}); the store is damaged")
-        self.merges = Appender(self.table, None)  # commits without a writer's Appender
+        # Commits without a writer's Appender (Serve, `mtdp embed`): merged, compacted and
+        # indexed as they go.
+        self.merges = Appender(self.table, None, keep_index=True)
         self._records = 0  # record_time's commits
 
     def count(self) -> int:
