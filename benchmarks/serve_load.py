@@ -12,81 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import time
-from typing import Any
 
-import numpy as np
-
-
-def load_sequences(path: str | os.PathLike, limit: int = 2000,
-                   max_len: int | None = None) -> list[tuple[str, str]]:
-    """Up to ``limit`` ``(id, sequence)`` pairs from a FASTA, optionally cut to ``max_len``."""
-    from mtdp.sequences import iter_fasta
-
-    pairs = []
-    for rec in iter_fasta(path):
-        pairs.append((rec.id, rec.sequence[:max_len] if max_len else rec.sequence))
-        if len(pairs) >= limit:
-            break
-    if not pairs:
-        raise SystemExit(f"no sequences in {path}")
-    return pairs
-
-
-async def run_load(url: str, pairs: list[tuple[str, str]], *, requests: int = 200,
-                   concurrency: int = 200, per_request: int = 4,
-                   timeout_s: float = 120.0) -> dict[str, Any]:
-    """Send ``requests`` POST /embed calls, ``concurrency`` in flight, and measure them:
-    requests, errors (count), error_samples, seconds, requests_per_s, proteins_per_s, latency
-    p50_ms, p99_ms, max_ms."""
-    import httpx
-
-    sem = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    errors: list[str] = []
-
-    def body(i: int) -> dict[str, Any]:
-        start = (i * per_request) % len(pairs)
-        chosen = [pairs[(start + k) % len(pairs)] for k in range(per_request)]
-        # Ids unique within a request (the same protein may be cycled in twice).
-        return {"sequences": [{"id": f"{sid}#{k}", "sequence": seq}
-                              for k, (sid, seq) in enumerate(chosen)]}
-
-    async def one(client: httpx.AsyncClient, i: int) -> None:
-        payload = body(i)
-        async with sem:
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(f"{url.rstrip('/')}/embed", json=payload)
-                dt = time.perf_counter() - t0
-                if r.status_code != 200:
-                    errors.append(f"request {i}: HTTP {r.status_code} {r.text[:200]}")
-                    return
-                got = r.json()
-                if len(got["embeddings"]) != per_request:
-                    errors.append(f"request {i}: {len(got['embeddings'])} embeddings for "
-                                  f"{per_request} sequences")
-                    return
-                latencies.append(dt)
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
-                errors.append(f"request {i}: {type(exc).__name__}: {exc}")
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(client, i) for i in range(requests)))
-        seconds = time.perf_counter() - t0
-    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
-    ok = len(latencies)
-    return {"requests": requests, "concurrency": concurrency, "per_request": per_request,
-            "ok": ok, "errors": len(errors), "error_samples": errors[:5],
-            "seconds": round(seconds, 3), "requests_per_s": round(ok / seconds, 2),
-            "proteins_per_s": round(ok * per_request / seconds, 2),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1),
-            "max_ms": round(float(lat.max()), 1)}
+from mtdp.benchmarks.serve_perf import load_sequences, run_load
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -321,9 +321,16 @@ def test_trailing_stop_is_accepted_everywhere_and_info_shows_no_path(service) ->
     assert info["source"].startswith("local:") and "/" not in info["source"]
 
 
-def test_store_answers_repeats_with_the_same_embeddings(service, embedder) -> None:
+def test_store_answers_repeats_with_the_same_embeddings(service, embedder,
+                                                       serve_store: Path) -> None:
     """With a store, a sequence seen before is read back (counted in /info), equal to the
-    computed answer; the same sequence under a new id is a repeat too."""
+    computed answer; the same sequence under a new id is a repeat too. New rows reach the
+    store after the answer (write-behind, store_flush_s=1): within seconds, all of them."""
+    import time
+
+    from mtdp.embed import model_table
+    from mtdp.store import EmbeddingStore, seq_hash
+
     rng = np.random.default_rng(7)  # sequences no other test sent
     pairs = [(f"s{k}", "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 40 + 9 * k)))
              for k in range(6)]
@@ -341,6 +348,13 @@ def test_store_answers_repeats_with_the_same_embeddings(service, embedder) -> No
     a, b = np.asarray(first.json()["embeddings"]), np.asarray(again.json()["embeddings"])
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, embedder.embed(_prepared(pairs)), atol=2e-5)
+    table = model_table(EmbeddingStore(serve_store), embedder)
+    hashes = {seq_hash(q) for q in _prepared(pairs)}
+    deadline = time.monotonic() + 30
+    while table.stored(hashes) != hashes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert table.stored(hashes) == hashes
+    assert service.get("/info").json()["store_pending"] == 0
 
 
 def test_search_endpoint_finds_stored_proteins(service, student_dir: Path, serve_store: Path,

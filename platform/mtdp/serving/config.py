@@ -56,6 +56,10 @@ class ServeConfig(Config):
     store: str | None = option(None, help=(
         "embedding store (folder or s3://...): per-protein embeddings of sequences the store "
         "holds for this model are read from it, new ones are computed and stored"))
+    store_flush_s: float = option(1.0, ge=0.0, help=(
+        "new embeddings are answered at once and committed to the store together every this "
+        "many seconds (no request waits for a commit); 0: each batch commits before it "
+        "answers"))
     #: Filled by :func:`mtdp.serving.app.build_app`: the tracking URI the model spec was
     #: resolved against, so a replica started elsewhere fetches ``models:/`` from the same
     #: registry.

@@ -111,6 +111,8 @@ class InfoResponse(BaseModel):
     store: bool = Field(False, description="whether an embedding store answers repeats")
     store_computed: int = Field(0, description="distinct sequences computed and stored")
     store_reused: int = Field(0, description="proteins answered from the store")
+    store_pending: int = Field(0, description=(
+        "embeddings answered but not committed to the store yet (store_flush_s)"))
 
 
 class ErrorResponse(BaseModel):

@@ -134,7 +134,10 @@ class EmbeddingService:
         self.model_name, self.model_version = display_identity(cfg.model, self.embedder)
         from ..embed import CacheCounts
 
-        self.store, self._tables, self.store_counts = None, {}, CacheCounts()
+        # ModelTables by length policy (search reads them), and what _compute writes
+        # through: the same tables, or their WriteBehind (cfg.store_flush_s > 0).
+        self.store, self._tables, self._writers = None, {}, {}
+        self.store_counts = CacheCounts()
         if cfg.store:
             from ..store import EmbeddingStore
 
@@ -181,9 +184,25 @@ class EmbeddingService:
         if per_residue:
             return embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens,
                                    per_residue=True, too_long=too_long)
+        return embed_cached(self.embedder, seqs, self._store_writer(too_long),
+                            batch_tokens=self.batch_tokens, too_long=too_long,
+                            counts=self.store_counts)
+
+    def _store_writer(self, too_long: str):
+        """What new embeddings go through: the policy's table, or its write-behind."""
         table = self._store_table(too_long)
-        return embed_cached(self.embedder, seqs, table, batch_tokens=self.batch_tokens,
-                            too_long=too_long, counts=self.store_counts)
+        if table is None or not self.config.store_flush_s:
+            return table
+        if too_long not in self._writers:
+            from ..store.behind import WriteBehind
+
+            self._writers[too_long] = WriteBehind(table, self.config.store_flush_s)
+        return self._writers[too_long]
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown of the replica: commit the embeddings still waiting."""
+        for writer in getattr(self, "_writers", {}).values():
+            writer.close()
 
     def _store_table(self, too_long: str):
         if self.store is None:
@@ -345,4 +364,5 @@ class EmbeddingService:
                        f"{e.max_len} (truncate=false rejects them with 422; too_long=window "
                        "embeds overlapping windows)",
             store=self.store is not None, store_computed=self.store_counts.new,
-            store_reused=self.store_counts.reused)
+            store_reused=self.store_counts.reused,
+            store_pending=sum(w.pending() for w in self._writers.values()))
