@@ -304,3 +304,35 @@ def test_writers_prune_old_versions_and_stay_alone(tmp_path, monkeypatch) -> Non
     assert table.stored(_hashes(0, 260)) == set(_hashes(0, 260))
     (model,) = [m for m in table.store.models() if m["model_key"] == table.key]
     assert model["embedded"] == 210
+
+
+def test_the_age_old_versions_are_kept_is_the_users_to_set_and_checked(
+        tmp_path, monkeypatch) -> None:
+    """``MTDP_STORE_KEEP_VERSIONS_S`` (for a reader of one's own holding a version for hours)
+    overrides the hour: with it set, the pruning that removes every old version by default
+    here keeps them; Ray workers get it; a bad value stops the store at the door, naming the
+    variable, before anything is created."""
+    import pytest
+
+    import mtdp.store.commits as commits
+    from mtdp.runtime import worker_env
+    from mtdp.store import StoreError
+
+    monkeypatch.setattr(commits, "KEEP_VERSIONS_S", 0.0)
+    monkeypatch.setenv("MTDP_STORE_KEEP_VERSIONS_S", "86400")
+    assert worker_env()["MTDP_STORE_KEEP_VERSIONS_S"] == "86400"
+    table = EmbeddingStore(tmp_path / "s").model(IDENTITY, "w")
+    for k in range(6):
+        _add(table, _hashes(10 * k, 10 * k + 10))
+    before = _manifests(table.table)
+    commits.prune_versions(table.table.to_lance())
+    assert before >= 6 and _manifests(table.table) == before
+    monkeypatch.delenv("MTDP_STORE_KEEP_VERSIONS_S")
+    commits.prune_versions(table.table.to_lance())
+    assert _manifests(table.table) == 1
+    assert len(_stored(table)) == 60
+    for bad in ("an hour", "10", "nan", "inf", "-5"):
+        monkeypatch.setenv("MTDP_STORE_KEEP_VERSIONS_S", bad)
+        with pytest.raises(StoreError, match=f"MTDP_STORE_KEEP_VERSIONS_S='{bad}'.*60"):
+            EmbeddingStore(tmp_path / f"new-{bad}")
+        assert not (tmp_path / f"new-{bad}").exists()

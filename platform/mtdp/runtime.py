@@ -31,7 +31,7 @@ ENV_DEFAULTS = {
 #: Passed on to Ray workers when set in the driver.
 WORKER_ENV = ("MTDP_DATA_DIR", "MTDP_CACHE", "MTDP_UNIREP_WEIGHTS", "MTDP_KERNELS",
               "MTDP_ATTENTION", "HF_HUB_OFFLINE", "HF_HOME", "MLFLOW_TRACKING_URI",
-              "RAY_DATA_LOGGING_CONFIG")
+              "RAY_DATA_LOGGING_CONFIG", "MTDP_STORE_KEEP_VERSIONS_S")
 
 
 #: Ray Data's console at WARNING (every record still in the session log), see the file.

@@ -9,6 +9,7 @@ whose rows are new by construction appends instead while it is alone (:class:`Ap
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
@@ -63,14 +64,37 @@ def insert_new(table, rows) -> int:
     return int(getattr(res, "num_inserted_rows", rows.num_rows))
 
 
-#: Seconds a table's old versions are kept (:func:`prune_versions`); a reader holding one
-#: version longer than this while another process commits to the table may find its files
-#: gone. Every reader in mtdp reads the latest version batch by batch.
+#: Seconds a table's old versions are kept (:func:`prune_versions`) unless
+#: ``$MTDP_STORE_KEEP_VERSIONS_S`` says otherwise; a reader holding one version longer than
+#: this while another process commits to the table may find its files gone. Every reader in
+#: mtdp reads the latest version batch by batch.
 KEEP_VERSIONS_S = 3600.0
+KEEP_VERSIONS_ENV = "MTDP_STORE_KEEP_VERSIONS_S"
+#: The least ``$MTDP_STORE_KEEP_VERSIONS_S`` accepted: a commit or compaction of mtdp's own
+#: must never find the version it started from pruned.
+MIN_KEEP_VERSIONS_S = 60.0
+
+
+def keep_versions_s() -> float:
+    """Seconds old versions are kept: ``$MTDP_STORE_KEEP_VERSIONS_S`` where set (a number of
+    seconds, at least :data:`MIN_KEEP_VERSIONS_S`; e.g. 86400 for a reader of one's own that
+    holds a version for hours), else :data:`KEEP_VERSIONS_S`. A bad value is a
+    ``ValueError`` naming the variable."""
+    raw = os.environ.get(KEEP_VERSIONS_ENV, "").strip()
+    if not raw:
+        return KEEP_VERSIONS_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (MIN_KEEP_VERSIONS_S <= value < 1e12):  # also refuses nan and inf
+        raise ValueError(f"{KEEP_VERSIONS_ENV}={raw!r}: expected the seconds old store "
+                         f"versions are kept, a number from {MIN_KEEP_VERSIONS_S:g} to 1e12")
+    return value
 
 
 def prune_versions(ds) -> None:
-    """Remove the versions of a table (a Lance dataset) older than :data:`KEEP_VERSIONS_S`,
+    """Remove the versions of a table (a Lance dataset) older than :func:`keep_versions_s`,
     with the files only they use; the latest is always kept. Each kept version's manifest
     costs every later commit and version check (measured: at 3,000 versions 3.7 ms to read
     the version and 22 ms an append, 0.4 and 6.5 ms once the old ones were pruned), so
@@ -79,7 +103,7 @@ def prune_versions(ds) -> None:
     from datetime import timedelta
 
     try:
-        ds.cleanup_old_versions(older_than=timedelta(seconds=KEEP_VERSIONS_S),
+        ds.cleanup_old_versions(older_than=timedelta(seconds=keep_versions_s()),
                                 error_if_tagged_old_versions=False)
     except Exception as exc:  # noqa: BLE001 - upkeep; nothing committed depends on it
         warnings.warn(f"pruning old versions of {ds.uri} failed ({exc}); the next "

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .commits import (COMPACT_EVERY, KEY, LOOKUP_BATCH, SETTLED_ROWS, Appender, ensure_index,
-                      ensure_key, prune_versions, quoted, retry)
+                      ensure_key, keep_versions_s, prune_versions, quoted, retry)
 from .keys import identity_key
 
 FORMAT = "mtdp-embedding-store"
@@ -138,6 +138,10 @@ class EmbeddingStore:
                  cache_mb: int | None = None) -> None:
         import lancedb
 
+        try:  # refused at the door: a bad value would otherwise only warn at each pruning
+            keep_versions_s()
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
         self.uri = str(uri)
         local = Path(self.uri) if _is_local(self.uri) else None
         if local is not None:
