@@ -2,16 +2,18 @@
 hash shard; `mtdp.pipeline.context`), measured on its data half: staging and the pass's
 lookups, no model run, one fresh process and local Ray per setting, side by side.
 
-A reduce task holds rows / partitions, and a sort shuffle makes map tasks × partitions
-objects. The settings force, at the size run here, what a task would hold at a larger one
+A reduce task holds rows / partitions, a map task rows / map tasks. The settings force, at
+the size run here, what a task would hold at a larger one
 (`mtdp.benchmarks.shuffle_perf.SETTINGS`): `as-60M-old-rule` (one partition at 1 M
-proteins: the ~0.94 M rows of a reduce task at 60 M proteins under the old cap of 64
-partitions), `as-60M-rule` (8 partitions and 8 map tasks: the ~117 k rows a task holds at
-60 M under the rule), `many-objects` (the most shuffle objects 1 M proteins can make).
+proteins: the ~0.94 M rows of a reduce task at 60 M proteins under the first cap of 64
+partitions), `as-60M-rule` (8 partitions, 8 map tasks: a task at 60 M under the rule, 512
+of each), `as-60M-128-maps` (8 partitions, 2 map tasks: map tasks capped at 128 instead),
+`many-objects` (the most shuffle objects 1 M proteins can make).
 Prints each half's seconds, the shuffles' sizes, the largest Ray worker's peak heap (anon).
 
     python benchmarks/pipeline_shuffle.py                       # 200k proteins, all settings
     python benchmarks/pipeline_shuffle.py --n 1000000 --settings default as-60M-old-rule
+    python benchmarks/pipeline_shuffle.py --driver-cost   # the driver's cost of map tasks
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import sys
 import tempfile
 
 from mtdp.benchmarks.embed_job_perf import generate_inputs, lengths_source, save_random_student
-from mtdp.benchmarks.shuffle_perf import SETTINGS, data_half
+from mtdp.benchmarks.shuffle_perf import DRIVER_COST_GRID, SETTINGS, data_half, driver_cost
 
 
 def main() -> None:
@@ -31,10 +33,24 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000, help="proteins (20 %% repeated)")
     ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
+    ap.add_argument("--driver-cost", action="store_true",
+                    help="the driver's heap and seconds of one shuffle of 1 M tiny rows, by "
+                         "map tasks and partitions (no model, no input)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--cost-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        print(json.dumps(data_half(*args.child)))
+    if args.child or args.cost_child:
+        print(json.dumps(data_half(*args.child) if args.child else driver_cost(*args.cost_child)))
+        return
+    if args.driver_cost:
+        print(f"one groupby of 1,000,000 tiny rows, fresh process each; {os.cpu_count()} CPUs")
+        print(f"{'map tasks':>9} {'partitions':>10} {'seconds':>8} {'driver MB':>10}")
+        for maps, parts in DRIVER_COST_GRID:
+            r = json.loads(subprocess.run(
+                [sys.executable, __file__, "--cost-child", str(maps), str(parts)],
+                capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            print(f"{maps:>9} {parts or 'none':>10} {r['seconds']:>8.1f} {r['driver_mb']:>10}",
+                  flush=True)
         return
     print(f"{args.n:,} generated proteins, 20 % repeated ({lengths_source()}); "
           f"{os.cpu_count()} CPUs")

@@ -12,15 +12,17 @@ import os
 import time
 
 #: Named settings (the README's table). At 1 M proteins: ``as-60M-old-rule``, one partition,
-#: holds the ~0.94 M rows a reduce task of 60 M proteins held under the rule before (64
-#: partitions); ``as-60M-rule``, 8 partitions and 8 map tasks, the ~117 k rows one holds
-#: under the rule (512 partitions, 512 map tasks); ``many-objects`` makes the most shuffle
-#: objects 1 M proteins can (FASTA pieces of 1 MB, a staged shard per lookup task, a
-#: partition per group): the cost of an object, against ``default``.
+#: holds the ~0.94 M rows a reduce task of 60 M proteins held under the first rule (64
+#: partitions); ``as-60M-rule``, 8 partitions and 8 map tasks, the ~117 k rows a task holds
+#: under the rule (512 partitions, 512 map tasks); ``as-60M-128-maps``, 8 partitions and 2
+#: map tasks, a task at 60 M with map tasks capped at 128 (a map task ~470 k rows);
+#: ``many-objects`` makes the most shuffle objects 1 M proteins can (FASTA pieces of 1 MB, a
+#: staged shard per lookup task, a partition per group), against ``default``.
 SETTINGS = {
     "default": {},
     "as-60M-old-rule": {"partitions": 1},
     "as-60M-rule": {"partitions": 8, "maps": 8},
+    "as-60M-128-maps": {"partitions": 8, "maps": 2},
     "many-objects": {"partitions": 512, "range_mb": 1.0, "files_per_read": 1},
 }
 
@@ -87,3 +89,53 @@ def data_half(fasta: str, model: str, out: str, setting: str) -> dict:
             "stage_maps": maps[0], "stage_partitions": parts[0], "lookup_maps": maps[-1],
             "lookup_partitions": parts[-1], "groups": len(staged),
             "peak_mb": rss.rounded(), "largest": rss.other_worker}
+
+
+#: ``--driver-cost``: (map tasks, partitions) of the pipeline's sort shuffle, 0 partitions
+#: the map tasks alone (no shuffle).
+DRIVER_COST_GRID = [(64, 64), (64, 512), (128, 256), (256, 256), (512, 256), (512, 512),
+                    (512, 0)]
+
+
+def driver_cost(maps: int, partitions: int, rows: int = 1_000_000) -> dict:
+    """The driver's heap and the seconds of one ``groupby`` under the pipeline's Ray Data
+    settings over ``rows`` tiny rows (two integers: the data itself costs nothing) in
+    ``maps`` blocks and ``partitions`` partitions, on a fresh local Ray (call it in a fresh
+    process: the peak is this process's)."""
+    import threading
+
+    import pyarrow as pa
+    import ray
+    import ray.data
+
+    from ..pipeline import data_context
+    from ..runtime import init_ray
+    from .memory import anon_bytes
+
+    init_ray()
+    base, peak, stop = anon_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], anon_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    with data_context(progress_bars=False):
+        ds = ray.data.range(rows, override_num_blocks=maps).map_batches(
+            lambda b: {"k": b["id"] % 4096, "v": b["id"]}, batch_size=None)
+        if partitions:
+            ds = ds.groupby("k", num_partitions=partitions).map_groups(
+                lambda t: pa.table({"n": [t.num_rows]}), batch_format="pyarrow")
+            seen = int(ds.sum("n"))
+        else:
+            seen = ds.materialize().count()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    ray.shutdown()
+    if seen != rows:
+        raise RuntimeError(f"the shuffle returned {seen} rows of {rows}")
+    return {"maps": maps, "partitions": partitions, "seconds": seconds,
+            "driver_mb": (max(peak[0], base) - base) >> 20}

@@ -11,9 +11,14 @@ ROWS_PER_PARTITION = 1 << 16
 #: Partitions below which a shuffle is never cut (fewer groups: one partition each). Inputs
 #: up to ``MIN_PARTITIONS × ROWS_PER_PARTITION`` (~4 M proteins) get exactly this.
 MIN_PARTITIONS = 64
-#: A sort shuffle makes ``map tasks × partitions`` objects: both are capped here (512 × 512
-#: = 262k objects). Beyond ``MAX_PARTITIONS × ROWS_PER_PARTITION`` (~34 M proteins) a task's
-#: rows grow again, as the square root of ``objects`` would otherwise.
+#: Partitions and a shuffle's map tasks at most (then a task takes several input pieces).
+#: Beyond ``MAX_PARTITIONS × ROWS_PER_PARTITION`` (~34 M proteins) a task's rows grow again.
+#: Map tasks are what costs the driver, faster than linearly, not the objects (one groupby
+#: of 1 M tiny rows: 64 maps +77 MB and 9 s, 128 +125 MB and 14 s, 256 +347 MB and 28 s,
+#: 512 +1.1 GB and ~1 min on 2 CPUs, at 64 to 512 partitions alike; ``pipeline_shuffle.py
+#: --driver-cost``), but fewer maps make each map task hold more, and many of those run at
+#: once: at 60 M proteins 128 maps would be ~470 k rows a task (1.2 GB of heap, measured as
+#: ``as-60M-128-maps``) against ~117 k (0.49 GB) at 512. The driver is one process.
 MAX_SHUFFLE_MAPS = MAX_PARTITIONS = 512
 
 
