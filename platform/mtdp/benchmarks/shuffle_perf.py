@@ -102,40 +102,31 @@ def driver_cost(maps: int, partitions: int, rows: int = 1_000_000) -> dict:
     settings over ``rows`` tiny rows (two integers: the data itself costs nothing) in
     ``maps`` blocks and ``partitions`` partitions, on a fresh local Ray (call it in a fresh
     process: the peak is this process's)."""
-    import threading
-
     import pyarrow as pa
     import ray
     import ray.data
 
     from ..pipeline import data_context
     from ..runtime import init_ray
+    from .embed_job_perf import TreeRSS
     from .memory import anon_bytes
 
     init_ray()
-    base, peak, stop = anon_bytes(), [0], threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.2):
-            peak[0] = max(peak[0], anon_bytes())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    with data_context(progress_bars=False):
-        ds = ray.data.range(rows, override_num_blocks=maps).map_batches(
-            lambda b: {"k": b["id"] % 4096, "v": b["id"]}, batch_size=None)
-        if partitions:
-            ds = ds.groupby("k", num_partitions=partitions).map_groups(
-                lambda t: pa.table({"n": [t.num_rows]}), batch_format="pyarrow")
-            seen = int(ds.sum("n"))
-        else:
-            seen = ds.materialize().count()
-    seconds = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
+    base = anon_bytes()
+    with TreeRSS(every=0.2) as rss:
+        t0 = time.perf_counter()
+        with data_context(progress_bars=False):
+            ds = ray.data.range(rows, override_num_blocks=maps).map_batches(
+                lambda b: {"k": b["id"] % 4096, "v": b["id"]}, batch_size=None)
+            if partitions:
+                ds = ds.groupby("k", num_partitions=partitions).map_groups(
+                    lambda t: pa.table({"n": [t.num_rows]}), batch_format="pyarrow")
+                seen = int(ds.sum("n"))
+            else:
+                seen = ds.materialize().count()
+        seconds = time.perf_counter() - t0
     ray.shutdown()
     if seen != rows:
         raise RuntimeError(f"the shuffle returned {seen} rows of {rows}")
     return {"maps": maps, "partitions": partitions, "seconds": seconds,
-            "driver_mb": (max(peak[0], base) - base) >> 20}
+            "driver_mb": max(0, round(rss.peak.get("driver_anon", 0.0) - base / 2**20))}
