@@ -6,12 +6,17 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..io import sha256_file
 
-if TYPE_CHECKING:
-    from ..models.base import Embedder
+
+class Describable(Protocol):
+    """What keying reads of a model (:class:`mtdp.models.base.Embedder` has it): declared
+    here, not imported, so the store does not depend on the models (which embed through
+    :mod:`mtdp.embed`, which keys through this module)."""
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 def seq_hash(sequence: str) -> str:
@@ -22,7 +27,7 @@ def seq_hash(sequence: str) -> str:
     return hashlib.sha256(sequence.encode("ascii")).hexdigest()
 
 
-def store_identity(embedder: "Embedder", too_long: str = "truncate",
+def store_identity(embedder: Describable, too_long: str = "truncate",
                    pooling: str | None = None, max_len: int | None = None) -> dict[str, Any]:
     """What makes a model's stored vectors what they are: its class, dimension, length limit,
     the policy for longer sequences, the pooling, and its weights (the checkpoint's SHA-256,
@@ -44,7 +49,7 @@ def identity_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fingerprint(embedder: "Embedder") -> dict[str, Any]:
+def fingerprint(embedder: Describable) -> dict[str, Any]:
     """What makes an embedder's output unique: its description plus a weight fingerprint
     (checkpoint files are hashed by :meth:`~Embedder.describe`; student directories by their
     weight files; random-init and hub models by a digest of a few parameter tensors)."""
