@@ -12,6 +12,7 @@ fraction of it. CPU: fp32. CUDA: bf16 student, fp16 teachers.
     python benchmarks/throughput.py --models student student-stock --student-fixed 32
     python benchmarks/throughput.py --device cuda --student-fixed 10000 --models student
     python benchmarks/throughput.py --paper-set           # the paper's efficiency figure
+    python benchmarks/throughput.py --precision-check --student-fixed 8 --fixed-len 256
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the paper's efficiency comparison instead: student, released-MTDP "
                          "form, ESM-2 8M..650M, ProtBert-BFD, ProtT5-XL on 1,000-aa proteins; "
                          "writes benchmarks/results/efficiency.md/.png")
+    ap.add_argument("--precision-check", nargs="*", metavar="MODEL", default=None,
+                    help="fp32 against bf16 on this CPU instead: GEMM rates, then each MODEL "
+                         "spec (default: mtdp-unirep unirep64 tiny-random-esm2) on "
+                         "--student-fixed proteins of --fixed-len residues, with the cosine")
     ap.add_argument("--paper-proteins", type=int, default=2,
                     help="--paper-set: proteins timed per teacher (students: 8x)")
     args = ap.parse_args(argv)
@@ -61,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                                      student_proteins=8 * args.paper_proteins,
                                      device=args.device, batch_tokens=args.batch_tokens))
         return 0
-    args = {k: v for k, v in vars(args).items() if k not in ("paper_set", "paper_proteins")}
+    if args.precision_check is not None:
+        from mtdp.benchmarks.precision_perf import run_precision_check
+
+        return run_precision_check(args.precision_check or ["mtdp-unirep", "unirep64",
+                                                            "tiny-random-esm2"],
+                                   args.student_fixed, args.fixed_len)
+    args = {k: v for k, v in vars(args).items()
+            if k not in ("paper_set", "paper_proteins", "precision_check")}
     return run_throughput(ThroughputConfig(**args))
 
 

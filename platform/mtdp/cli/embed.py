@@ -64,6 +64,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--actors", type=bounded(int, ge=1), default=1,
                    help="with --ray: model replicas (Ray actors)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best found)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="arithmetic on CPU: auto (bf16 where the CPU has bf16 matrix units, "
+                        "AMX / AVX-512-BF16; fp32 elsewhere), fp32 (exact) or bf16")
     p.add_argument("--keep-first-duplicate", action="store_true",
                    help="on repeated ids keep the first record instead of stopping")
     p.add_argument("--skip-invalid", action="store_true",
@@ -89,7 +92,9 @@ def _run_embed(args: argparse.Namespace) -> int:
         from ..store import EmbeddingStore
 
         store = EmbeddingStore(args.store)
-    model = load_embedder(args.model, device=args.device, pooling=args.pooling)
+    model = load_embedder(args.model, device=args.device, pooling=args.pooling,
+                          precision=args.precision)
+    print(f"{model.name}: {model.precision} on {model.device}", file=sys.stderr)
     summary = embed_file(
         model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
         per_residue=args.per_residue, max_len=args.max_len,
@@ -133,7 +138,7 @@ def _run_ray(args: argparse.Namespace) -> int:
     cfg = EmbedJobConfig(
         inputs=[args.input], model=args.model, store=args.store, run_name=args.run or "",
         too_long=args.too_long, max_len=args.max_len, actors=args.actors,
-        batch_tokens=args.batch_tokens, progress=not args.quiet,
+        batch_tokens=args.batch_tokens, progress=not args.quiet, precision=args.precision,
         on_invalid="skip" if args.skip_invalid else "error",
         on_duplicate="keep-first" if args.keep_first_duplicate else "error").resolved()
     result = run_embed_job(cfg)

@@ -42,6 +42,9 @@ class EmbedJobConfig(Config):
         "GPUs per actor when the cluster has GPUs (fractions share a GPU)"))
     batch_tokens: int | None = option(None, ge=1, help=(
         "padded tokens per forward pass (default 8192 on CPU, 65536 on GPU)"))
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"), help=(
+        "the actors' arithmetic on CPU: auto (bf16 where the CPU has bf16 matrix units), "
+        "fp32 or bf16"))
     shard_size: int = option(4096, ge=1, help="proteins per staged shard")
     commit_rows: int = option(2048, ge=1, help=(
         "embeddings per store commit (at most this much work is lost when a job is killed)"))

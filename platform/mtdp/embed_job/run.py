@@ -82,7 +82,8 @@ def _embed(cfg: EmbedJobConfig, run: WorkDir, summary: dict, table, result: Embe
                             batch_tokens=cfg.batch_tokens, actors=cfg.actors,
                             cpus_per_actor=cfg.cpus_per_actor,
                             gpus_per_actor=cfg.gpus_per_actor, commit_rows=cfg.commit_rows,
-                            progress=cfg.progress, label="embed")
+                            progress=cfg.progress, label="embed",
+                            precision=cfg.precision)
     staged = {str(run.stage_file(int(s))): n for s, n in summary["shards"].items()}
     done = embed_pass(staged, cfg.store, identity, table.name, settings,
                       json.loads(os.environ.get(FAULTS_ENV) or "{}"))

@@ -38,6 +38,22 @@ class Embedder(abc.ABC):
     #: True only for models with real trained weights.
     pretrained: bool = False
     device: torch.device = torch.device("cpu")
+    #: Arithmetic of the forward pass on CPU: ``fp32`` or ``bf16`` (set by
+    #: :meth:`set_precision`; GPUs keep each model's own half-precision rule).
+    precision: str = "fp32"
+
+    def set_precision(self, precision: str) -> "Embedder":
+        """``auto`` (bf16 where the CPU has bf16 matrix units, :mod:`mtdp.precision`),
+        ``fp32`` or ``bf16``, resolved on this embedder's device; returns self."""
+        from ..precision import resolve
+
+        self.precision = resolve(precision, self.device)
+        return self
+
+    def cpu_autocast(self):
+        """The forward pass's context: bf16 autocast on CPU when :attr:`precision` is bf16."""
+        return torch.autocast("cpu", dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16" and self.device.type == "cpu")
 
     @abc.abstractmethod
     def embed_batch(self, sequences: Sequence[str], per_residue: bool = False
@@ -67,13 +83,3 @@ class Embedder(abc.ABC):
         if self.source and os.path.isfile(self.source):
             info["sha256"] = sha256_file(self.source)
         return info
-
-    def embed(self, sequences: Sequence[str], *, batch_tokens: int | None = None,
-              per_residue: bool = False, progress: bool = False, too_long: str = "truncate"):
-        """Embed prepared sequences in input order: [N, dim] float32 array (plus per-residue
-        arrays if asked), through :func:`mtdp.embed.embed_sequences` (length-sorted
-        token-budget batches, the model's truncation rule)."""
-        from ..embed import embed_sequences
-
-        return embed_sequences(self, sequences, batch_tokens=batch_tokens,
-                               per_residue=per_residue, progress=progress, too_long=too_long)

@@ -21,6 +21,9 @@ class ServeConfig(Config):
     model: str | None = option(None, help=(
         "student directory, MLflow URI (models:/mtdp-student/3), or teacher name; default "
         f"${MODEL_ENV}, else the newest registered 'mtdp-student' in MLflow"))
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"), help=(
+        "arithmetic on CPU: auto (bf16 where the CPU has bf16 matrix units, AMX / "
+        "AVX-512-BF16; fp32 elsewhere), fp32 or bf16"))
     pooling: str | None = option(None, choices=("masked", "reference"), help=(
         "students: masked (mean over real residues) or reference (the released MTDP model's "
         "pooling); default: the model's own"))

@@ -102,6 +102,7 @@ class InfoResponse(BaseModel):
     dim: int
     max_len: int
     device: str
+    precision: str = Field("fp32", description="arithmetic of the forward pass on CPU")
     parameters: int
     pretrained: bool
     max_sequences: int

@@ -125,7 +125,8 @@ class EmbeddingService:
             os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking_uri)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        self.embedder = load_embedder(cfg.model, device=cfg.device, pooling=cfg.pooling)
+        self.embedder = load_embedder(cfg.model, device=cfg.device, pooling=cfg.pooling,
+                                      precision=cfg.precision)
         self.batch_tokens = cfg.batch_tokens or default_batch_tokens(self.embedder.device)
         # Several forward passes' worth per queue batch: sorting more sequences by length
         # across requests cuts padding (tiny student, 2 busy CPUs, 100 concurrent requests:
@@ -357,6 +358,7 @@ class EmbeddingService:
             model=self.model_name, model_version=self.model_version,
             source=public_source(e.source),
             mtdp_version=__version__, dim=e.dim, max_len=e.max_len, device=str(e.device),
+            precision=e.precision,
             parameters=e.num_parameters(), pretrained=e.pretrained,
             max_sequences=self.config.max_sequences, batch_tokens=self.batch_tokens,
             queue_tokens=self.queue_tokens,
