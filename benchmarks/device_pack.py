@@ -18,7 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: Data files of the GPU run (tasks and pool) and of gpu_check.py, relative to the data dir.
 FILES = ["deeploc2/swissprot_train_val_5partitions.csv", "deeploc1/deeploc_test_set.fasta",
-         "meltome", "solubility"]
+         "go", "solubility"]
+#: Pool proteins sent (the first of the run's seeded order; the whole pool is 22 MB).
+POOL = 24000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"UniRep-{size}: {path.stat().st_size / 2**20:.1f} MiB in float16; embeddings vs "
               f"fp32 weights on {len(seqs)} DeepLoc proteins: relative difference mean "
               f"{rel.mean():.2e}, max {rel.max():.2e}")
+    from mtdp.distill.pool import write_pool
+
+    write_pool(POOL, 0, a.out / "pool.fasta.gz")  # gpu_scale --pool-fasta .carry/pool.fasta.gz
     with tarfile.open(a.out / "data.tar.gz", "w:gz") as tar:
         for f in FILES:
             tar.add(data_dir() / f, arcname=f)

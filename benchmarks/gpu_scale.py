@@ -1,8 +1,9 @@
-"""UniRep → the paper-size student on one GPU, in one process (issue 19's `gpu` scale; the
-run lives in :mod:`mtdp.experiments.gpu_scale`, and why it runs without Ray is said there).
+"""The transfer recipe at paper size on one GPU, in one process (the run lives in
+:mod:`mtdp.experiments.gpu_scale`, and why it runs without Ray is said there).
 
     python benchmarks/gpu_scale.py                                   # the GPU plan
-    python benchmarks/gpu_scale.py --pool 64 --epochs 1 --task-proteins 40   # CPU smoke test
+    python benchmarks/gpu_scale.py --pool 64 --epochs 1 --task-proteins 40 --students tiny \
+        --teachers tiny-random-t5,tiny-random-esm2 --modes uniform      # CPU smoke test
 
 Stage timings are printed as they end; WORKDIR/gpu_scale.md and .json hold the table.
 `bash benchmarks/device_run.sh` is the one prepared command for a lent GPU machine

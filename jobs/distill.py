@@ -1,18 +1,19 @@
 #!/usr/bin/env python
-"""Distil a student from precomputed teacher embeddings on Ray Train (see mtdp.distill).
+"""Distil a student on Ray Train (see mtdp.distill).
 
-    python jobs/distill.py                            # embedded default: jobs/configs/demo.yaml
-    python jobs/distill.py --config jobs/distill.yaml [--flag value ...]
+    python jobs/distill.py                                      # the embedded default (demo)
+    python jobs/distill.py --config jobs/configs/unirep-cpu.yaml   # a whole recipe
+    python jobs/distill.py --config jobs/distill.yaml [--flag value ...]   # one training run
     ray job submit --address http://127.0.0.1:8270 --working-dir . -- \\
-        python jobs/distill.py --config jobs/distill.yaml
+        python jobs/distill.py --config jobs/configs/unirep-cpu.yaml
 
-With no arguments it runs the demo of jobs/configs/demo.yaml: a few hundred DeepLoc 2.0
-(partitions 0-3) Swiss-Prot proteins from the data folder ($MTDP_DATA_DIR, default
-../shared/data beside the repository) are precomputed once with two real pretrained teachers
-(UniRep-256 and UniRep-64, fetched from PyPI on first use), the tiny student is distilled with
-the RL selector and registered in MLflow as ``mtdp-student``, and a probe on proteins it never
-saw compares it with the same student untrained. With no cluster address (RAY_ADDRESS unset) a
-local Ray is started.
+A recipe (a YAML file with a ``distill:`` section, mtdp.distill.recipe) does everything: a
+pool of Swiss-Prot proteins ($MTDP_DATA_DIR, default ../shared/data beside the repository)
+labelled by real pretrained teachers (UniRep, fetched from PyPI on first use) into the
+embedding store, the student trained on them and registered in MLflow, and a closing probe on
+proteins it never saw: the distilled student against its untrained start point, the teacher
+and amino-acid composition. Running the same command again resumes. With no arguments it runs
+jobs/configs/demo.yaml; with no cluster address (RAY_ADDRESS unset) a local Ray is started.
 """
 from __future__ import annotations
 
@@ -36,23 +37,46 @@ def build_config(argv: list[str]) -> DistillConfig:
             break
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file of DistillConfig fields (flags override it)")
+    p.add_argument("--config", help="YAML file of DistillConfig fields (flags override it), "
+                                     "or a recipe")
     add_dataclass_arguments(p, DistillConfig)
     args = p.parse_args(argv)
     return load_config(DistillConfig, args.config, args)
+
+
+def recipe_path(argv: list[str]) -> str | None:
+    """The recipe to run: the demo with no arguments, ``--config RECIPE`` alone, else None."""
+    from mtdp.distill.recipe import CONFIGS, is_recipe
+
+    if not argv:
+        return str(CONFIGS / "demo.yaml")
+    if len(argv) == 2 and argv[0] == "--config" and is_recipe(argv[1]):
+        return argv[1]
+    if "--config" in argv[:-1] and is_recipe(argv[argv.index("--config") + 1]):
+        raise ValueError(f"{argv[argv.index('--config') + 1]} is a recipe: run it alone "
+                         "(--config RECIPE), its settings live in the file")
+    return None
+
+
+def run_recipe_file(path: str):
+    from mtdp.benchmarks.closing_probe import format_probe, probe_recipe
+    from mtdp.distill.recipe import load_recipe, run_recipe
+
+    init_ray()
+    cfg = load_recipe(path)
+    result, timings = run_recipe(cfg)
+    if cfg.probe_proteins:
+        print("\n" + format_probe(probe_recipe(cfg, result), cfg.probe_proteins))
+    print("[recipe] stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     apply_env_defaults()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv:
-            result = run_distill(build_config(argv))
-        else:  # the embedded default: jobs/configs/demo.yaml, closing with its probe
-            from mtdp.experiments.demo import load_demo, run_demo
-
-            init_ray()
-            result, _ = run_demo(load_demo())
+        recipe = recipe_path(argv)
+        result = run_recipe_file(recipe) if recipe else run_distill(build_config(argv))
     except (ValueError, FileNotFoundError, SequenceError) as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return 2

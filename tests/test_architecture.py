@@ -19,15 +19,9 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(path: Path, modules: set[str]) -> set[str]:
-    """mtdp modules ``path`` imports anywhere (module level or inside functions), except under
-    ``if TYPE_CHECKING:`` (annotations only, never executed)."""
+    """mtdp modules ``path`` imports anywhere: module level, inside functions and under
+    ``if TYPE_CHECKING:`` (annotations are a dependency a reader follows too)."""
     name = _module(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found: set[str] = set()
@@ -41,8 +35,6 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
-                continue
             if isinstance(child, ast.Import):
                 for a in child.names:
                     if a.name.startswith("mtdp"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mtdp.embed import embed_sequences
 from mtdp.benchmarks import TaskUnavailable, available_tasks, load_task
 from mtdp.models.baselines import KmerEmbedder, load_baseline
 from mtdp.benchmarks.probes import ProbeConfig, fold_hash, make_folds, train_probe
@@ -118,7 +119,7 @@ def test_kmer_and_aac_features_hand_computed():
     # X residues break k-mers instead of being counted as a residue.
     assert KmerEmbedder(2).features("AXA")[20:].sum() == 0.0
     aac = load_embedder("aac")
-    emb = aac.embed(["AAAC", "MKV"])
+    emb = embed_sequences(aac, ["AAAC", "MKV"])
     assert emb.shape == (2, 20) and emb[0, a] == pytest.approx(0.75)
     assert load_embedder("kmer3").dim == 8420
     with pytest.raises(ValueError, match="between 1 and 3"):
@@ -134,7 +135,7 @@ def test_random_student_baseline_is_seeded_and_untrained():
     b = load_embedder("random-student:tiny", device="cpu")
     assert not a.pretrained and a.num_parameters() > 0
     x = ["MKTAYIAKQR", "GSHMLE"]
-    np.testing.assert_array_equal(a.embed(x), b.embed(x))
+    np.testing.assert_array_equal(embed_sequences(a, x), embed_sequences(b, x))
     assert model_key(model_identity(a)) == model_key(model_identity(b))
 
 
@@ -150,7 +151,7 @@ def test_embedding_cache_embeds_once(tmp_path: Path, data_dir: Path):
     again, rate2, hit2, count2 = cached_embeddings(model, task, tmp_path)
     assert hit2 and rate2 == pytest.approx(rate, rel=1e-3) and count2 == 0
     np.testing.assert_array_equal(first, again)
-    np.testing.assert_allclose(first[:3], model.embed(task.sequences[:3]), atol=1e-5)
+    np.testing.assert_allclose(first[:3], embed_sequences(model, task.sequences[:3]), atol=1e-5)
     store = EmbeddingStore(tmp_path)
     (m,) = store.models()
     assert store.model(m["identity"], m["name"]).count() == 40

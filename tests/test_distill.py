@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mtdp.embed import embed_sequences
 from mtdp.distill import DistillConfig, run_distill
 from test_selector import deeploc_sample, write_dataset
 
@@ -65,9 +66,9 @@ def test_distillation_lowers_held_out_losses_and_registers(killed_run):
     from mtdp.models.registry import load_embedder
 
     seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MSTNPKPQRKTKRNTNRRPQDVKFPGG"]
-    local = load_embedder(res.student_dir, device="cpu").embed(seqs)
+    local = embed_sequences(load_embedder(res.student_dir, device="cpu"), seqs)
     assert res.model_uri and res.model_uri.startswith("models:/mtdp-student/")
-    remote = load_embedder(res.model_uri, device="cpu").embed(seqs)
+    remote = embed_sequences(load_embedder(res.model_uri, device="cpu"), seqs)
     assert local.shape == (2, 128) and np.allclose(local, remote, atol=1e-6)
     import mlflow.pyfunc
 
@@ -136,3 +137,21 @@ def test_job_command_line(tmp_path: Path):
     bad.write_text("data: x\nlearning_rate: 1\n")
     with pytest.raises(ValueError, match="learning_rate"):
         job.build_config(["--config", str(bad)])
+    # Recipes (a `distill:` section): the demo with no arguments, any recipe alone; flags
+    # beside a recipe are refused (its settings live in the file).
+    demo = ROOT / "jobs" / "configs" / "demo.yaml"
+    cpu = ROOT / "jobs" / "configs" / "unirep-cpu.yaml"
+    assert job.recipe_path([]) == str(demo)
+    assert job.recipe_path(["--config", str(cpu)]) == str(cpu)
+    assert job.recipe_path(["--config", str(ROOT / "jobs" / "distill.yaml")]) is None
+    with pytest.raises(ValueError, match="is a recipe"):
+        job.recipe_path(["--config", str(cpu), "--lr", "1"])
+    from mtdp.distill.recipe import load_recipe
+
+    recipe = load_recipe(cpu)
+    recipe.validate()
+    assert recipe.length_rule == "crop" and recipe.residue_window == 8
+    assert DistillConfig(**{**recipe.distill, "data": "x"}).residue_head == "shared"
+    bad.write_text("distill: {learning_rate: 1}\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_recipe(bad).validate()

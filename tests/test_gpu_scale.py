@@ -21,14 +21,25 @@ def test_token_batches_cover_each_protein_once_within_the_budget():
 
 
 def test_tiny_gpu_scale_run_on_cpu(tmp_path: Path):
-    cfg = GpuScaleConfig(pool=64, epochs=1, task_proteins=40, tasks="membrane,esol",
-                         preset="tiny", max_len=128, batch_tokens=2048, teachers="kmer2,aac",
-                         modes="rl,uniform,none", folds=2, device="cpu",
-                         workdir=str(tmp_path))
+    """The device run's exact code at a tiny size on CPU: Swiss-Prot crops labelled by two
+    tiny random teachers (window means), the recipe's students (uniform and single), their
+    untrained start point, probes with gain capture and R²; students come back in float16."""
+    cfg = GpuScaleConfig(pool=64, max_len=64, window=4, epochs=1, task_proteins=40,
+                         tasks="membrane,esol", students="tiny",
+                         teachers="tiny-random-t5,tiny-random-esm2",
+                         modes="uniform,single:tiny-random-t5", batch_tokens=2048, folds=2,
+                         device="cpu", workdir=str(tmp_path))
     md = run_gpu_scale(cfg, log=print).read_text()
     data = json.loads((tmp_path / "gpu_scale.json").read_text())
-    assert set(data["scores"]) == {"kmer2", "aac", "student-rl", "student-uniform",
-                                   "student-none", "random-init"}
+    assert set(data["scores"]) == {"tiny-random-t5", "tiny-random-esm2", "aac",
+                                   "student-tiny-uniform", "student-tiny-single-tiny-random-t5",
+                                   "random-init-tiny"}
     assert all(len(v) == 2 for s in data["scores"].values() for v in s.values())
-    assert "student-rl − student-uniform" in md and "distil rl" in " ".join(data["stages"])
-    assert len(list(tmp_path.glob("run-*/students/rl/config.json"))) == 1
+    assert "Ridge R² of tiny-random-t5" in md and "± " in md
+    assert "distil tiny-uniform" in " ".join(data["stages"])
+    saved = list(tmp_path.glob("run-*/students/tiny-uniform/model.safetensors"))
+    assert len(saved) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(saved[0]), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}

@@ -1,5 +1,5 @@
 """Hardening (issue #20): nothing destroyed, nothing corrupt accepted, no raw traceback, no
-hang — each case here failed on the code before it (see the README's reliability table)."""
+hang — each case here failed on the code before it (see docs/reliability.md)."""
 from __future__ import annotations
 
 import gzip
@@ -462,30 +462,41 @@ def test_kernel_cache_must_belong_to_the_user(tmp_path, monkeypatch) -> None:
 
 # ---- the embedded default ------------------------------------------------------------------
 def test_demo_config_uses_real_teachers_and_ends_with_a_probe() -> None:
-    from mtdp.experiments.demo import load_demo
+    from mtdp.distill.recipe import CONFIGS, is_recipe, load_recipe
 
-    cfg = load_demo()
-    assert cfg.teachers == ["unirep256", "unirep64"] and cfg.probe_proteins > 0
-    assert cfg.per_residue == ["unirep256"] and cfg.max_len == 128
+    assert is_recipe(CONFIGS / "demo.yaml") and not is_recipe(ROOT / "jobs" / "distill.yaml")
+    cfg = load_recipe(CONFIGS / "demo.yaml")
+    assert cfg.teachers[0].startswith("unirep") and cfg.probe_proteins > 0
+    assert cfg.pool == "swissprot" and cfg.per_residue
 
 
 def test_demo_runs_end_to_end_on_a_tiny_scale(ray_session, tmp_path, capsys) -> None:
-    """The demo's whole path (precompute, distil, probe against the untrained student) with
-    tiny random teachers and a handful of proteins."""
-    from mtdp.experiments.demo import load_demo, run_demo
+    """The recipe's whole path (pool, labels, distil, probe against the untrained student,
+    the teacher and composition) with tiny random teachers and a handful of proteins; a
+    second run finds everything done."""
+    from mtdp.benchmarks.closing_probe import format_probe, probe_recipe
+    from mtdp.distill.recipe import CONFIGS, labels_dir, load_recipe, run_recipe
 
-    cfg = load_demo(workdir=str(tmp_path / "demo"), proteins=64, max_len=48,
-                    teachers=["tiny-random-t5", "tiny-random-esm2"],
-                    per_residue=["tiny-random-t5"], probe_proteins=60,
-                    distill={"preset": "tiny", "epochs": 1, "batch_size": 8, "mlflow": False,
-                             "selector_warmup_steps": 2, "log_every": 2})
+    cfg = load_recipe(CONFIGS / "demo.yaml", workdir=str(tmp_path / "demo"), proteins=64,
+                      max_len=48, teachers=["tiny-random-t5", "tiny-random-esm2"],
+                      per_residue=["tiny-random-t5"], residue_window=4, length_rule="crop",
+                      probe_proteins=60,
+                      distill={"preset": "tiny", "epochs": 1, "batch_size": 8, "mlflow": False,
+                               "selector_warmup_steps": 2, "log_every": 2, "kd_loss": "mse",
+                               "kd_input": "clean", "mlm_weight": 0.0, "max_len": 1000})
     t0 = time.time()
-    result, scores = run_demo(cfg)
-    assert Path(result.student_dir, "config.json").is_file()
-    assert set(scores) == {"distilled", "untrained", "teacher tiny-random-t5"}
-    for row in scores.values():
+    result, timings = run_recipe(cfg)
+    assert Path(result.student_dir, "config.json").is_file() and set(timings) >= {"label",
+                                                                                "distill"}
+    assert (labels_dir(cfg) / "pool.fasta").is_file()
+    scores = probe_recipe(cfg, result)
+    assert set(scores) == {"distilled", "untrained", "teacher tiny-random-t5", "aac"}
+    for name, row in scores.items():
         assert set(row) == {"localization", "membrane"}
-        assert all(0.0 <= v <= 1.0 for v in row.values())
+        assert all(0.0 <= r["accuracy"] <= 1.0 and len(r["folds"]) == 5 for r in row.values())
+        assert ("gain_capture" in row["membrane"]) == (name in ("distilled", "untrained"))
+    print(format_probe(scores, 60))
     assert "proteins the student never saw" in capsys.readouterr().out
-    print(f"tiny demo in {time.time() - t0:.0f} s: {scores}")
-    assert np.isfinite(list(scores["distilled"].values())).all()
+    print(f"tiny recipe in {time.time() - t0:.0f} s")
+    again, _ = run_recipe(cfg)  # labels kept, the finished run resumed: no new steps
+    assert again.steps == result.steps

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mtdp.embed import embed_sequences
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `serve run` puts the repo root on sys.path; do the same here
     sys.path.insert(0, str(ROOT))
@@ -116,7 +118,7 @@ def test_embed_json_equals_embedder(service, embedder, real_pairs) -> None:
     r = service.post("/embed", json=body)
     assert r.status_code == 200, r.text
     got = r.json()
-    want = embedder.embed(_prepared(pairs))
+    want = embed_sequences(embedder, _prepared(pairs))
     assert got["ids"] == [i for i, _ in pairs] and got["dim"] == 128
     assert got["truncated"] == [i for i, s in pairs if len(s) > MAX_LEN]
     assert got["lengths"] == [min(len(s), MAX_LEN) for _, s in pairs]
@@ -134,7 +136,7 @@ def test_embed_json_equals_embedder(service, embedder, real_pairs) -> None:
     few = pairs[:3]
     rr = service.post("/embed", json={"sequences": [{"id": i, "sequence": s} for i, s in few],
                                       "per_residue": True}).json()
-    _, want_res = embedder.embed(_prepared(few), per_residue=True)
+    _, want_res = embed_sequences(embedder, _prepared(few), per_residue=True)
     for got_r, want_r in zip(rr["per_residue"], want_res):
         np.testing.assert_allclose(np.array(got_r), want_r, atol=1e-5, rtol=0)
 
@@ -224,7 +226,8 @@ def test_truncation_is_reported(service, embedder) -> None:
     long = "MKTAYIAKQRQISFVKSHFSRQ" * 20          # 440 residues > MAX_LEN
     r = service.post("/embed", json=_seqs(("long", long))).json()
     assert r["truncated"] == ["long"] and r["lengths"] == [MAX_LEN]
-    np.testing.assert_allclose(np.array(r["embeddings"]), embedder.embed([long[:MAX_LEN]]),
+    np.testing.assert_allclose(np.array(r["embeddings"]),
+                               embed_sequences(embedder, [long[:MAX_LEN]]),
                                atol=1e-5, rtol=0)
 
 
@@ -328,7 +331,7 @@ def test_store_answers_repeats_with_the_same_embeddings(service, embedder,
     store after the answer (write-behind, store_flush_s=1): within seconds, all of them."""
     import time
 
-    from mtdp.embed import model_table
+    from mtdp.embed import embed_sequences, model_table
     from mtdp.store import EmbeddingStore, seq_hash
 
     rng = np.random.default_rng(7)  # sequences no other test sent
@@ -347,7 +350,7 @@ def test_store_answers_repeats_with_the_same_embeddings(service, embedder,
     assert after["store_reused"] - mid["store_reused"] == len(pairs)
     a, b = np.asarray(first.json()["embeddings"]), np.asarray(again.json()["embeddings"])
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(a, embedder.embed(_prepared(pairs)), atol=2e-5)
+    np.testing.assert_allclose(a, embed_sequences(embedder, _prepared(pairs)), atol=2e-5)
     table = model_table(EmbeddingStore(serve_store), embedder)
     hashes = {seq_hash(q) for q in _prepared(pairs)}
     deadline = time.monotonic() + 30

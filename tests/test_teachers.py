@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtdp.embed import embed_sequences
 from mtdp.models.registry import load_embedder
 from mtdp.models.teachers import (ESM2_MODELS, PROT_T5_HUB, REGISTRY, load_teacher,
                            save_esm2_checkpoint, tiny_random_esm2, tiny_random_t5)
@@ -22,7 +23,7 @@ def test_registry_names():
 def test_tiny_teachers_are_deterministic_and_labelled():
     a, b = tiny_random_esm2(), tiny_random_esm2()
     assert not a.pretrained and a.source == "random-init" and "random" in a.name
-    np.testing.assert_array_equal(a.embed(SEQS), b.embed(SEQS))
+    np.testing.assert_array_equal(embed_sequences(a, SEQS), embed_sequences(b, SEQS))
     assert not tiny_random_t5().pretrained
 
 
@@ -32,14 +33,14 @@ def test_esm2_mean_excludes_bos_eos():
     with torch.inference_mode():
         rep = t.model(tokens, repr_layers=[t.num_layers])["representations"][t.num_layers]
     expected = rep[0, 1:len(SEQS[0]) + 1].mean(0).numpy()   # extract.py --include mean
-    np.testing.assert_allclose(t.embed([SEQS[0]])[0], expected, atol=1e-5)
+    np.testing.assert_allclose(embed_sequences(t, [SEQS[0]])[0], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("make", [tiny_random_esm2, tiny_random_t5])
 def test_batched_equals_one_at_a_time(make):
     t = make()
-    batched = t.embed(SEQS)
-    single = np.stack([t.embed([s])[0] for s in SEQS])
+    batched = embed_sequences(t, SEQS)
+    single = np.stack([embed_sequences(t, [s])[0] for s in SEQS])
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
@@ -48,7 +49,7 @@ def test_esm2_local_checkpoint_round_trip(tmp_path):
     path = save_esm2_checkpoint(t, tmp_path / "esm2_t2_tiny_test.pt")
     loaded = load_teacher(str(path))
     assert loaded.name == "esm2_t2_tiny_test" and loaded.dim == 64
-    np.testing.assert_allclose(loaded.embed(SEQS), t.embed(SEQS), atol=1e-6)
+    np.testing.assert_allclose(embed_sequences(loaded, SEQS), embed_sequences(t, SEQS), atol=1e-6)
     info = loaded.describe()
     assert len(info["sha256"]) == 64 and info["source"] == str(path)
 
@@ -58,7 +59,7 @@ def test_prott5_local_directory_round_trip(tmp_path):
     t.model.save_pretrained(tmp_path / "prot_t5_tiny")
     loaded = load_embedder(str(tmp_path / "prot_t5_tiny"), device="cpu")
     assert loaded.name == "prot_t5_tiny" and loaded.dim == 32
-    np.testing.assert_allclose(loaded.embed(SEQS), t.embed(SEQS), atol=1e-6)
+    np.testing.assert_allclose(embed_sequences(loaded, SEQS), embed_sequences(t, SEQS), atol=1e-6)
 
 
 def test_t5_mean_excludes_eos():
@@ -66,7 +67,8 @@ def test_t5_mean_excludes_eos():
     ids = torch.tensor([t.tokenizer.encode(SEQS[1])])
     with torch.inference_mode():
         h = t.model(input_ids=ids).last_hidden_state
-    np.testing.assert_allclose(t.embed([SEQS[1]])[0], h[0, :2].mean(0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(embed_sequences(t, [SEQS[1]])[0], h[0, :2].mean(0).numpy(),
+                               atol=1e-6)
 
 
 def test_bad_specs(tmp_path):

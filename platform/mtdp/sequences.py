@@ -215,6 +215,35 @@ def truncate(sequence: str, max_len: int | None) -> str:
     return sequence if len(sequence) <= max_len else sequence[:max_len]
 
 
+#: What precompute does with a protein longer than its ``max_len``: ``truncate`` (the first
+#: ``max_len`` residues, the paper's) or ``crop`` (:func:`crop`: both ends get seen).
+LENGTH_RULES = ("truncate", "crop")
+
+
+def crop_start(length: int, max_len: int, key: str) -> int:
+    """Where :func:`crop` cuts a sequence of ``length`` residues: 0 when it fits; otherwise,
+    by a stable hash of ``key`` (the protein id), the N-terminal window (start 0), the
+    C-terminal one (start ``length - max_len``) or a uniformly placed one, a third each."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if length <= max_len:
+        return 0
+    h = zlib.crc32(b"mtdp-crop:" + key.encode())
+    kind, room = h % 3, length - max_len
+    if kind == 0:
+        return 0
+    if kind == 1:
+        return room
+    return (h // 3) % (room + 1)
+
+
+def crop(sequence: str, max_len: int, key: str) -> str:
+    """The one crop rule (:func:`crop_start`): a window of ``max_len`` residues whose place
+    depends only on ``key``, so a rerun, another shard or another machine cuts the same."""
+    start = crop_start(len(sequence), max_len, key)
+    return sequence[start:start + max_len]
+
+
 def fit_length(records: Iterable[Record], max_len: int, too_long: str = "truncate"
                ) -> tuple[list[Record], list[Record]]:
     """Apply a length policy (:data:`TOO_LONG_POLICIES`) to prepared records: returns the

@@ -11,7 +11,8 @@ Columns: ``id`` (string, unique), ``sequence`` (prepared: validated, cleaned, tr
 ``max_len``), ``length`` (int32), ``split`` (``train``/``validation``, :func:`split_of`), and
 one ``fixed_size_list<float16>[dim]`` column per teacher named :func:`teacher_column`, and,
 for teachers computed with per-residue output, a ``list<fixed_size_list<float16>[dim]>``
-column named :func:`residue_column` (one vector per residue, in sequence order).
+column named :func:`residue_column` (one vector per residue, in sequence order, or per window
+of ``residue_window`` residues).
 Per-feature mean/std of each teacher over the *train* rows (per-residue: over the train rows'
 residues) are stored in the manifest so the distiller can standardise teacher features.
 """
@@ -77,6 +78,9 @@ class TeacherEntry:
     residue_column: str = ""
     residue_mean: list[float] = field(default_factory=list)
     residue_std: list[float] = field(default_factory=list)
+    #: The per-residue column holds means over windows of this many residues
+    #: (:mod:`mtdp.residue_windows`; 1: one vector per residue).
+    residue_window: int = 1
 
     def __post_init__(self) -> None:
         self.column = self.column or teacher_column(self.name)
@@ -92,6 +96,8 @@ class Manifest:
     inputs: list[str] = field(default_factory=list)
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     split_counts: dict[str, int] = field(default_factory=dict)
+    #: How proteins longer than ``max_len`` were cut: ``truncate`` or ``crop``.
+    length_rule: str = "truncate"
     format: str = FORMAT
     mtdp_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)

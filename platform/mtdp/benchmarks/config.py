@@ -39,6 +39,10 @@ class BenchmarkConfig(ProbeConfig):
     search: int = option(0, ge=0, help=(
         "probe hyper-parameter samples per fold (lr, hidden, weight decay) chosen on the "
         "inner validation split; 0 = the fixed config"))
+    teacher: str = option("", help=(
+        "a model of --models (spec or name) whose transfer the report measures: each other "
+        "model's ratio to it and gain capture over aac (add aac to --models), and R² of its "
+        "embedding by ridge from each model"))
     output_dir: str = option("runs/benchmark", help=(
         "where summary.md/.csv, trials.csv, benchmark.png go"))
     cache_dir: str | None = option(None, help=(

@@ -67,7 +67,7 @@ def _model_order(models) -> list:
 
 
 def markdown_table(summary, tasks: list[Task], models, cfg, skipped: dict[str, str],
-                   seconds: float) -> str:
+                   seconds: float, transfer: list[str] | None = None) -> str:
     """The report: primary metric per model × task (mean ± std over folds), secondary metrics,
     throughput, data caveats and the protocol."""
     how = (f"{cfg.folds}-fold CV" if cfg.split == "random" else
@@ -87,6 +87,7 @@ def markdown_table(summary, tasks: list[Task], models, cfg, skipped: dict[str, s
             cells.append(f"{r['mean'].iloc[0]:.3f} ± {r['std'].iloc[0]:.3f}" if len(r) else "—")
         lines.append(f"| {m.name} | {human_params(m.parameters)} | {m.proteins_per_s:.1f} | "
                      + " | ".join(cells) + " |")
+    lines += transfer or []
     lines += ["", "Secondary metrics (mean ± std over folds):", ""]
     lines.append("| model | task | metric | mean ± std |")
     lines.append("|---|---|---|---:|")
@@ -189,7 +190,8 @@ def plot_figure(trials, tasks: list[Task], models, path: Path, protocol: str) ->
 
 
 def write_outputs(out: Path, cfg, trials, summary, tasks: list[Task], models,
-                  skipped: dict[str, str], seconds: float) -> dict[str, str]:
+                  skipped: dict[str, str], seconds: float,
+                  transfer: list[str] | None = None) -> dict[str, str]:
     """Write summary.md, summary.csv, trials.csv, tasks.json and benchmark.png into ``out``."""
     import dataclasses
 
@@ -197,7 +199,8 @@ def write_outputs(out: Path, cfg, trials, summary, tasks: list[Task], models,
     paths = {"summary_md": out / "summary.md", "summary_csv": out / "summary.csv",
              "trials_csv": out / "trials.csv", "tasks_json": out / "tasks.json",
              "figure": out / "benchmark.png"}
-    paths["summary_md"].write_text(markdown_table(summary, tasks, models, cfg, skipped, seconds))
+    paths["summary_md"].write_text(markdown_table(summary, tasks, models, cfg, skipped, seconds,
+                                                  transfer))
     summary.to_csv(paths["summary_csv"], index=False)
     trials.to_csv(paths["trials_csv"], index=False)
     meta = {"config": dataclasses.asdict(cfg), "seconds": round(seconds, 1),

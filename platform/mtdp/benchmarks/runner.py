@@ -19,6 +19,7 @@ from .config import BenchmarkConfig
 from .probes import task_folds, unit
 from .sources import TaskUnavailable
 from .tasks import Task, load_task, resolve_task_names
+from .transfer import transfer_section
 
 
 @dataclass
@@ -309,8 +310,12 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> BenchmarkResult:
     if cfg.probe == "knn":
         trials = with_homology_baseline(trials, cfg, tasks, folds, models, log)
     summary = report.summarize(trials[trials["selected"]], tasks, models)
+    teacher = next((m.name for m in models if cfg.teacher and cfg.teacher in (m.spec, m.name)),
+                   "")
+    section = transfer_section(trials, tasks, models, arrays, teacher) if teacher else []
     seconds = time.perf_counter() - t0
-    paths = report.write_outputs(out, cfg, trials, summary, tasks, models, skipped, seconds)
+    paths = report.write_outputs(out, cfg, trials, summary, tasks, models, skipped, seconds,
+                                 section)
     run_id = report.log_mlflow(cfg, trials, summary, tasks, models, skipped, paths, seconds)
     return BenchmarkResult(trials, summary, models, tasks, skipped, paths, run_id,
                            time.perf_counter() - t0)

@@ -71,6 +71,12 @@ def add_student(sub: argparse._SubParsersAction) -> None:
     hf.add_argument("student", help="student directory")
     hf.add_argument("-o", "--output", required=True, help="folder to create")
     hf.set_defaults(func=_run_student_export_hf)
+    pack = ssub.add_parser("pack", help="write a student for shipping: float16 weights, the "
+                                        "pooled-state standardisation folded into its "
+                                        "projection (same embeddings, half the size)")
+    pack.add_argument("student", help="student directory (e.g. RUN/student)")
+    pack.add_argument("-o", "--output", required=True, help="folder to create")
+    pack.set_defaults(func=_run_student_pack)
     info = ssub.add_parser("info", help="print a student's configuration and size")
     info.add_argument("path")
     info.set_defaults(func=_run_student_info)
@@ -107,6 +113,21 @@ def _run_student_import(args: argparse.Namespace) -> int:
 
     out = import_release(args.weights, args.output, args.pooling)
     print(f"wrote the released MTDP model as a student ({args.pooling} pooling) to {out}")
+    return 0
+
+
+def _run_student_pack(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models.student import WEIGHTS_FILE, load_student
+
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder; choose a new directory")
+    model = load_student(args.student).fold_pool_norm()
+    model.save(out, dtype=torch.float16)
+    size = (out / WEIGHTS_FILE).stat().st_size
+    print(f"wrote {out} ({model.num_parameters():,} parameters, float16, {size / 1e6:.1f} MB)")
     return 0
 
 

@@ -3,15 +3,26 @@ standardised teacher targets, per-residue targets), micro-batches under a token 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ..embed import token_budget_batches
 from ..losses import mask_tokens, standardise
+from ..residue_windows import window_count
 from ..teacher_data import Manifest
 from ..tokenizer import ResidueTokenizer
+
+
+class ResidueStats(NamedTuple):
+    """A teacher's per-residue targets: dataset column, per-feature mean / std, and the
+    residues per stored vector (``window``, :mod:`mtdp.residue_windows`)."""
+
+    column: str
+    mean: torch.Tensor
+    std: torch.Tensor
+    window: int = 1
 
 
 @dataclass
@@ -23,8 +34,8 @@ class TeacherStats:
     dims: list[int]
     mean: list[torch.Tensor]
     std: list[torch.Tensor]
-    #: Per-residue targets: teacher name → (column, mean, std), for the distilled ones only.
-    residues: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: Per-residue targets of the distilled teachers that have them, by teacher name.
+    residues: dict[str, ResidueStats] = field(default_factory=dict)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, teachers: list[str] | None = None,
@@ -50,8 +61,9 @@ class TeacherStats:
             if not t.residue_column or len(t.residue_mean) != t.dim:
                 raise ValueError(f"the dataset has no per-residue states for teacher {name!r} "
                                  f"(rerun precompute with --per-residue {name})")
-            residues[name] = (t.residue_column, torch.tensor(t.residue_mean, dtype=torch.float32),
-                              torch.tensor(t.residue_std, dtype=torch.float32))
+            residues[name] = ResidueStats(
+                t.residue_column, torch.tensor(t.residue_mean, dtype=torch.float32),
+                torch.tensor(t.residue_std, dtype=torch.float32), int(t.residue_window))
         return cls(names, [t.column for t in entries], [t.dim for t in entries],
                    [torch.tensor(t.mean, dtype=torch.float32) for t in entries],
                    [torch.tensor(t.std, dtype=torch.float32) for t in entries], residues)
@@ -68,8 +80,8 @@ class TeacherStats:
         """Move the standardisation statistics to ``device`` (in place; returns self)."""
         self.mean = [m.to(device) for m in self.mean]
         self.std = [s.to(device) for s in self.std]
-        self.residues = {k: (c, m.to(device), s.to(device))
-                         for k, (c, m, s) in self.residues.items()}
+        self.residues = {k: r._replace(mean=r.mean.to(device), std=r.std.to(device))
+                         for k, r in self.residues.items()}
         return self
 
 
@@ -90,20 +102,23 @@ def _as_matrix(col: Any, dim: int, name: str) -> np.ndarray:
     return arr
 
 
-def _residue_targets(col: Any, lengths: list[int], width: int, dim: int, name: str,
-                     mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Per-residue teacher states of a batch as standardised ``[B, width, dim]`` (zeros past
-    each protein's residues)."""
-    out = torch.zeros(len(lengths), width, dim, device=mean.device)
+def _residue_targets(col: Any, lengths: list[int], width: int, dim: int,
+                     rs: ResidueStats) -> torch.Tensor:
+    """Per-residue (or per-window) teacher states of a batch as standardised
+    ``[B, ceil(width / w), dim]`` (zeros past each protein's residues)."""
+    out = torch.zeros(len(lengths), window_count(width, rs.window), dim, device=rs.mean.device)
     for i, (x, n) in enumerate(zip(col, lengths)):
         a = np.asarray(x)
         if a.dtype == object:  # Ray Data hands nested lists over as arrays of arrays
             a = np.stack(list(a)) if len(a) else np.zeros((0, dim))
         a = a.astype(np.float32, copy=False).reshape(-1, dim)
-        if len(a) != n:
-            raise ValueError(f"column {name!r}: {len(a)} per-residue states for a protein of "
-                             f"{n} residues")
-        out[i, :n] = standardise(torch.from_numpy(a).to(mean.device), mean, std)
+        want = window_count(n, rs.window)
+        if len(a) != want:
+            unit = "per-residue states" if rs.window == 1 else \
+                f"window means (windows of {rs.window})"
+            raise ValueError(f"column {rs.column!r}: {len(a)} {unit} for a protein of {n} "
+                             f"residues (expected {want})")
+        out[i, :want] = standardise(torch.from_numpy(a).to(rs.mean.device), rs.mean, rs.std)
     return out
 
 
@@ -125,14 +140,24 @@ def make_batch(rows: dict[str, Any], stats: TeacherStats, *, mlm_prob: float, se
         targets[name] = standardise(raw, mu, sd).to(device)
     lengths = [len(s) for s in seqs]
     res = {}
-    for name, (col, mu, sd) in stats.residues.items():
+    for name, rs in stats.residues.items():
         dim = stats.dims[stats.names.index(name)]
-        res[name] = _residue_targets(rows[col], lengths, input_ids.shape[1], dim, col, mu,
-                                     sd).to(device)
+        res[name] = _residue_targets(rows[rs.column], lengths, input_ids.shape[1], dim,
+                                     rs).to(device)
+    # Per-residue units -> per-protein standardised units (x * scale + shift), per teacher:
+    # what a head shared by both targets needs (DistillConfig.residue_head = shared).
+    affine = {}
+    for name, rs in stats.residues.items():
+        k = stats.names.index(name)
+        sd = stats.std[k].clamp_min(1e-6)
+        affine[name] = ((rs.std.clamp_min(1e-6) / sd).to(device),
+                        ((rs.mean - stats.mean[k]) / sd).to(device))
     batch = {"ids": ids, "input_ids": input_ids.to(device), "masked_ids": masked.to(device),
              "attention_mask": attn.to(device), "labels": labels.to(device),
              "lengths": torch.tensor(lengths, device=device),
-             "targets": targets, "residue_targets": res}
+             "targets": targets, "residue_targets": res,
+             "residue_windows": {k: rs.window for k, rs in stats.residues.items()},
+             "residue_affine": affine}
     if GOOD_COLUMN in rows:  # controlled studies only: the known-good teachers, [B, K] 0/1
         batch["oracle"] = torch.as_tensor(_as_matrix(rows[GOOD_COLUMN], len(stats.names),
                                                      GOOD_COLUMN), device=device)
@@ -147,14 +172,19 @@ def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
         return [batch]
 
     groups = token_budget_batches(batch["lengths"].tolist(), max_tokens, overhead=1)
+    windows = batch.get("residue_windows", {})
     out = []
     for g in groups:
         idx = torch.tensor(g, device=batch["input_ids"].device)
         width = int(batch["lengths"][idx].max()) + 1
         mb = {"ids": [batch["ids"][i] for i in g], "lengths": batch["lengths"][idx],
               "targets": {k: v[idx] for k, v in batch["targets"].items()},
-              "residue_targets": {k: v[idx, :width] for k, v in
-                                  batch.get("residue_targets", {}).items()}}
+              # Per-window targets keep the windows of `width` tokens (they are the same
+              # windows: every row starts at residue 0).
+              "residue_targets": {k: v[idx, :window_count(width, windows.get(k, 1))]
+                                  for k, v in batch.get("residue_targets", {}).items()},
+              "residue_windows": windows,
+              "residue_affine": batch.get("residue_affine", {})}
         for key in ("input_ids", "masked_ids", "attention_mask", "labels"):
             mb[key] = batch[key][idx, :width]
         if "oracle" in batch:

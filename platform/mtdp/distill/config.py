@@ -27,6 +27,23 @@ class DistillConfig(Config):
     preset: str = option("tiny", choices=PRESETS, help="student size: tiny, small or paper")
     dropout: float | None = option(None, ge=0.0, lt=1.0, help=(
         "student dropout (default: the preset's)"))
+    d_model: int = option(0, ge=0, le=8192, help="student width (0: the preset's)")
+    num_layers: int = option(0, ge=0, le=96, help="student layers (0: the preset's)")
+    num_heads: int = option(0, ge=0, le=128, help=(
+        "attention heads (0: the preset's); each d_model / num_heads wide when d_model is set"))
+    d_ff: int = option(0, ge=0, le=65536, help="feed-forward width (0: 4 x d_model)")
+    embed_dim: int = option(0, ge=0, le=65536, help=(
+        "size of the student's per-protein embedding (0: the preset's)"))
+    pool_norm: bool = option(False, help=(
+        "standardise the student's pooled states across proteins (running statistics) before "
+        "its projection (mtdp.models.student.RunningStandardize)"))
+    max_len: int = option(0, ge=0, le=100_000, help=(
+        "longest protein the student embeds (0: the dataset's max_len); may exceed the "
+        "length it is trained on (relative positions), e.g. trained on 512-residue crops, "
+        "embedding 1,000 residues"))
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"), help=(
+        "training arithmetic: auto (bf16 autocast on GPUs and on CPUs with AMX / "
+        "AVX-512-BF16, fp32 elsewhere), fp32 (exact) or bf16"))
     num_workers: int = option(1, ge=1, help="Ray Train workers (DDP ranks)")
     use_gpu: bool | None = option(None, help=(
         "one GPU per worker (default: if the cluster has GPUs)"))
@@ -57,8 +74,21 @@ class DistillConfig(Config):
         "head on its hidden states ('all': every teacher the dataset has them for; needs "
         "precompute --per-residue)"))
     residue_weight: float = option(1.0, ge=0.0, help=(
-        "weight of a teacher's per-residue loss (kd_loss per residue, averaged over the "
-        "protein) added to its per-protein distillation loss"))
+        "weight of a teacher's per-residue loss (kd_loss per residue, or per window of the "
+        "dataset's residue_window, averaged over the protein) added to its per-protein "
+        "distillation loss"))
+    residue_head: str = option("separate", choices=("separate", "shared"), help=(
+        "per-residue predictions: a head of their own on the hidden states (separate), or "
+        "the same linear map as the per-protein one (shared: hidden -> embedding projection "
+        "-> teacher head, on each window's mean state; the protein's prediction is that map "
+        "of its mean state, so every window trains the protein's embedding too)"))
+    residue_weighting: str = option("protein", choices=("protein", "window"), help=(
+        "per-residue loss: every protein counts the same (protein) or every window / residue "
+        "(window: long proteins count more)"))
+    kd_input: str = option("masked", choices=("masked", "clean"), help=(
+        "what the distillation heads see: the MLM-masked sequence (one forward pass for "
+        "both losses) or the clean sequence the teacher saw (a second pass for MLM when "
+        "mlm_weight > 0)"))
     selector: str = option("uniform", help=(
         "teacher selection: uniform (default: every teacher for every protein; it matched or "
         "beat rl on every teacher set of benchmarks/results/selector_study.md), rl, "
@@ -113,3 +143,6 @@ class DistillConfig(Config):
                              "dataset does not have); see benchmarks/selector_study.py")
         if self.epochs < 1 and self.max_steps < 1:
             raise ValueError("give epochs >= 1 or max_steps >= 1")
+        width = self.d_model or {"tiny": 64, "small": 256, "paper": 512}[self.preset]
+        if self.num_heads and width % self.num_heads:
+            raise ValueError(f"num_heads {self.num_heads} must divide d_model {width}")

@@ -11,6 +11,8 @@ import torch
 
 from ..losses import kd_loss, kd_losses, mlm_loss
 from ..models.student import StudentConfig, StudentModel
+from ..precision import autocast
+from ..residue_windows import pool_windows
 from ..selector import TeacherSelector, combine
 from ..tokenizer import residue_mask
 from .batches import TeacherStats, split_batch
@@ -42,6 +44,10 @@ class Distiller:
         self.cfg = cfg
         self.device = torch.device(device)
         self.teachers = list(selector.teachers)
+        if self.device.type == "cpu":
+            # Denormal floats in small weights and grads slowed CPU training steps ~3x within
+            # minutes; flushing them to zero changes nothing measurable.
+            torch.set_flush_denormal(True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -51,38 +57,83 @@ class Distiller:
         self._reward_before: torch.Tensor | None = None
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return autocast(self.cfg.precision, self.device)
 
     def forward(self, batch: dict[str, Any], model: torch.nn.Module | None = None
                 ) -> dict[str, torch.Tensor]:
         """Per-sample MLM ``[B]``, KD ``[B, K]`` and the pooled embedding of one batch."""
         model = model or self.model
+        cfg = self.cfg
+        clean = cfg.kd_input == "clean"
+        # Pool over the real residues of the *unmasked* input (mask tokens are residues).
+        rmask = residue_mask(batch["input_ids"])
         with self._autocast():
-            # Pool over the real residues of the *unmasked* input (mask tokens are residues).
-            out = model(batch["masked_ids"], batch["attention_mask"],
-                        pool_mask=residue_mask(batch["input_ids"]))
+            out = model(batch["input_ids"] if clean else batch["masked_ids"],
+                        batch["attention_mask"], pool_mask=rmask)
+            logits = out["mlm_logits"]
+            if clean and cfg.mlm_weight > 0:  # MLM needs the masked input: a second pass
+                logits = model(batch["masked_ids"], batch["attention_mask"],
+                               pool_mask=rmask)["mlm_logits"]
             # Heads run outside the DDP forward; their gradients are still all-reduced.
-            heads = {k: self.student.teacher_heads[k](out["embedding"]) for k in self.teachers}
-            res_targets = batch.get("residue_targets") or {}
-            res_preds = {k: self.student.residue_heads[k](out["hidden"]) for k in res_targets}
-        mlm = mlm_loss(out["mlm_logits"], batch["labels"])
+            heads = {k: self._protein_head(k, out["embedding"], batch) for k in self.teachers}
+        mlm = mlm_loss(logits, batch["labels"]) if cfg.mlm_weight > 0 or not clean \
+            else torch.zeros(len(batch["ids"]), device=logits.device)
         kd = kd_losses(heads, {k: batch["targets"][k] for k in self.teachers},
-                       kind=self.cfg.kd_loss, temperature=self.cfg.temperature)
+                       kind=cfg.kd_loss, temperature=cfg.temperature)
+        res_targets = batch.get("residue_targets") or {}
         if res_targets:
             # A teacher's per-residue loss joins its per-protein one, so the selector's choice
             # and reward cover both.
-            rmask = residue_mask(batch["input_ids"]).float()
             extra = torch.zeros_like(kd)
+            windows = batch.get("residue_windows") or {}
             for k, name in enumerate(self.teachers):
                 if name in res_targets:
-                    pred, tgt = res_preds[name], res_targets[name]
-                    per_pos = kd_loss(pred.reshape(-1, pred.shape[-1]),
-                                      tgt.reshape(-1, tgt.shape[-1]), kind=self.cfg.kd_loss,
-                                      temperature=self.cfg.temperature).view(rmask.shape)
-                    extra[:, k] = (per_pos * rmask).sum(1) / rmask.sum(1).clamp_min(1.0)
-            kd = kd + self.cfg.residue_weight * extra
+                    extra[:, k] = self._residue_loss(out["hidden"], rmask, name,
+                                                     res_targets[name], windows.get(name, 1),
+                                                     self._shared(name, batch))
+            kd = kd + cfg.residue_weight * extra
         return {"mlm": mlm, "kd": kd, "pooled": out["pooled"], "heads": heads,
                 "embedding": out["embedding"]}
+
+    def _shared(self, name: str, batch: dict[str, Any]) -> bool:
+        """True when teacher ``name``'s per-residue and per-protein predictions are one map
+        (``residue_head = shared``, and the batch has its per-residue targets)."""
+        return self.cfg.residue_head == "shared" and name in (batch.get("residue_affine") or {})
+
+    def _protein_head(self, name: str, embedding: torch.Tensor, batch: dict[str, Any]
+                      ) -> torch.Tensor:
+        """Teacher ``name``'s per-protein prediction (standardised like its targets): its head
+        on the embedding; shared with the per-residue targets, that head's per-residue units
+        mapped to per-protein ones."""
+        out = self.student.teacher_heads[name](embedding)
+        if self._shared(name, batch):
+            scale, shift = batch["residue_affine"][name]
+            out = out * scale + shift
+        return out
+
+    def _residue_loss(self, hidden: torch.Tensor, rmask: torch.Tensor, name: str,
+                      target: torch.Tensor, window: int, shared: bool = False) -> torch.Tensor:
+        """Per-sample loss ``[B]`` of teacher ``name``'s per-residue head against its
+        per-residue (or per-window: the student's states pooled over the same windows,
+        :func:`mtdp.residue_windows.pool_windows`) targets, averaged over the protein
+        (``residue_weighting=window``: summed, over the batch's mean window count).
+        ``shared``: the prediction is the per-protein map (embedding projection, then the
+        teacher head) of each window's mean state."""
+        with self._autocast():
+            if window > 1:
+                hidden, wmask = pool_windows(hidden, rmask, window)
+            else:
+                wmask = rmask.bool()
+            pred = self.student.teacher_heads[name](self.student.project(hidden)) if shared \
+                else self.student.residue_heads[name](hidden)
+        wmask = wmask.float()
+        per_pos = kd_loss(pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1]),
+                          kind=self.cfg.kd_loss, temperature=self.cfg.temperature
+                          ).view(wmask.shape)
+        per_protein = (per_pos * wmask).sum(1)
+        if self.cfg.residue_weighting == "window":
+            return per_protein / wmask.sum(1).mean().clamp_min(1.0)
+        return per_protein / wmask.sum(1).clamp_min(1.0)
 
     def _head_grads(self, res: dict[str, Any], batch: dict[str, Any]
                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -122,7 +173,7 @@ class Distiller:
         it can never come back)."""
         emb = res["embedding"].detach()
         with self._autocast():
-            heads = {k: self.student.teacher_heads[k](emb) for k in self.teachers}
+            heads = {k: self._protein_head(k, emb, batch) for k in self.teachers}
         kd = kd_losses(heads, {k: batch["targets"][k] for k in self.teachers},
                        kind=self.cfg.kd_loss, temperature=self.cfg.temperature)
         return combine(kd, 1.0 - sel)
@@ -267,13 +318,39 @@ def build_student(cfg: DistillConfig, stats: TeacherStats, max_len: int,
                   metadata: dict[str, Any] | None = None) -> StudentModel:
     """The student for a run: ``preset`` architecture with one head per teacher."""
     dims = dict(zip(stats.names, stats.dims))
-    overrides: dict[str, Any] = {"teachers": dims, "max_len": max_len,
-                                 "residue_teachers": {k: dims[k] for k in stats.residues},
-                                 "metadata": metadata or {}}
+    shared = cfg.residue_head == "shared"
+    residue = {} if shared else {k: dims[k] for k in stats.residues}
+    # Each teacher head's output units (raw = out * std + mean): what the student's own
+    # predictions of its teachers are read with (StudentModel.teacher_vectors).
+    units = {}
+    for k, name in enumerate(stats.names):
+        rs = stats.residues.get(name) if shared else None
+        mean, std = (rs.mean, rs.std) if rs is not None else (stats.mean[k], stats.std[k])
+        units[name] = {"mean": mean.float().tolist(), "std": std.float().clamp_min(1e-6).tolist()}
+    overrides: dict[str, Any] = {"teachers": dims, "max_len": cfg.max_len or max_len,
+                                 "residue_teachers": residue,
+                                 "metadata": {**(metadata or {}), "head_units": units}}
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
+    if cfg.pool_norm:
+        overrides["pool_norm"] = True
+    overrides.update(architecture(cfg))
     torch.manual_seed(cfg.seed)
     return StudentModel(StudentConfig.preset(cfg.preset, **overrides))
+
+
+def architecture(cfg: DistillConfig) -> dict[str, int]:
+    """The student sizes ``cfg`` sets over its preset's (``d_kv`` follows ``d_model`` and the
+    heads, ``d_ff`` is 4 × ``d_model`` unless given)."""
+    base = StudentConfig.preset(cfg.preset)
+    out = {k: getattr(cfg, k) for k in ("d_model", "num_layers", "num_heads", "d_ff",
+                                        "embed_dim") if getattr(cfg, k)}
+    if cfg.d_model or cfg.num_heads:
+        width = cfg.d_model or base.d_model
+        heads = cfg.num_heads or base.num_heads
+        out["d_kv"] = width // heads
+        out.setdefault("d_ff", 4 * width if cfg.d_model else base.d_ff)
+    return out
 
 
 def build_selector(cfg: DistillConfig, stats: TeacherStats, state_dim: int, rank: int = 0

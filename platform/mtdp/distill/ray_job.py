@@ -163,6 +163,7 @@ def _fit(cfg: DistillConfig, stats: TeacherStats, plan: WorkerPlan, storage: Pat
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else \
         ray.cluster_resources().get("GPU", 0) >= 1
     cpus = worker_cpus(cfg, float(ray.cluster_resources().get("CPU", 1)))
+    plan.threads = 0 if use_gpu else max(1, round(cpus))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar per epoch per worker is noise in job logs
     residue = list(stats.residues)

@@ -43,6 +43,8 @@ class WorkerPlan:
     mlflow_run_id: str | None = None
     mlflow_uri: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: torch CPU threads of a worker (its CPU reservation, rounded; 0: torch's choice).
+    threads: int = 0
 
 
 class MlflowLogger:
@@ -98,6 +100,8 @@ class _Worker:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = device = ray.train.torch.get_device()
+        if device.type == "cpu" and plan.threads:
+            torch.set_num_threads(plan.threads)  # Ray's default is one per whole CPU
         manifest = Manifest.load(cfg.data)
         self.stats = TeacherStats.from_manifest(manifest, cfg.teachers or None,
                                                 cfg.residue_teachers).to(device)

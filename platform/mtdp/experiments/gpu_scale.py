@@ -1,18 +1,19 @@
-"""The UniRep distillation at paper size, in one process on one GPU (issue 19's ``gpu`` scale).
+"""The transfer recipe at paper size, in one process on one GPU (the device run).
 
 Why in process: the lent GPU machine is bare and offline, and what can travel to it is capped
-at 64 MiB, while Ray's wheel alone is 79 MB (LanceDB's 54 MB, pylance's 85 MB). So this run
-uses the library's pieces without Ray, MLflow or the store — the embedding engine
-(token-budget, length-sorted batches), the :class:`~mtdp.distill.core.Distiller` (bf16
-autocast on CUDA) driven by :func:`~mtdp.distill.local.train_token_epochs`, the UniRep
-teachers — and writes everything small enough to come back. On a Ray cluster the same work is
-``unirep_preset.py`` (Ray Data precompute, Ray Train DDP, Tune probes).
+at 64 MiB, while Ray's wheel alone is 79 MB. So this run uses the library's pieces without
+Ray, MLflow or the store — the pool and its crops (:mod:`mtdp.distill.pool`,
+:func:`mtdp.sequences.crop`), the engine's window means (:mod:`mtdp.residue_windows`), the
+:class:`~mtdp.distill.core.Distiller` with the recipe's loss (per-window and per-protein MSE
+through one shared map, pooled-state standardisation, bf16 on CUDA) driven by
+:func:`~mtdp.distill.local.train_token_epochs` — and writes what is small enough to come back
+(tables, float16 students). On a Ray cluster the same work is ``jobs/distill.py --config
+jobs/configs/unirep-cpu.yaml``.
 
-Stages, each timed and printed: tasks + pool (every DeepLoc 2.0 protein of partitions 0-3 not
-in a task subset, ``max_len`` 1,000), teacher embeddings of the pool, one ``paper`` student per
-mode, task embeddings of teachers / students / floors, linear probes on the tasks' homology
-folds (:func:`.selector_eval.linear_fold_scores`), the table. Embeddings are cached as
-``.npy`` under ``workdir`` (a rerun redoes only what is missing).
+Stages, each timed as it ends: tasks, pool (crops), teacher labels (h_avg and window means),
+one student per preset × mode, task embeddings, linear probes on the tasks' homology folds
+with the gain capture over composition, R² to the reference teacher, the table. Arrays are
+cached under ``workdir`` (a rerun redoes only what is missing).
 """
 from __future__ import annotations
 
@@ -26,26 +27,30 @@ import numpy as np
 from ..config import Config, option
 from ..io import cached_array, write_text
 
+#: A middle size between the CPU student and the paper's (d 384, 6 layers).
+MID = dict(preset="paper", d_model=384, num_heads=6, d_ff=1536, embed_dim=512)
 
 
 @dataclass
 class GpuScaleConfig(Config):
-    """Settings of the run; the defaults are the GPU plan, estimated (not yet measured) at
-    ≈ 6 minutes on an H100/H200: UniRep on the pool ~20 s, 4 students × 6 epochs ~2.5 min,
-    task embeddings ~30 s, probes on 16 cores ~1 min."""
+    """Settings of the run; the defaults are the GPU plan (≤ 8 minutes on an H100/H200,
+    estimated, not yet measured)."""
 
-    pool: int = option(0, ge=0, help="pool proteins (0: every eligible one, ~22,000)")
-    max_len: int = option(1000, ge=16, help="pool proteins are truncated to this")
-    preset: str = option("paper", choices=("tiny", "small", "paper"), help="student size")
-    epochs: int = option(6, ge=1, help="distillation epochs")
+    pool: int = option(24000, ge=16, help="Swiss-Prot pool proteins (first N, seeded order)")
+    pool_fasta: str = option("", help=(
+        "the pool already in its seeded order (benchmarks/device_pack.py writes it: the whole "
+        "pool cannot travel); default: the shared pool"))
+    max_len: int = option(512, ge=16, help="crop length of the pool's proteins")
+    window: int = option(8, ge=1, help="residues per stored window mean")
+    teachers: str = option("unirep1900,unirep256", help=(
+        "teacher specs, the reference first (any spec with per-residue states)"))
+    students: str = option("paper,mid", help="student sizes: presets, or mid (d 384 x 6)")
+    modes: str = option("uniform,single:unirep1900", help="selector modes (the ablation)")
+    epochs: int = option(3, ge=1, help="distillation epochs")
     batch_tokens: int = option(65536, ge=256, help="padded tokens per training step")
     lr: float = option(1e-3, gt=0.0, help="student learning rate")
-    mlm_weight: float = option(0.1, ge=0.0, help="weight of the MLM loss")
-    teachers: str = option("unirep1900,unirep256", help=(
-        "teacher specs, the reference first (any registry spec; tests use baselines)"))
-    modes: str = option("rl,uniform,single:unirep1900,none", help="selector modes")
-    tasks: str = option("membrane,localization,meltome,esol,deepsol", help="probe tasks")
-    task_proteins: int = option(2000, ge=20, help="proteins per task (seeded subset)")
+    tasks: str = option("membrane,localization,go,esol,deepsol", help="probe tasks")
+    task_proteins: int = option(3000, ge=20, help="proteins per task (seeded subset)")
     folds: int = option(5, ge=2, help="folds per task (homology partitions where present)")
     embed_tokens: int = option(0, ge=0, help="padded tokens per embedding batch (0: default)")
     device: str = option("auto", help="auto (cuda if present), cuda or cpu")
@@ -82,55 +87,120 @@ def _embed_cached(path: Path, spec_or_embedder, seqs: list[str], device, tokens:
     return cached_array(path, compute).astype(np.float32)
 
 
-def _students(cfg: GpuScaleConfig, df, teach: dict[str, np.ndarray], device, stages: Stages,
-              work: Path) -> dict[str, object]:
-    """One ``paper`` student per mode on 90 % of the pool (32 of the other proteins are the
-    selector's reward batch)."""
+def pool_crops(cfg: GpuScaleConfig, work: Path) -> tuple[list[str], list[str]]:
+    """The pool's first ``cfg.pool`` proteins, each cut to one crop (the recipe's rule)."""
+    from ..distill.pool import write_pool
+    from ..sequences import crop, prepare, read_fasta
+
+    if cfg.pool_fasta:
+        recs = read_fasta(cfg.pool_fasta)[:cfg.pool]
+    else:
+        recs = read_fasta(write_pool(cfg.pool, cfg.seed, work / "pool.fasta")[0])
+    return [r.id for r in recs], [crop(prepare(r.sequence, max_len=None), cfg.max_len, r.id)
+                                  for r in recs]
+
+
+def label(spec: str, seqs: list[str], cfg: GpuScaleConfig, device, path: Path):
+    """A teacher's h_avg ``[N, D]`` and window means (one ``[n_i, D]`` array each), float16,
+    cached as one ``.npz``."""
+    from ..embed import embed_sequences
+    from ..models.registry import load_embedder
+
+    if not path.is_file():
+        emb, win = embed_sequences(load_embedder(spec, device=device), seqs, per_residue=True,
+                                   residue_window=cfg.window)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, h=emb.astype(np.float16), w=np.concatenate(win).astype(np.float16),
+                 n=np.array([len(w) for w in win]))
+    with np.load(path) as z:
+        h, flat, n = z["h"], z["w"], z["n"]
+    off = np.concatenate([[0], np.cumsum(n)])
+    win = np.empty(len(n), dtype=object)
+    win[:] = [flat[off[i]:off[i + 1]] for i in range(len(n))]
+    return h, win
+
+
+def _stats(names: list[str], labels: dict, train: np.ndarray, window: int, device):
+    """Teacher statistics over the training proteins (windows: over their windows)."""
     import torch
 
+    from ..distill.batches import ResidueStats, TeacherStats
+    from ..teacher_data import residue_column, teacher_column
+
+    def t(x):
+        return torch.tensor(np.asarray(x, dtype=np.float32))
+
+    hs = [labels[k][0][train].astype(np.float64) for k in names]
+    stats = TeacherStats(names, [teacher_column(k) for k in names], [h.shape[1] for h in hs],
+                         [t(h.mean(0)) for h in hs], [t(h.std(0)) for h in hs])
+    for k in names:
+        w = np.concatenate(list(labels[k][1][train])).astype(np.float64)
+        stats.residues[k] = ResidueStats(residue_column(k), t(w.mean(0)), t(w.std(0)), window)
+    return stats.to(device)
+
+
+def _student_config(cfg: GpuScaleConfig, size: str, mode: str):
     from ..distill import DistillConfig
-    from ..distill.batches import TeacherStats, make_batch
+
+    arch = MID if size == "mid" else {"preset": size}
+    return DistillConfig(data="-", **arch, dropout=0.0, kd_loss="mse", kd_input="clean",
+                         mlm_weight=0.0, residue_head="shared", pool_norm=True, lr=cfg.lr,
+                         warmup_ratio=0.05, schedule="cosine", selector=mode,
+                         residue_teachers=cfg.names("teachers"), max_len=1000,
+                         precision="auto", seed=cfg.seed, mlflow=False)
+
+
+def students(cfg: GpuScaleConfig, ids: list[str], seqs: list[str], labels: dict, device,
+             stages: Stages, work: Path) -> dict[str, object]:
+    """One student per size × mode on 95 % of the pool; saved in float16 (they come back)."""
+    import torch
+
     from ..distill.core import new_distiller
     from ..distill.local import take_rows, token_batches, train_token_epochs
     from ..models.student import StudentEmbedder, load_student
 
-    n = len(df)
-    val = np.zeros(n, dtype=bool)
-    val[np.random.default_rng(cfg.seed + 1).permutation(n)[:max(32, n // 10)]] = True
-    tr = np.flatnonzero(~val)
-    rows = {"id": df.accession.to_numpy(), "sequence": df.prepared.to_numpy(dtype=object),
-            **teach}
-    names = list(teach)
-    stats = TeacherStats(names, names, [teach[k].shape[1] for k in names],
-                         [torch.tensor(teach[k][tr].mean(0)) for k in names],
-                         [torch.tensor(teach[k][tr].std(0)) for k in names]).to(device)
-    train_rows = take_rows(rows, tr)
+    names = cfg.names("teachers")
+    train = np.random.default_rng(cfg.seed + 1).permutation(len(seqs))[:max(2, len(seqs) * 19
+                                                                               // 20)]
+    stats = _stats(names, labels, train, cfg.window, device)
+    rows = {"id": np.asarray(ids, dtype=object), "sequence": np.asarray(seqs, dtype=object)}
+    for k, col, rs in zip(names, stats.columns, [stats.residues[k] for k in names]):
+        rows[col], rows[rs.column] = labels[k]
+    train_rows = take_rows(rows, train)
     lengths = np.array([len(s) for s in train_rows["sequence"]])
     steps = cfg.epochs * len(token_batches(lengths, cfg.batch_tokens, 0))
     out = {}
-    for mode in cfg.names("modes"):
-        folder = work / "students" / mode.replace(":", "-")
-        if not (folder / "config.json").is_file():
-            dcfg = DistillConfig(data="-", preset=cfg.preset, dropout=0.0, kd_loss="cosine",
-                                 lr=cfg.lr, mlm_weight=cfg.mlm_weight, selector=mode,
-                                 seed=cfg.seed, mlflow=False, selector_warmup_steps=20)
-            dist = new_distiller(dcfg, stats, cfg.max_len, steps, device=device)
-            dist.reward_batch = make_batch(take_rows(rows, np.flatnonzero(val)[:32]), stats,
-                                           mlm_prob=dcfg.mlm_prob, seed=cfg.seed + 7,
-                                           device=device)
-            stages.run(f"distil {mode} ({steps} steps)", train_token_epochs, dist, train_rows,
-                       stats, epochs=cfg.epochs, batch_tokens=cfg.batch_tokens, seed=cfg.seed)
-            dist.student.save(folder)
-        model = load_student(folder, map_location=device).to(device)
-        out[f"student-{mode}"] = StudentEmbedder(model, name=f"student-{mode}")
+    for size in cfg.names("students"):
+        for mode in cfg.names("modes"):
+            tag = f"{size}-{mode.replace(':', '-')}"
+            folder = work / "students" / tag
+            if not (folder / "config.json").is_file():
+                dist = new_distiller(_student_config(cfg, size, mode), stats, cfg.max_len,
+                                     steps, device=device)
+                stages.run(f"distil {tag} ({steps} steps)", train_token_epochs, dist,
+                           train_rows, stats, epochs=cfg.epochs, batch_tokens=cfg.batch_tokens,
+                           seed=cfg.seed)
+                dist.student.fold_pool_norm().save(folder, dtype=torch.float16)
+            model = load_student(folder, map_location=device).to(device)
+            out[f"student-{tag}"] = StudentEmbedder(model, name=f"student-{tag}")
     return out
+
+
+def _random_init(cfg: GpuScaleConfig, dims: dict[str, int], size: str, device):
+    """The start point of the ``size`` students (same seed and builder), untrained."""
+    from ..distill.batches import TeacherStats
+    from ..distill.core import build_student
+    from ..models.student import StudentEmbedder
+
+    model = build_student(_student_config(cfg, size, "uniform"),
+                          TeacherStats.placeholder(dims), cfg.max_len).to(device)
+    return StudentEmbedder(model.eval(), name=f"random-init-{size}")
 
 
 def run_gpu_scale(cfg: GpuScaleConfig, log=print) -> Path:
     """The whole run (module docstring); returns the written table."""
     import torch
 
-    from ..benchmarks.pools import distillation_pool
     from ..benchmarks.tasks import load_task
     from ..models.baselines import load_baseline
 
@@ -142,26 +212,24 @@ def run_gpu_scale(cfg: GpuScaleConfig, log=print) -> Path:
     tasks = stages.run("tasks", lambda: [load_task(t, max_proteins=cfg.task_proteins, seed=42,
                                                    min_class_count=cfg.folds)
                                          for t in cfg.names("tasks")])
-    exclude = {s for t in tasks for s in t.sequences}
-    df = stages.run("pool", distillation_pool, cfg.pool, cfg.max_len, cfg.seed, exclude)
-    log(f"[gpu-scale] pool {len(df)} proteins, {int(df.prepared.str.len().sum()):,} residues; "
-        f"device {device}")
-    seqs = list(df.prepared)
+    ids, seqs = stages.run("pool", pool_crops, cfg, cache)
+    log(f"[gpu-scale] pool {len(seqs)} crops, {sum(map(len, seqs)):,} residues; device "
+        f"{device}")
     teachers = cfg.names("teachers")
-    teach = {t: stages.run(f"{t} on the pool", _embed_cached,
-                           cache / "pool" / f"{t}.npy", t, seqs, device,
-                           cfg.embed_tokens) for t in teachers}
+    labels = {t: stages.run(f"label {t}", label, t, seqs, cfg, device,
+                            cache / "labels" / f"{t}.npz") for t in teachers}
     models: dict[str, object] = {t: t for t in teachers}
-    models.update(_students(cfg, df, teach, device, stages, cache))
-    models["random-init"] = _random_init(cfg, {t: x.shape[1] for t, x in teach.items()}, device)
-    models["kmer2"] = load_baseline("kmer2")
+    models.update(students(cfg, ids, seqs, labels, device, stages, cache))
+    dims = {t: labels[t][0].shape[1] for t in teachers}
+    for size in cfg.names("students"):
+        models[f"random-init-{size}"] = _random_init(cfg, dims, size, device)
     models["aac"] = load_baseline("aac")
     emb = {(name, t.name): stages.run(f"embed tasks: {name} × {t.name}", _embed_cached,
                                       cache / "tasks" / f"{name.replace(':', '-')}-{t.name}.npy",
                                       model, t.sequences, device, cfg.embed_tokens)
            for name, model in models.items() for t in tasks}
     scores = stages.run("probes", _probe, tasks, emb, cfg)
-    return _write(cfg, scores, tasks, stages, len(df), device, work)
+    return _write(cfg, scores, emb, tasks, stages, len(seqs), device, work)
 
 
 def _settings_key(cfg: GpuScaleConfig) -> str:
@@ -170,21 +238,8 @@ def _settings_key(cfg: GpuScaleConfig) -> str:
     import hashlib
 
     fields = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in ("workdir", "device", "embed_tokens")}
+              if k not in ("workdir", "device", "embed_tokens", "pool_fasta")}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _random_init(cfg: GpuScaleConfig, dims: dict[str, int], device):
-    """The start point of every student (same seed and builder), untrained."""
-    from ..distill import DistillConfig
-    from ..distill.batches import TeacherStats
-    from ..distill.core import build_student
-    from ..models.student import StudentEmbedder
-
-    model = build_student(DistillConfig(data="-", preset=cfg.preset, dropout=0.0,
-                                        seed=cfg.seed), TeacherStats.placeholder(dims),
-                          cfg.max_len).to(device)
-    return StudentEmbedder(model.eval(), name="random-init")
 
 
 def _probe(tasks, emb: dict[tuple[str, str], np.ndarray], cfg: GpuScaleConfig
@@ -207,34 +262,35 @@ def _probe(tasks, emb: dict[tuple[str, str], np.ndarray], cfg: GpuScaleConfig
     return scores
 
 
-def _write(cfg: GpuScaleConfig, scores: dict, tasks, stages: Stages, n_pool: int, device,
-           work: Path) -> Path:
+def _write(cfg: GpuScaleConfig, scores: dict, emb: dict, tasks, stages: Stages, n_pool: int,
+           device, work: Path) -> Path:
     """``gpu_scale.md`` + ``gpu_scale.json`` in ``workdir`` (small: they come back)."""
-    from .preset_report import format_paired
+    from ..benchmarks.transfer import gain_capture, ratio, ridge_r2
 
-    names = [t.name for t in tasks]
-    lines = ["# UniRep → paper-size student, in process", "",
-             f"Pool {n_pool} proteins ≤ {cfg.max_len} aa, `{cfg.preset}` student, {cfg.epochs} "
-             f"epochs × {cfg.batch_tokens} tokens per step, device `{device}`; tasks: "
-             f"{cfg.task_proteins} proteins, {cfg.folds} homology folds, linear probes.", "",
+    names, best = [t.name for t in tasks], cfg.names("teachers")[0]
+    lines = ["# The transfer recipe at paper size, in process", "",
+             f"Pool {n_pool} Swiss-Prot crops ≤ {cfg.max_len} aa, teachers {cfg.teachers} "
+             f"(window means of {cfg.window}), {cfg.epochs} epochs × {cfg.batch_tokens} tokens "
+             f"per step, device `{device}`; tasks: {cfg.task_proteins} proteins, {cfg.folds} "
+             "homology folds, linear probes. Each cell: score (ratio to the reference teacher "
+             "· gain capture over aac ± SE).", "",
              "| model | " + " | ".join(f"{t.name} ({t.primary_metric})" for t in tasks)
              + " |", "|---|" + "---:|" * len(tasks)]
-    best = cfg.names("teachers")[0]
     for name, s in scores.items():
-        ratio = name.startswith("student")
-        lines.append(f"| {name} | " + " | ".join(
-            f"{np.mean(s[t]):.3f}" + (f" ({np.mean(s[t]) / np.mean(scores[best][t]):.2f}×)"
-                                      if ratio else "") for t in names) + " |")
-    lines += ["", "Paired differences per fold (mean ± SE, folds won):", "",
-              "| pair | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for a in [k for k in scores if k.startswith("student-rl")]:
-        for b in ("student-uniform", "student-none", "random-init", "kmer2"):
-            if b in scores:
-                lines.append(f"| {a} − {b} | " + " | ".join(format_paired(np.subtract(
-                    scores[a][t], scores[b][t])) for t in names) + " |")
-    embed = sum(v for k, v in stages.times.items() if k.startswith("embed tasks"))
+        cells = []
+        for t in names:
+            gc, se = gain_capture(s[t], scores[best][t], scores["aac"][t])
+            cells.append(f"{np.mean(s[t]):.3f}" + ("" if name in (best, "aac") else
+                                                    f" ({ratio(s[t], scores[best][t]):.3f} · "
+                                                    f"{gc:.2f} ± {se:.2f})"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    big = max(tasks, key=len)
+    y = emb[(best, big.name)]
+    lines += ["", f"Ridge R² of {best} from each model ({len(big)} {big.name} proteins; the "
+              "teacher's own row is the ceiling): " + ", ".join(
+                  f"{m} {ridge_r2(emb[(m, big.name)], y):.3f}" for m in scores)]
     lines += ["", "Stage wall times (s): " + ", ".join(
         f"{k} {v:.1f}" for k, v in stages.times.items() if not k.startswith("embed tasks"))
-        + f"; task embeddings {embed:.1f}."]
+        + f"; task embeddings {sum(v for k, v in stages.times.items() if 'embed' in k):.1f}."]
     write_text(work / "gpu_scale.json", json.dumps({"scores": scores, "stages": stages.times}))
     return write_text(work / "gpu_scale.md", "\n".join(lines) + "\n")

@@ -22,7 +22,7 @@ import torch
 from ..benchmarks import pools
 from ..benchmarks.probes import linear_probe_cv
 from ..distill import DistillConfig
-from ..distill.batches import TeacherStats
+from ..distill.batches import ResidueStats, TeacherStats
 from ..distill.core import new_distiller
 from ..distill.local import train_epochs
 from ..embed import embed_sequences
@@ -106,8 +106,8 @@ def _setup(data: SweepData, kw: dict[str, Any]):
     rtab = {t: data.residues(t) for t in res_t}
     # Per-residue targets as mtdp.distill reads them: a column per teacher, standardised with
     # the pool's per-residue mean / std.
-    stats.residues = {t: (residue_column(t), torch.from_numpy(v.mean(0)),
-                          torch.from_numpy(v.std(0))) for t, v in rtab.items()}
+    stats.residues = {t: ResidueStats(residue_column(t), torch.from_numpy(v.mean(0)),
+                                      torch.from_numpy(v.std(0))) for t, v in rtab.items()}
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in data.pool])])
     rows = {"id": data.pool_ids, "sequence": data.pool, **data.teach}
     for t, v in rtab.items():

@@ -86,7 +86,7 @@ def export_hf(student_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output {out} exists and is not empty; choose a new folder")
-    model = load_student(student_dir)
+    model = load_student(student_dir).fold_pool_norm()  # a plain projection: one Linear
     cfg = model.config
     out.mkdir(parents=True, exist_ok=True)
     model.encoder.save_pretrained(str(out))

@@ -5,6 +5,7 @@ it for users, :func:`fingerprint` identifies its outputs for caches and stores.
 Specs, tried in this order:
 
 * an MLflow model URI: ``models:/NAME/VERSION``, ``runs:/<id>/student`` (``mlflow:URI``);
+* a student shipped with the package by name (``mtdp-unirep``, :mod:`mtdp.pretrained`);
 * a student directory (``config.json`` + ``model.safetensors``), optionally ``student:PATH``;
 * the released MTDP model: ``mtdp-paper:/path/UniProtKB.bin``, or ``mtdp-paper`` (downloaded
   once into the cache), see :mod:`.mtdp_paper`;
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from ..io import sha256_file
+from ..pretrained import SHIPPED, shipped_path
 from . import baselines, teachers
 from .base import Embedder, best_device
 from .student import WEIGHTS_FILE, StudentEmbedder, is_student_dir, load_student
@@ -46,7 +48,8 @@ class ModelSpec:
 
 def accepted_forms() -> str:
     """What a model spec may be (for error messages)."""
-    return ("a student directory, an MLflow URI (models:/NAME/VERSION), the released MTDP "
+    return ("a shipped student (" + ", ".join(SHIPPED) + "), a student directory, an MLflow "
+            "URI (models:/NAME/VERSION), the released MTDP "
             "model (mtdp-paper:/path/UniProtKB.bin), a teacher name ("
             + ", ".join(sorted(teachers.REGISTRY)) + "), a local teacher checkpoint (ESM-2 .pt "
             "file or ProtT5 directory) or a no-weight baseline (aac, kmer1..kmer3, "
@@ -70,6 +73,8 @@ def resolve(spec: str | ModelSpec) -> ModelSpec:
         path = spec.partition(":")[2]
         return ModelSpec("mtdp-paper", f"mtdp-paper:{Path(path).expanduser().resolve()}"
                          if path else spec)
+    if spec in SHIPPED:
+        return ModelSpec("student", str(shipped_path(spec)))
     path = spec[len("student:"):] if spec.startswith("student:") else spec
     if is_student_dir(path):
         return ModelSpec("student", str(Path(path).expanduser().resolve()))
@@ -86,11 +91,13 @@ def resolve(spec: str | ModelSpec) -> ModelSpec:
 
 
 def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = None,
-                  pooling: str | None = None, **kwargs: Any) -> Embedder:
+                  pooling: str | None = None, precision: str = "fp32",
+                  **kwargs: Any) -> Embedder:
     """Resolve ``spec`` (see :func:`resolve`) and load it on ``device`` (default: best).
     ``kwargs`` go to a teacher's factory; ``name=`` names a student; ``pooling=`` (``masked``
     or ``reference``) sets a student's pooling (default: its own; the released MTDP model's
-    is ``reference``)."""
+    is ``reference``); ``precision`` (``auto``, ``fp32``, ``bf16``) its CPU arithmetic
+    (:meth:`Embedder.set_precision`)."""
     ms = resolve(spec)
     dev = torch.device(device) if device is not None else best_device()
     if pooling is not None and ms.kind not in ("mlflow", "student", "mtdp-paper"):
@@ -98,7 +105,7 @@ def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = Non
     emb = _load(ms, dev, **kwargs)
     if pooling is not None:
         emb.pooling = pooling
-    return emb
+    return emb.set_precision(precision)
 
 
 def _load(ms: ModelSpec, dev: torch.device, **kwargs: Any) -> Embedder:

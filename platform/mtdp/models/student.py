@@ -11,6 +11,7 @@ loaded with :func:`load_student`; :class:`StudentEmbedder` serves it as an
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -56,6 +57,11 @@ class StudentConfig:
     #: the released MTDP model computes it — ids padded to ``max_len + 1`` tokens and the
     #: mean taken over all of them, ``</s>`` and pads included (reproduces its vectors).
     pooling: str = "masked"
+    #: Standardise pooled states (a protein's or a window's mean state) across proteins with
+    #: running statistics before the projection: a protein's mean state varies little from
+    #: protein to protein, so without it the heads need large weights, which Adam reaches only
+    #: after thousands of steps.
+    pool_norm: bool = False
     #: Teacher name → teacher embedding dimension; one distillation head each.
     teachers: dict[str, int] = field(default_factory=dict)
     #: Teacher name → dimension of its per-residue states; one per-residue head each
@@ -91,6 +97,29 @@ class StudentConfig:
         return cls(**d)
 
 
+class RunningStandardize(nn.Module):
+    """``(x - mean) / std`` per feature with running statistics (updated in training from
+    each batch, detached; used as they stand in both modes, so a batch of 8 proteins adds no
+    noise and training and inference compute the same map)."""
+
+    def __init__(self, dim: int, momentum: float = 0.01, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.dim() == 2 and len(x) > 1:
+            with torch.no_grad():
+                m, v = x.float().mean(0), x.float().var(0)
+                a = 1.0 if int(self.seen) == 0 else self.momentum
+                self.mean.lerp_(m, a)
+                self.var.lerp_(v, a)
+                self.seen += 1
+        return (x - self.mean.to(x.dtype)) / torch.sqrt(self.var + self.eps).to(x.dtype)
+
+
 class StudentModel(nn.Module):
     """T5 encoder + pooling + projection + MLM head + per-teacher heads."""
 
@@ -113,6 +142,7 @@ class StudentModel(nn.Module):
         t5._attn_implementation = attn_implementation
         self.encoder = T5EncoderModel(t5)
         self.proj = nn.Linear(config.d_model, config.embed_dim)
+        self.pool_norm = RunningStandardize(config.d_model) if config.pool_norm else None
         self.mlm_head = nn.Linear(config.d_model, config.vocab_size)
         self.teacher_heads = nn.ModuleDict(
             {name: nn.Linear(config.embed_dim, dim) for name, dim in config.teachers.items()})
@@ -155,12 +185,33 @@ class StudentModel(nn.Module):
         if pool_mask is None:
             pool_mask = residue_mask(input_ids)
         pooled = masked_mean(hidden, pool_mask)
-        return {"hidden": hidden, "pooled": pooled, "embedding": self.proj(pooled),
+        return {"hidden": hidden, "pooled": pooled, "embedding": self.project(pooled),
                 "mlm_logits": self.mlm_head(hidden)}
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled states (of proteins, windows or single residues) → embeddings: the same
+        affine map for all, so a protein's embedding is the mean of its residues'."""
+        if self.pool_norm is not None:
+            pooled = self.pool_norm(pooled)
+        return self.proj(pooled)
 
     def teacher_logits(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each teacher head applied to the per-protein embedding."""
         return {name: head(embedding) for name, head in self.teacher_heads.items()}
+
+    def teacher_vectors(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The student's own prediction of each teacher's per-protein vector, in the
+        teacher's units (its heads' outputs read with the units saved at training,
+        ``metadata["head_units"]``; teachers without saved units are left out)."""
+        units = self.config.metadata.get("head_units", {})
+        out = {}
+        for name, head in self.teacher_heads.items():
+            if name in units:
+                u = units[name]
+                mean = torch.tensor(u["mean"], device=embedding.device)
+                std = torch.tensor(u["std"], device=embedding.device)
+                out[name] = head(embedding).float() * std + mean
+        return out
 
     def embed_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      per_residue: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,8 +221,8 @@ class StudentModel(nn.Module):
             return self._reference_embed(input_ids, attention_mask, per_residue)
         hidden = self.encode(input_ids, attention_mask)
         rmask = residue_mask(input_ids)
-        emb = self.proj(masked_mean(hidden, rmask))
-        return emb, (self.proj(hidden) if per_residue else None)
+        emb = self.project(masked_mean(hidden, rmask))
+        return emb, (self.project(hidden) if per_residue else None)
 
     def _reference_embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          per_residue: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -185,26 +236,42 @@ class StudentModel(nn.Module):
         ids = torch.nn.functional.pad(input_ids, (0, extra), value=0)
         mask = torch.nn.functional.pad(attention_mask, (0, extra), value=0)
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        emb = self.proj(hidden.mean(dim=1))
-        return emb, (self.proj(hidden[:, :input_ids.shape[1]]) if per_residue else None)
+        emb = self.project(hidden.mean(dim=1))
+        return emb, (self.project(hidden[:, :input_ids.shape[1]]) if per_residue else None)
+
+    @torch.no_grad()
+    def fold_pool_norm(self) -> "StudentModel":
+        """Fold the pooled-state standardisation (an affine map once trained) into the
+        projection, leaving a plain student that computes the same embeddings."""
+        if self.pool_norm is None:
+            return self
+        scale = 1.0 / torch.sqrt(self.pool_norm.var + self.pool_norm.eps)
+        self.proj.bias.sub_(self.proj.weight @ (self.pool_norm.mean * scale))
+        self.proj.weight.mul_(scale[None, :])
+        self.pool_norm = None
+        self.config.pool_norm = False
+        return self
 
     def num_parameters(self, encoder_only: bool = False) -> int:
         mod = self.encoder if encoder_only else self
         return sum(p.numel() for p in mod.parameters())
 
     # ---- persistence -------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created)."""
+    def save(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created);
+        ``dtype=torch.float16`` stores the weights at half the size (they load back into
+        float32 parameters)."""
         from safetensors.torch import save_model
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"format": STUDENT_FORMAT, "mtdp_version": __version__,
                 "config": self.config.to_dict()}
+        model = self if dtype is None else copy.deepcopy(self).to(dtype)
         # Write weights first, config last: a directory with config.json is complete.
         # save_model de-duplicates T5's tied embedding (shared == embed_tokens).
         with atomic_path(d / WEIGHTS_FILE) as tmp:
-            save_model(self, str(tmp), metadata={"format": STUDENT_FORMAT})
+            save_model(model, str(tmp), metadata={"format": STUDENT_FORMAT})
         write_text(d / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
         return d
 
@@ -280,8 +347,9 @@ class StudentEmbedder(Embedder):
     def embed_batch(self, sequences, per_residue: bool = False):
         ids, mask = self.tokenizer.batch_encode(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        # bf16 autocast on GPU only; CPU stays fp32 so results are exact and reproducible.
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        # bf16 autocast on GPU; on CPU as set_precision chose (fp32: exact and reproducible).
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"), \
+                self.cpu_autocast():
             emb, res = self.model.embed_tokens(ids, mask, per_residue=per_residue)
         emb = emb.float().cpu()
         if not per_residue:

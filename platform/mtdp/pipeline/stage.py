@@ -24,7 +24,7 @@ from ..inputs import (InputRange, count_records, input_kind, materialize_input, 
                       read_range)
 from ..io import write_json
 from ..runtime import ray_get
-from ..sequences import SequenceError, prepare
+from ..sequences import SequenceError, crop, prepare
 from ..teacher_data import split_of, write_shard
 from .context import data_context, shuffle_maps, shuffle_partitions
 from .workdir import WorkDir, log, write_rejects_tsv
@@ -41,6 +41,8 @@ class StageSettings:
 
     inputs: list[str]
     max_len: int | None
+    #: ``truncate`` or ``crop`` (:func:`mtdp.sequences.crop`) proteins past ``max_len``.
+    length_rule: str = "truncate"
     on_invalid: str = "error"
     on_duplicate: str = "error"
     num_shards: int | None = None
@@ -61,7 +63,8 @@ _STAGE_COLUMNS = ("id", "sequence", "length", "split", "shard", "file_index", "r
                   "source", "kind", "reason")
 
 
-def _parse_ranges(batch, *, max_len: int, num_shards: int, validation_fraction: float):
+def _parse_ranges(batch, *, max_len: int, num_shards: int, validation_fraction: float,
+                  length_rule: str = "truncate"):
     """Ray Data UDF: parse input pieces into prepared rows (``kind`` ok/invalid/fatal)."""
     import pyarrow as pa
 
@@ -80,8 +83,11 @@ def _parse_ranges(batch, *, max_len: int, num_shards: int, validation_fraction: 
                 try:
                     if not rec.id:
                         raise SequenceError("missing id", source=rec.source, record=rec.index)
-                    seq = prepare(rec.sequence, max_len=max_len, seq_id=rec.id,
-                                  source=rec.source, record=rec.index)
+                    seq = prepare(rec.sequence, max_len=None if length_rule == "crop"
+                                  else max_len, seq_id=rec.id, source=rec.source,
+                                  record=rec.index)
+                    if length_rule == "crop" and max_len is not None:
+                        seq = crop(seq, max_len, rec.id)
                 except SequenceError as err:
                     add(rec.id, "", shard_of(rec.id, num_shards), rng.file_index, rec.index,
                         rec.source, "invalid", str(err))
@@ -224,7 +230,8 @@ def _stage_rows(cfg: StageSettings, run: WorkDir, ranges: list[InputRange],
         ds = ray.data.from_items(items, override_num_blocks=shuffle_maps(len(items)))
         ds = ds.map_batches(_parse_ranges, batch_size=1, batch_format="pyarrow",
                             fn_kwargs=dict(max_len=cfg.max_len, num_shards=num_shards,
-                                           validation_fraction=cfg.validation_fraction))
+                                           validation_fraction=cfg.validation_fraction,
+                                           length_rule=cfg.length_rule))
         rows = sum(r.records for r in ranges)
         ds = ds.groupby("shard", num_partitions=shuffle_partitions(num_shards, rows)).map_groups(
             _stage_shard, batch_format="pyarrow", fn_kwargs=dict(stage_dir=str(run.stage)))

@@ -45,7 +45,8 @@ def hashed(batch, *, hash_shards: int):
                                             pa.int64())})
 
 
-def missing(group, *, store: str, identity: dict, name: str, per_residue: bool = False):
+def missing(group, *, store: str, identity: dict, name: str, per_residue: bool = False,
+            residue_window: int = 1):
     """One hash shard → its distinct sequences the store does not hold yet for this model
     (with ``per_residue``: not both vector and states), plus the group's counts in the first
     row; an all-stored group is one row with an empty sequence."""
@@ -58,7 +59,7 @@ def missing(group, *, store: str, identity: dict, name: str, per_residue: bool =
     table = EmbeddingStore(store).model(identity, name)
     stored = table.stored(list(seqs))
     if per_residue:
-        stored &= ResidueTable(table).stored(list(stored))
+        stored &= ResidueTable(table, residue_window).stored(list(stored))
     todo = [h for h in seqs if h not in stored]
     counts = {"n_rows": len(hashes), "n_unique": len(seqs), "n_reused": len(stored)}
     rows = todo or [""]
@@ -91,7 +92,8 @@ class EmbedActor:
 
     def __init__(self, spec: str, too_long: str, max_len: int | None, batch_tokens: int | None,
                  threads: int, retries: int = 2, per_residue: bool = False,
-                 faults: dict | None = None) -> None:
+                 faults: dict | None = None, residue_window: int = 1,
+                 precision: str = "fp32") -> None:
         import torch
 
         from ..models.base import best_device
@@ -100,9 +102,10 @@ class EmbedActor:
         device = best_device()
         if device.type == "cpu":
             torch.set_num_threads(max(1, threads))  # stay within the actor's CPU reservation
-        self.embedder = load_embedder(spec, device=device)
+        self.embedder = load_embedder(spec, device=device, precision=precision)
         self.too_long, self.max_len, self.batch_tokens = too_long, max_len, batch_tokens
         self.retries, self.per_residue, self.faults = retries, per_residue, faults or {}
+        self.residue_window = residue_window
         self.unembeddable = set(self.faults.get("unembeddable_sequences") or [])
 
     def _embed(self, seqs: list[str]):
@@ -112,7 +115,8 @@ class EmbedActor:
             raise RuntimeError("injected embedding failure")
         out = embed_sequences(self.embedder, seqs, batch_tokens=self.batch_tokens,
                               too_long=self.too_long, max_len=self.max_len,
-                              per_residue=self.per_residue)
+                              per_residue=self.per_residue,
+                              residue_window=self.residue_window)
         return out if self.per_residue else (out, None)
 
     def _robust(self, seqs: list[str], out: np.ndarray, states: dict, reasons: list,
@@ -209,11 +213,12 @@ class StoreWriter:
     CACHE_MB = 16
 
     def __init__(self, store: str, identity: dict, name: str, since: dict,
-                 per_residue: bool = False, faults: dict | None = None) -> None:
+                 per_residue: bool = False, faults: dict | None = None,
+                 residue_window: int = 1) -> None:
         from ..store import Appender, EmbeddingStore, ResidueTable
 
         self.table = EmbeddingStore(store, cache_mb=self.CACHE_MB).model(identity, name)
-        self.residues = ResidueTable(self.table) if per_residue else None
+        self.residues = ResidueTable(self.table, residue_window) if per_residue else None
         self.via = Appender(self.table.table, since["vectors"])
         self.via_residues = (Appender(self.residues.table, since["residues"])
                              if self.residues is not None else None)

@@ -25,12 +25,21 @@ class PrecomputeConfig(Config):
         "teachers (as named in --teachers) whose per-residue states are written too, column "
         "r_<name>, for per-residue distillation (distill --residue-teachers); costs "
         "residues x dim x 2 bytes each"))
+    residue_window: int = option(1, ge=1, le=1000, help=(
+        "per-residue states kept as means over windows of this many residues (1: every "
+        "residue); 8 stores UniRep-1900's states in an eighth of the space, and the student "
+        "is distilled on the same windows"))
     store: str = option("", help=(
         "embedding store the teachers' vectors are committed to (default: RUN/work/store); a "
         "shared store (a folder or s3://..., as the embedding job's --store) lets runs and "
         "jobs reuse each other's teacher embeddings"))
     max_len: int = option(DEFAULT_MAX_LEN, ge=1, help=(
-        "truncate proteins to this many residues (as the student will see them)"))
+        "proteins longer than this are cut to it (as the student will see them), by "
+        "length_rule"))
+    length_rule: str = option("truncate", choices=("truncate", "crop"), help=(
+        "truncate: a long protein's first max_len residues (the paper's); crop: one window of "
+        "max_len residues, N-terminal, C-terminal or placed at random, a third each by a "
+        "stable hash of the id, so the student sees both ends (mtdp.sequences.crop)"))
     validation_fraction: float = option(DEFAULT_VALIDATION_FRACTION, ge=0.0, lt=1.0, help=(
         "fraction of proteins in the validation split (stable hash of the id)"))
     batch_tokens: int | None = option(None, ge=1, help=(

@@ -66,7 +66,8 @@ def _embed_teachers(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], st
             batch_tokens=cfg.batch_tokens, actors=cfg.actors_per_teacher,
             cpus_per_actor=cfg.cpus_per_actor, gpus_per_actor=cfg.gpus_per_actor,
             commit_rows=cfg.commit_rows, retries=cfg.retries,
-            per_residue=bool(t.get("residue_column")), progress=cfg.progress,
+            per_residue=bool(t.get("residue_column")),
+            residue_window=int(t.get("residue_window", 1)), progress=cfg.progress,
             label=f"precompute {t['name']}")
         done = embed_pass(staged, store, t["identity"], t["name"], settings, pass_faults)
         rec = passes.setdefault(t["column"], {"computed": 0, "residues": 0, "seconds": 0.0})

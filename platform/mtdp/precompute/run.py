@@ -92,6 +92,7 @@ def resolve_teachers(cfg: PrecomputeConfig, run: RunDir):
             t["column"] = teacher_column(t["name"])
             if t["spec"] in cfg.per_residue:
                 t["residue_column"] = residue_column(t["name"])
+                t["residue_window"] = cfg.residue_window
         write_json(run.teachers, infos)
         return infos
 
@@ -132,6 +133,7 @@ def _tracked(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict) -> M
         mlflow.log_params({
             "teachers": ",".join(cfg.teachers)[:6000], "inputs": ",".join(cfg.inputs)[:6000],
             "output": os.path.abspath(cfg.output), "max_len": cfg.max_len,
+            "length_rule": cfg.length_rule, "residue_window": cfg.residue_window,
             "store": store_uri(cfg, run),
             "validation_fraction": cfg.validation_fraction, "batch_tokens": cfg.batch_tokens,
             "actors_per_teacher": cfg.actors_per_teacher, "on_invalid": cfg.on_invalid,
@@ -143,7 +145,8 @@ def _run(cfg: PrecomputeConfig, run: RunDir, state: dict, faults: dict, mrun) ->
     t0 = time.perf_counter()
     teachers_future = resolve_teachers(cfg, run)
     stage_summary = stage(StageSettings(
-        inputs=list(cfg.inputs), max_len=cfg.max_len, on_invalid=cfg.on_invalid,
+        inputs=list(cfg.inputs), max_len=cfg.max_len, length_rule=cfg.length_rule,
+        on_invalid=cfg.on_invalid,
         on_duplicate=cfg.on_duplicate, num_shards=cfg.num_shards, shard_size=cfg.shard_size,
         range_mb=cfg.range_mb, validation_fraction=cfg.validation_fraction,
         progress=cfg.progress, label="precompute"), run, state)

@@ -68,7 +68,9 @@ def fingerprint(cfg: PrecomputeConfig) -> dict:
             "on_invalid": cfg.on_invalid, "on_duplicate": cfg.on_duplicate,
             "num_shards": cfg.num_shards,
             # Only when used, so runs started before the option existed still resume.
-            **({"per_residue": sorted(cfg.per_residue)} if cfg.per_residue else {})}
+            **({"per_residue": sorted(cfg.per_residue)} if cfg.per_residue else {}),
+            **({"residue_window": cfg.residue_window} if cfg.residue_window != 1 else {}),
+            **({"length_rule": cfg.length_rule} if cfg.length_rule != "truncate" else {})}
 
 
 def claim(run: RunDir, fp: dict) -> dict:

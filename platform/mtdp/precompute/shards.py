@@ -99,7 +99,7 @@ def _teacher_columns(db, t: dict, hashes: list[str], reasons: list, failed: dict
     cols = {t["column"]: pa.FixedSizeListArray.from_arrays(
         pa.array(emb.reshape(-1), pa.float16()), table.dim)}
     if t.get("residue_column"):
-        states = ResidueTable(table).lookup(hashes)
+        states = ResidueTable(table, int(t.get("residue_window", 1))).lookup(hashes)
         for i, h in enumerate(hashes):
             if h not in states:
                 reasons[i] = reasons[i] or failed.get(h) or f"{t['name']}: no states stored"
@@ -176,6 +176,7 @@ def finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: di
             mean=[] if mean is None else mean.tolist(), std=[] if std is None else std.tolist())
         if t.get("residue_column"):
             entry.residue_column = t["residue_column"]
+            entry.residue_window = int(t.get("residue_window", 1))
             n, mean, m2 = _merge_stats([m["stats"][entry.residue_column] for m in markers])
             if n:
                 entry.residue_mean = mean.tolist()
@@ -188,6 +189,7 @@ def finalize(cfg: PrecomputeConfig, run: RunDir, teachers: list[dict], stage: di
         teachers=entries, max_len=cfg.max_len, rows=rows,
         inputs=[os.path.abspath(p) for p in cfg.inputs],
         validation_fraction=cfg.validation_fraction, split_counts=splits,
+        length_rule=cfg.length_rule,
         extra={"num_shards": stage["num_shards"], "shards": len(markers),
                "records_read": stage["records"], "rejected": len(rejects),
                "rejects_file": REJECTS_FILE, "invalid": stage["invalid"],

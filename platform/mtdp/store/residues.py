@@ -1,5 +1,6 @@
 """Per-residue states of one model in the store, beside its vectors: table ``res_<key>`` with
-``seq_hash``, ``length`` and ``states`` (one float16 vector per residue the model saw), written
+``seq_hash``, ``length`` and ``states`` (one float16 vector per residue the model saw, or per
+window of residues in ``res<w>_<key>``), written
 idempotently like the vectors (``merge_insert`` on ``seq_hash``). They are large (residues x
 dim x 2 bytes), so only pipelines that ask for them (precompute ``--per-residue``) write them;
 a stored vector without states is simply recomputed when states are asked for."""
@@ -37,11 +38,15 @@ def states_array(states: Sequence[np.ndarray | None], dim: int):
 
 
 class ResidueTable:
-    """The stored per-residue states of the model of ``vectors`` (its :class:`ModelTable`)."""
+    """The stored per-residue states of the model of ``vectors`` (its :class:`ModelTable`);
+    with ``window`` w > 1, their means over windows of w residues
+    (:mod:`mtdp.residue_windows`), in a table of their own (``res<w>_<key>``)."""
 
-    def __init__(self, vectors: ModelTable) -> None:
-        store, self.dim, self.name = vectors.store, vectors.dim, vectors.name
-        self.table_name = f"res_{vectors.key}"
+    def __init__(self, vectors: ModelTable, window: int = 1) -> None:
+        if window < 1:
+            raise ValueError(f"residue window must be >= 1, got {window}")
+        store, self.dim, self.name, self.window = vectors.store, vectors.dim, vectors.name, window
+        self.table_name = f"res_{vectors.key}" if window == 1 else f"res{window}_{vectors.key}"
         self.table = store._open_or_create(self.table_name, _schema(self.dim))
         if self.table.schema.field("states").type != _schema(self.dim).field("states").type:
             raise StoreError(f"{store.uri}: table {self.table_name} does not hold {self.dim}-d "
@@ -56,7 +61,8 @@ class ResidueTable:
         return stored_hashes(self.table, hashes)
 
     def lookup(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-        """Stored states (float16 ``[L, dim]``) of ``hashes``; those not stored are absent."""
+        """Stored states (float16 ``[L, dim]``, ``[ceil(L / w), dim]`` in windows) of
+        ``hashes``; those not stored are absent."""
         found: dict[str, np.ndarray] = {}
         for rows in fetch_rows(self.table, hashes, ["seq_hash", "states"]):
             col = rows.column("states").combine_chunks()
