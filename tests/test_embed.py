@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtdp.cli import main
-from mtdp.embed import embed_file, token_budget_batches
+from mtdp.embed import embed_file, embed_sequences, token_budget_batches
 from mtdp.outputs import read_embeddings
 from mtdp.models.registry import load_embedder
 from mtdp.models.student import StudentEmbedder
@@ -67,7 +67,7 @@ def test_cli_embed_parquet_matches_input_order_and_single_sequence(student_dir, 
     # one at a time == batched (masking and pooling leak nothing from padding)
     model = StudentEmbedder(load_student(student_dir))
     for k in range(0, 300, 37):
-        single = model.embed([expected[k].sequence])[0]
+        single = embed_sequences(model, [expected[k].sequence])[0]
         np.testing.assert_allclose(emb[k], single, atol=1e-5, rtol=0)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mtdp.cli import main
+from mtdp.embed import embed_sequences
 from mtdp.outputs import read_embeddings
 from mtdp.sequences import write_fasta
 
@@ -160,7 +161,7 @@ def test_export_hf_card_code_reproduces_mtdp_embed(tmp_path, pooling) -> None:
     code = re.sub(r'^d = ".*"$', f'd = "{out}"', code, flags=re.M)
     scope: dict = {}
     exec(code, scope)  # noqa: S102 - the card's snippet, as a user would paste it
-    want = load_embedder(str(sdir), device="cpu").embed(["MKTAYIAKQRQISFVKSHFSRQ"])[0]
+    want = embed_sequences(load_embedder(str(sdir), device="cpu"), ["MKTAYIAKQRQISFVKSHFSRQ"])[0]
     np.testing.assert_allclose(scope["emb"].numpy(), want, rtol=0, atol=1e-5)
     assert json.loads((out / "mtdp_pooling.json").read_text())["pooling"] == pooling
     assert main(["student", "export-hf", str(sdir), "-o", str(out)]) == 2  # not empty

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mtdp.embed import embed_sequences
 from mtdp.precompute import FAULTS_ENV, PrecomputeConfig, run_precompute
 from mtdp.teacher_data import load_teacher_dataset, read_teacher_table, teacher_matrix
 from mtdp.sequences import SequenceError, prepare, read_fasta, write_fasta
@@ -75,7 +76,8 @@ def test_one_row_per_id_and_embeddings_match_the_teachers(reference, real_gz):
         assert pa.types.is_fixed_size_list(col) and col.value_type == pa.float16()
         # Every other protein (half the reference cost): batches differ from the run's anyway.
         stored = teacher_matrix(table, manifest, name)[::2]
-        ref = load_teacher(name).embed([expected[i] for i in ids[::2]], batch_tokens=4096)
+        ref = embed_sequences(load_teacher(name), [expected[i] for i in ids[::2]],
+                              batch_tokens=4096)
         assert stored.shape == ref.shape
         # fp16 storage: relative error 2^-11, plus a little for different batch padding.
         np.testing.assert_allclose(stored, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
@@ -394,7 +396,7 @@ def test_embed_actor_rejects_a_bad_protein_but_stops_on_a_broken_model():
         assert "after 2 attempt(s)" in reasons[4]
         assert reasons[:4] + reasons[5:] == [None] * 9
         emb = np.stack(out["embedding"].to_numpy(zero_copy_only=False))
-        ref = actor.embedder.embed([s for i, s in enumerate(seqs) if i != 4])
+        ref = embed_sequences(actor.embedder, [s for i, s in enumerate(seqs) if i != 4])
         np.testing.assert_allclose(np.delete(emb, 4, axis=0), ref, rtol=1e-5, atol=1e-6)
         broken = EmbedActor("tiny-random-t5", "truncate", None, None, 1, retries=0,
                             faults={"unembeddable_sequences": seqs})

@@ -115,7 +115,7 @@ def test_protbert_matches_transformers_tokenizer_and_forward(tmp_path) -> None:
             assert x["input_ids"][0].tolist() == teacher.encode([s])[0][0].tolist()
             h = teacher.model(**x).last_hidden_state[0]
             want.append(h[1:-1].mean(0).numpy())
-    got = load_embedder(str(folder), device="cpu").embed(seqs)
+    got = embed_sequences(load_embedder(str(folder), device="cpu"), seqs)
     np.testing.assert_allclose(got, np.stack(want), rtol=0, atol=1e-5)
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "A", "B"]) + "\n")
     with pytest.raises(ValueError, match="not ProtBert's vocabulary"):

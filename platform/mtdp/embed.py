@@ -24,8 +24,8 @@ import numpy as np
 
 from . import __version__
 from .store.keys import seq_hash, store_identity
-from .outputs import (check_output, embedding_table, npy_writer, output_format,
-                      parquet_schema, parquet_writer, write_rejects)
+from .outputs import (DTYPES, check_output, embedding_table, h5_writer, npy_writer,
+                      output_format, parquet_schema, parquet_writer, write_rejects)
 from .residue_windows import window_means
 from .runtime import release_heap_after_batch
 from .sequences import (Record, SequenceError, fit_length, iter_fasta, prepare_records,
@@ -308,9 +308,10 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
                per_residue: bool = False, max_len: int | None = None,
                on_duplicate: str = "error", on_invalid: str = "error",
                progress: bool = True, too_long: str = "truncate",
-               store: "EmbeddingStore | None" = None, run: str | None = None
-               ) -> EmbedSummary:
-    """Embed every record of a FASTA (plain or gzip) into Parquet or ``.npy`` (+ ``.ids.txt``).
+               store: "EmbeddingStore | None" = None, run: str | None = None,
+               dtype: str = "float32") -> EmbedSummary:
+    """Embed every record of a FASTA (plain or gzip) into Parquet, ``.npy`` (+ ``.ids.txt``)
+    or HDF5 (:func:`mtdp.outputs.h5_writer`), values stored as ``dtype``.
 
     Sequences are validated and cleaned (:func:`mtdp.sequences.prepare_records`) and cut to
     ``max_len`` (default and ceiling: the model's); rows come out in input order. With
@@ -319,8 +320,11 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
     """
     fmt = output_format(output_path, fmt)
     check_output(output_path, fmt, [input_path])
-    if per_residue and fmt != "parquet":
-        raise ValueError("per-residue output needs Parquet (.parquet): residue counts vary")
+    if per_residue and fmt == "npy":
+        raise ValueError("per-residue output needs Parquet (.parquet) or HDF5 (.h5): residue "
+                         "counts vary")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
     if max_len is not None and max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     out = Path(output_path)
@@ -332,12 +336,16 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
                    batch_tokens, chunk_size, summary, too_long, table)
     meta = {"mtdp_version": __version__, "model": embedder.name, "source": embedder.source,
             "dim": str(embedder.dim), "max_len": str(limit),
-            "pretrained": str(embedder.pretrained).lower(), "input": os.fspath(input_path)}
+            "pretrained": str(embedder.pretrained).lower(), "input": os.fspath(input_path),
+            "pooling": str(getattr(embedder, "pooling", "") or "mean"), "dtype": dtype,
+            "precision": str(getattr(embedder, "precision", "fp32"))}
     t0 = time.perf_counter()
     if fmt == "npy":
-        _write_npy(job, out, meta, progress)
+        _write_npy(job, out, meta, progress, dtype)
+    elif fmt == "h5":
+        _write_h5(job, out, meta, per_residue, progress, dtype)
     else:
-        _write_parquet(job, out, meta, per_residue, progress)
+        _write_parquet(job, out, meta, per_residue, progress, dtype)
     summary.seconds = time.perf_counter() - t0
     summary.rejected = [str(e) for e in job.rejects]
     summary.new, summary.reused = job.counts.new, job.counts.reused
@@ -353,12 +361,13 @@ class _NoRecords(SequenceError):
     """The input holds no FASTA record at all (raised before the output is committed)."""
 
 
-def _write_npy(job: _FileJob, out: Path, meta: dict[str, str], progress: bool) -> None:
+def _write_npy(job: _FileJob, out: Path, meta: dict[str, str], progress: bool,
+               dtype: str) -> None:
     # A .npy needs its row count up front: a cheap first pass validates and counts.
     n = sum(1 for _ in job.records())
     job.rejects.clear()
     bar = _progress(n, progress, job.embedder.name)
-    with npy_writer(out, n, job.embedder.dim, meta) as (array, ids_fh):
+    with npy_writer(out, n, job.embedder.dim, meta, dtype) as (array, ids_fh):
         row = 0
         for chunk in job.chunks():
             array[row:row + len(chunk)] = job.embed(chunk)
@@ -368,9 +377,22 @@ def _write_npy(job: _FileJob, out: Path, meta: dict[str, str], progress: bool) -
     bar.close()
 
 
+def _write_h5(job: _FileJob, out: Path, meta: dict[str, str], per_residue: bool,
+              progress: bool, dtype: str) -> None:
+    bar = _progress(None, progress, job.embedder.name)
+    with h5_writer(out, meta, per_residue, dtype) as writer:
+        for chunk in job.chunks():
+            res = job.embed(chunk, per_residue)
+            emb, per_res = res if per_residue else (res, None)
+            writer.add([r.id for r in chunk], [job.seen(r.sequence) for r in chunk], emb,
+                       per_res)
+            bar.update(len(chunk))
+    bar.close()
+
+
 def _write_parquet(job: _FileJob, out: Path, meta: dict[str, str], per_residue: bool,
-                   progress: bool) -> None:
-    schema = parquet_schema(job.embedder.dim, per_residue, meta)
+                   progress: bool, dtype: str) -> None:
+    schema = parquet_schema(job.embedder.dim, per_residue, meta, dtype)
     bar = _progress(None, progress, job.embedder.name)
     with parquet_writer(out, schema) as writer:
         for chunk in job.chunks():

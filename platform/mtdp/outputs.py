@@ -1,5 +1,7 @@
-"""Embedding files: Parquet (``id``, ``length``, ``embedding`` [+ ``per_residue``]) or ``.npy``
-(+ ``.ids.txt`` and ``.meta.json``), written atomically, and read back.
+"""Embedding files: Parquet (``id``, ``length``, ``embedding`` [+ ``per_residue``]), ``.npy``
+(+ ``.ids.txt`` and ``.meta.json``) or HDF5 in the ProtTrans / bio_embeddings layout (one
+dataset per protein, ``original_id`` attribute, a mapping file), float32 or float16, written
+atomically, and read back.
 
 Writers stream: rows are appended chunk by chunk to a temporary file beside the output
 (:func:`mtdp.io.atomic_path`), which is renamed over the output only when everything is
@@ -19,11 +21,12 @@ import numpy as np
 from .io import atomic_open, atomic_path, write_text
 from .sequences import SequenceError
 
-FORMATS = ("parquet", "npy")
+FORMATS = ("parquet", "npy", "h5")
+#: Value types of embedding files (float16 halves them; the vectors are computed in fp32).
+DTYPES = ("float32", "float16")
 
 
-#: File extension → format of embedding files (``mtdp embed`` writes the first two kinds;
-#: ``mtdp store export`` all three).
+#: File extension → format of embedding files.
 SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".h5": "h5",
                   ".hdf5": "h5"}
 
@@ -50,6 +53,8 @@ def companions(path: str | os.PathLike, fmt: str) -> list[Path]:
     files = [out, out.with_name(out.name + ".rejects.tsv")]
     if fmt == "npy":
         files += [out.with_suffix(".ids.txt"), out.with_suffix(".meta.json")]
+    if fmt == "h5":
+        files += [h5_mapping_path(out), h5_residues_path(out)]
     return files
 
 
@@ -72,15 +77,17 @@ def check_output(path: str | os.PathLike, fmt: str, inputs: list[str | os.PathLi
                              "the input — choose another output name")
 
 
-def parquet_schema(dim: int, per_residue: bool, metadata: dict[str, str]):
+def parquet_schema(dim: int, per_residue: bool, metadata: dict[str, str],
+                   dtype: str = "float32"):
     """Arrow schema of an embeddings file: ``id``, ``length``, ``embedding`` (+ per-residue)."""
     import pyarrow as pa
 
+    value = pa.float16() if dtype == "float16" else pa.float32()
     fields = [pa.field("id", pa.string(), nullable=False),
               pa.field("length", pa.int32(), nullable=False),
-              pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)]
+              pa.field("embedding", pa.list_(value, dim), nullable=False)]
     if per_residue:
-        fields.append(pa.field("per_residue", pa.list_(pa.list_(pa.float32(), dim))))
+        fields.append(pa.field("per_residue", pa.list_(pa.list_(value, dim))))
     return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in metadata.items()})
 
 
@@ -89,13 +96,19 @@ def embedding_table(ids: list[str], lengths: list[int], emb: np.ndarray, schema,
     """One Arrow table of embeddings in ``schema`` (see :func:`parquet_schema`)."""
     import pyarrow as pa
 
-    dim = schema.field("embedding").type.list_size
+    kind = schema.field("embedding").type
+    dim, value = kind.list_size, kind.value_type
+    npt = np.float16 if value == pa.float16() else np.float32
     cols = {"id": pa.array(ids, pa.string()), "length": pa.array(lengths, pa.int32()),
             "embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(np.ascontiguousarray(emb, np.float32).reshape(-1), pa.float32()), dim)}
+                pa.array(np.ascontiguousarray(emb, npt).reshape(-1), value), dim)}
     if per_residue is not None:
-        cols["per_residue"] = pa.array([r.tolist() for r in per_residue],
-                                       schema.field("per_residue").type)
+        flat = np.concatenate([np.asarray(r, npt).reshape(-1, dim) for r in per_residue]) \
+            if per_residue else np.zeros((0, dim), npt)
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in per_residue])]).astype(np.int32)
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), value), dim)
+        cols["per_residue"] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner
+                                                       ).cast(schema.field("per_residue").type)
     return pa.table(cols, schema=schema)
 
 
@@ -111,19 +124,104 @@ def parquet_writer(path: str | os.PathLike, schema) -> Iterator:
 
 
 @contextlib.contextmanager
-def npy_writer(path: str | os.PathLike, rows: int, dim: int, meta: dict[str, str]
-               ) -> Iterator[tuple[np.ndarray, object]]:
-    """``(memmap [rows, dim] float32, ids file handle)`` for a ``.npy`` output and its
+def npy_writer(path: str | os.PathLike, rows: int, dim: int, meta: dict[str, str],
+               dtype: str = "float32") -> Iterator[tuple[np.ndarray, object]]:
+    """``(memmap [rows, dim] of dtype, ids file handle)`` for a ``.npy`` output and its
     ``.ids.txt``; on success the ids and ``.meta.json`` are committed first and the ``.npy``
     last (its presence means the set is complete)."""
     out = Path(path)
     ids_path, meta_path = out.with_suffix(".ids.txt"), out.with_suffix(".meta.json")
     with atomic_path(out) as tmp, atomic_open(ids_path) as ids_fh:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype),
+                                          shape=(rows, dim))
         yield array, ids_fh
         array.flush()
         del array
         write_text(meta_path, json.dumps(meta, indent=2))
+
+
+def h5_mapping_path(path: str | os.PathLike) -> Path:
+    """``X.mapping.csv`` beside an HDF5 output: dataset key, original id, length."""
+    out = Path(path)
+    return out.with_name(out.stem + ".mapping.csv")
+
+
+def h5_residues_path(path: str | os.PathLike) -> Path:
+    """``X.residues.h5`` beside an HDF5 output: the per-residue ``(L, d)`` datasets."""
+    out = Path(path)
+    return out.with_name(out.stem + ".residues.h5")
+
+
+def h5_key(original_id: str, taken: set[str]) -> str:
+    """A dataset name for ``original_id`` that HDF5 reads back as one name and that no other
+    protein of the file has: ``/`` (a group separator) becomes ``_``, a leading ``.`` is
+    escaped, and a name already taken gets ``~2``, ``~3``... The original id stays in the
+    dataset's ``original_id`` attribute and the mapping file."""
+    key = original_id.replace("/", "_") or "_"
+    if key.startswith("."):
+        key = "_" + key
+    base, n = key, 1
+    while key in taken:
+        n += 1
+        key = f"{base}~{n}"
+    taken.add(key)
+    return key
+
+
+class H5Writer:
+    """Per-protein datasets (and, with ``per_residue``, ``(L, d)`` datasets in
+    ``X.residues.h5``) keyed as in bio_embeddings' files — a key per protein, the FASTA id in
+    ``attrs["original_id"]`` — with ``model_name`` and mtdp's settings as root attributes."""
+
+    def __init__(self, files: dict[str, object], dtype: str):
+        self.files, self.dtype, self.taken, self.rows = files, np.dtype(dtype), set(), []
+
+    def add(self, ids: list[str], lengths: list[int], emb: np.ndarray,
+            per_residue: list[np.ndarray] | None = None) -> None:
+        for j, (pid, n) in enumerate(zip(ids, lengths)):
+            key = h5_key(pid, self.taken)
+            d = self.files["protein"].create_dataset(key, data=emb[j].astype(self.dtype))
+            d.attrs["original_id"] = pid
+            if per_residue is not None:
+                r = self.files["residue"].create_dataset(
+                    key, data=np.asarray(per_residue[j]).astype(self.dtype))
+                r.attrs["original_id"] = pid
+            self.rows.append((key, pid, n))
+
+
+@contextlib.contextmanager
+def h5_writer(path: str | os.PathLike, meta: dict[str, str], per_residue: bool,
+              dtype: str = "float32") -> Iterator[H5Writer]:
+    """An :class:`H5Writer` on temporary files that become ``X.h5`` (+ ``X.residues.h5``)
+    and ``X.mapping.csv`` when the block completes (all removed if it raises)."""
+    import h5py
+
+    out = Path(path)
+    attrs = {"model_name": meta.get("model", ""), "dtype": dtype, **meta}
+    with contextlib.ExitStack() as stack:
+        files = {}
+        targets = [("protein", out)] + ([("residue", h5_residues_path(out))] if per_residue
+                                        else [])
+        for kind, target in targets:
+            tmp = stack.enter_context(atomic_path(target, suffix=".h5"))
+            f = stack.enter_context(h5py.File(tmp, "w"))
+            f.attrs.update({**attrs, "level": "per-protein" if kind == "protein"
+                            else "per-residue"})
+            files[kind] = f
+        mapping = stack.enter_context(atomic_open(h5_mapping_path(out)))
+        writer = H5Writer(files, dtype)
+        yield writer
+        mapping.write(",original_id,sequence_length\n")
+        mapping.writelines(f"{_csv(k)},{_csv(i)},{n}\n" for k, i, n in writer.rows)
+    if not per_residue:
+        h5_residues_path(out).unlink(missing_ok=True)  # a stale one of an earlier run
+
+
+def _csv(value: str) -> str:
+    """A CSV field, quoted when it holds a comma, quote or newline."""
+    if any(c in value for c in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
 
 def write_rejects(output: str | os.PathLike, rejects: list[SequenceError]) -> Path | None:
@@ -141,11 +239,23 @@ def write_rejects(output: str | os.PathLike, rejects: list[SequenceError]) -> Pa
 
 
 def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Ids and ``[N, dim]`` float32 embeddings from a file written by :mod:`mtdp.embed`."""
+    """Ids and ``[N, dim]`` float32 embeddings from a file written by :mod:`mtdp.embed`
+    (an HDF5 file's ids are its datasets' ``original_id``, in file order of the mapping)."""
     p = Path(path)
     if p.suffix == ".npy":
         ids = p.with_suffix(".ids.txt").read_text().splitlines()
-        return ids, np.load(p)
+        return ids, np.load(p).astype(np.float32, copy=False)
+    if p.suffix in (".h5", ".hdf5"):
+        import csv
+
+        import h5py
+
+        with open(h5_mapping_path(p), newline="") as fh:
+            keys = [row[0] for row in list(csv.reader(fh))[1:]]
+        with h5py.File(p, "r") as f:
+            ids = [str(f[k].attrs["original_id"]) for k in keys]
+            emb = np.stack([f[k][()] for k in keys]) if keys else np.zeros((0, 0))
+        return ids, emb.astype(np.float32, copy=False)
     import pyarrow.parquet as pq
 
     table = pq.read_table(p, columns=["id", "embedding"])

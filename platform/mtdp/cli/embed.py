@@ -6,18 +6,23 @@ import json
 import sys
 
 from ..config import bounded
+from ..pretrained import DEFAULT_MODEL
 from ..sequences import check_input_file
 
 
 EPILOG_EMBED = """\
 examples:
+  mtdp embed proteins.fasta -o proteins.parquet                       (the shipped student)
+  mtdp embed proteins.fasta -o proteins.h5 --per-residue --dtype float16
   mtdp embed proteins.fasta -o proteins.parquet --model runs/student
   mtdp embed proteins.fasta.gz -o emb.npy --model esm2_t33_650M_UR50D
   mtdp embed proteins.fasta -o emb.parquet --model ~/models/esm2_t33_650M_UR50D.pt
   mtdp embed proteins.fasta -o emb.parquet --model models:/mtdp-student/1 --per-residue
 
 The output has one row per input protein, in input order: Parquet columns id, length (after
-truncation), embedding (a fixed-size float32 list); or a .npy matrix plus OUT.ids.txt.
+truncation), embedding (a fixed-size list); a .npy matrix plus OUT.ids.txt; or HDF5 with one
+dataset per protein (FASTA id in its original_id attribute, model_name at the root) and
+OUT.mapping.csv, the layout ProtTrans and bio_embeddings write.
 Sequences are checked (amino-acid letters only), upper-cased, U/Z/O/B mapped to X, and cut to
 --max-len residues (default: the model's, 1,000 for the student).
 """
@@ -30,15 +35,21 @@ def add(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_EMBED, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="FASTA file (plain or gzip-compressed)")
     p.add_argument("-o", "--output", required=True,
-                   help="output file: .parquet (recommended) or .npy (+ .ids.txt beside it)")
-    p.add_argument("-m", "--model", required=True,
-                   help="student directory, MLflow URI (models:/NAME/VERSION), teacher name "
+                   help="output file: .parquet (recommended), .h5 (ProtTrans / bio_embeddings "
+                        "layout, + .mapping.csv) or .npy (+ .ids.txt beside it)")
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help=f"default {DEFAULT_MODEL} (the shipped student); a shipped student's "
+                        "name, student directory, MLflow URI (models:/NAME/VERSION), teacher name "
                         "(see `mtdp teachers`) or local teacher checkpoint (ESM-2 .pt / ProtT5 "
                         "directory)")
-    p.add_argument("--format", choices=["parquet", "npy"], default=None,
+    p.add_argument("--format", choices=["parquet", "h5", "npy"], default=None,
                    help="output format (default: from the output file's extension)")
     p.add_argument("--per-residue", action="store_true",
-                   help="also store one vector per residue (Parquet only; large)")
+                   help="also store one vector per residue (Parquet, or X.residues.h5 beside "
+                        "an .h5 output; large)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="value type of the output file (float16 halves it; computed in fp32 "
+                        "or the chosen --precision either way)")
     p.add_argument("--max-len", type=bounded(int, ge=1), default=None,
                    help="truncate proteins to this many residues (default: the model's limit)")
     p.add_argument("--batch-tokens", type=bounded(int, ge=1), default=None,
@@ -100,7 +111,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         per_residue=args.per_residue, max_len=args.max_len,
         on_duplicate="keep-first" if args.keep_first_duplicate else "error",
         on_invalid="skip" if args.skip_invalid else "error", progress=not args.quiet,
-        too_long=args.too_long, store=store, run=args.run)
+        too_long=args.too_long, store=store, run=args.run, dtype=args.dtype)
     d = summary.to_dict()
     rejected = d.pop("rejected")
     d["rejected"] = len(rejected)
@@ -145,8 +156,7 @@ def _run_ray(args: argparse.Namespace) -> int:
     store = EmbeddingStore(args.store, create=False)
     table = next(store.model(m["identity"], m["name"], create=False) for m in store.models()
                  if m["model_key"] == result.model_key)
-    fmt = "npy" if str(args.output).endswith(".npy") else "parquet"
-    rows = export_run(store, table, cfg.run_name, args.output, args.format or fmt)
+    rows = export_run(store, table, cfg.run_name, args.output, args.format, dtype=args.dtype)
     print(json.dumps({"output": str(args.output), "proteins": rows, "computed": result.computed,
                       "reused": result.reused, "rejected": result.rejected,
                       "run": cfg.run_name}))

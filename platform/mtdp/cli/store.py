@@ -17,7 +17,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                          description="Write the embeddings of one input run (`--run`, as "
                                      "named by the job or `mtdp embed --run`) with one model "
                                      "(`--model SPEC`, or `--key` from `mtdp store info`), "
-                                     "in the run's order; HDF5: one dataset per protein id.")
+                                     "in the run's order; HDF5: one dataset per protein, its "
+                                     "id in attrs['original_id'], + X.mapping.csv.")
     ex.add_argument("store")
     ex.add_argument("--run", required=True, help="input run name (ids table)")
     group = ex.add_mutually_exclusive_group(required=True)
@@ -28,6 +29,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--ids", default=None, help="only these ids (a file, one id a line)")
     ex.add_argument("-o", "--output", required=True, help=".parquet, .npy or .h5")
     ex.add_argument("--format", choices=["parquet", "npy", "h5"], default=None)
+    ex.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                    help="value type of the file (float16 halves it)")
     ex.set_defaults(func=_run_export)
 
 
@@ -70,7 +73,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.ids:
         with open(args.ids) as fh:
             ids = [line.strip() for line in fh if line.strip()]
-    n = export_run(store, table, args.run, args.output, args.format, ids)
+    n = export_run(store, table, args.run, args.output, args.format, ids, args.dtype)
     print(json.dumps({"output": args.output, "rows": n, "model": table.name,
                       "key": table.key}))
     return 0

@@ -162,8 +162,11 @@ def _fit(cfg: DistillConfig, stats: TeacherStats, plan: WorkerPlan, storage: Pat
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else \
         ray.cluster_resources().get("GPU", 0) >= 1
-    cpus = worker_cpus(cfg, float(ray.cluster_resources().get("CPU", 1)))
-    plan.threads = 0 if use_gpu else max(1, round(cpus))
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
+    cpus = worker_cpus(cfg, cluster_cpus)
+    # A CPU worker's torch threads: its share of the whole cluster, not of its reservation —
+    # the reservation leaves a CPU to Ray Data's reader, which is idle most of a step.
+    plan.threads = 0 if use_gpu else max(1, int(cluster_cpus // cfg.num_workers))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar per epoch per worker is noise in job logs
     residue = list(stats.residues)

@@ -1,6 +1,6 @@
 """Stored embeddings out of the store: the proteins of an input run (or given ids) as
-Parquet, ``.npy`` (+ ``.ids.txt``) or HDF5 — one dataset per protein id, the layout of
-ProtTrans' and bio_embeddings' per-protein files."""
+Parquet, ``.npy`` (+ ``.ids.txt``) or HDF5 (:func:`mtdp.outputs.h5_writer`: the layout of
+ProtTrans' and bio_embeddings' per-protein files), float32 or float16."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from .. import __version__
-from ..io import atomic_path
-from ..outputs import (embedding_table, npy_writer, output_format, parquet_schema,
-                       parquet_writer)
+from ..outputs import (DTYPES, embedding_table, h5_writer, npy_writer, output_format,
+                       parquet_schema, parquet_writer)
 from .lance import EmbeddingStore, ModelTable, StoreError
 
 EXPORT_FORMATS = ("parquet", "npy", "h5")
@@ -25,7 +24,8 @@ def export_format(path: str | os.PathLike, fmt: str | None = None) -> str:
 
 
 def export_run(store: EmbeddingStore, table: ModelTable, run: str, output: str | os.PathLike,
-               fmt: str | None = None, ids: Sequence[str] | None = None) -> int:
+               fmt: str | None = None, ids: Sequence[str] | None = None,
+               dtype: str = "float32") -> int:
     """Write the embeddings of run ``run``'s proteins (only ``ids`` of them, if given), in
     the run's order; returns the rows written.
 
@@ -34,6 +34,8 @@ def export_run(store: EmbeddingStore, table: ModelTable, run: str, output: str |
             model (named, with how to compute them).
     """
     fmt = export_format(output, fmt)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
     run_ids, hashes = store.read_ids(run)
     if ids is not None:
         wanted = set(ids)
@@ -46,7 +48,7 @@ def export_run(store: EmbeddingStore, table: ModelTable, run: str, output: str |
     meta = {"mtdp_version": __version__, "model": table.name, "model_key": table.key,
             "dim": str(table.dim), "store": store.uri, "run": run}
     writer = {"parquet": _parquet, "npy": _npy, "h5": _h5}[fmt]
-    writer(table, run_ids, hashes, Path(output), meta)
+    writer(table, run_ids, hashes, Path(output), meta, dtype)
     return len(run_ids)
 
 
@@ -63,15 +65,15 @@ def _chunks(table: ModelTable, ids: list[str], hashes: list[str]):
         yield ids[i:i + CHUNK], np.stack([found[h] for h in part]), [lengths[h] for h in part]
 
 
-def _parquet(table, ids, hashes, out, meta) -> None:
-    schema = parquet_schema(table.dim, False, meta)
+def _parquet(table, ids, hashes, out, meta, dtype) -> None:
+    schema = parquet_schema(table.dim, False, meta, dtype)
     with parquet_writer(out, schema) as w:
         for chunk_ids, emb, lengths in _chunks(table, ids, hashes):
             w.write_table(embedding_table(chunk_ids, lengths, emb, schema))
 
 
-def _npy(table, ids, hashes, out, meta) -> None:
-    with npy_writer(out, len(ids), table.dim, meta) as (array, ids_fh):
+def _npy(table, ids, hashes, out, meta, dtype) -> None:
+    with npy_writer(out, len(ids), table.dim, meta, dtype) as (array, ids_fh):
         row = 0
         for chunk_ids, emb, _ in _chunks(table, ids, hashes):
             array[row:row + len(emb)] = emb
@@ -79,13 +81,7 @@ def _npy(table, ids, hashes, out, meta) -> None:
             ids_fh.writelines(i + "\n" for i in chunk_ids)
 
 
-def _h5(table, ids, hashes, out, meta) -> None:
-    import h5py
-
-    if len(set(ids)) != len(ids):
-        raise StoreError("HDF5 export keys datasets by protein id: the ids are not unique")
-    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(meta)
-        for chunk_ids, emb, _ in _chunks(table, ids, hashes):
-            for i, e in zip(chunk_ids, emb):
-                f.create_dataset(i.replace("/", "_"), data=e)
+def _h5(table, ids, hashes, out, meta, dtype) -> None:
+    with h5_writer(out, meta, False, dtype) as w:
+        for chunk_ids, emb, lengths in _chunks(table, ids, hashes):
+            w.add(chunk_ids, lengths, emb)

@@ -1,0 +1,84 @@
+"""``mtdp embed -o X.h5`` and ``--dtype float16``: the ProtTrans / bio_embeddings HDF5 layout
+read the way goPredSim and ProtSpace read it (a dataset per protein, the FASTA id in
+``attrs["original_id"]``, ``model_name`` at the root), ids that collide once cleaned, and
+float16 files that round-trip to the float32 ones."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mtdp.cli import main
+from mtdp.outputs import h5_mapping_path, h5_residues_path, read_embeddings
+
+IDS = ["sp|P1|A/B", "sp|P1|A_B", ".hidden", "plain", "x,y\"z"]
+
+
+@pytest.fixture
+def fasta(tmp_path):
+    rng = np.random.default_rng(0)
+    aa = "ACDEFGHIKLMNPQRSTVWY"
+    path = tmp_path / "in.fasta"
+    path.write_text("".join(f">{i} some description\n{''.join(rng.choice(list(aa), 30 + 7 * k))}\n"
+                            for k, i in enumerate(IDS)))
+    return path
+
+
+def _embed(fasta, out, *extra, capsys=None):
+    assert main(["embed", str(fasta), "-o", str(out), "--model", "tiny-random-esm2",
+                 "--device", "cpu", "--quiet", *extra]) == 0
+
+
+def test_h5_layout_as_gopredsim_and_protspace_read_it(fasta, tmp_path) -> None:
+    import h5py
+
+    _embed(fasta, tmp_path / "ref.parquet", "--per-residue")
+    ref_ids, ref = read_embeddings(tmp_path / "ref.parquet")
+    import pyarrow.parquet as pq
+
+    ref_res = pq.read_table(tmp_path / "ref.parquet").column("per_residue").to_pylist()
+    out = tmp_path / "emb.h5"
+    _embed(fasta, out, "--per-residue")
+    first_words = [i.split()[0] for i in IDS]
+    assert ref_ids == first_words
+    with h5py.File(out, "r") as f:
+        assert f.attrs["model_name"] == "tiny-random-esm2"      # ProtSpace's root attribute
+        assert f.attrs["level"] == "per-protein" and f.attrs["dtype"] == "float32"
+        keys = list(f.keys())
+        assert len(keys) == len(IDS) and "/" not in "".join(keys)
+        by_id = {f[k].attrs["original_id"]: f[k][()] for k in keys}  # goPredSim's reader
+    assert sorted(by_id) == sorted(first_words)
+    for i, pid in enumerate(ref_ids):
+        np.testing.assert_allclose(by_id[pid], ref[i], rtol=0, atol=0)
+    with h5py.File(h5_residues_path(out), "r") as f:
+        res = {f[k].attrs["original_id"]: f[k][()] for k in f}
+    for i, pid in enumerate(ref_ids):
+        assert res[pid].shape == (len(ref_res[i]), ref.shape[1])
+        np.testing.assert_allclose(res[pid], np.asarray(ref_res[i]), rtol=0, atol=1e-6)
+    ids, emb = read_embeddings(out)  # in input order, through the mapping file
+    assert ids == ref_ids
+    np.testing.assert_array_equal(emb, ref)
+    assert h5_mapping_path(out).read_text().splitlines()[0] == ",original_id,sequence_length"
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "npy", "h5"])
+def test_float16_files_round_trip_and_are_smaller(fasta, tmp_path, suffix) -> None:
+    full, half = tmp_path / f"a.{suffix}", tmp_path / f"b.{suffix}"
+    _embed(fasta, full)
+    _embed(fasta, half, "--dtype", "float16")
+    ids32, e32 = read_embeddings(full)
+    ids16, e16 = read_embeddings(half)
+    assert ids16 == ids32 and e16.dtype == np.float32
+    assert not np.array_equal(e16, e32)  # really stored as float16
+    np.testing.assert_allclose(e16, e32.astype(np.float16).astype(np.float32), rtol=0, atol=0)
+    if suffix == "npy":
+        assert np.load(half).dtype == np.float16
+        assert json.loads(half.with_suffix(".meta.json").read_text())["dtype"] == "float16"
+
+
+def test_per_residue_npy_is_refused_before_any_work(fasta, tmp_path, capsys) -> None:
+    assert main(["embed", str(fasta), "-o", str(tmp_path / "x.npy"), "--model",
+                 "tiny-random-esm2", "--per-residue", "--quiet"]) == 2
+    assert "Parquet (.parquet) or HDF5" in capsys.readouterr().err
+    assert not (tmp_path / "x.npy").exists()
