@@ -82,3 +82,16 @@ def test_per_residue_npy_is_refused_before_any_work(fasta, tmp_path, capsys) -> 
                  "tiny-random-esm2", "--per-residue", "--quiet"]) == 2
     assert "Parquet (.parquet) or HDF5" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_esm_extract_flag_spellings_are_accepted(fasta, tmp_path) -> None:
+    """A user's esm-extract flags run: --toks_per_batch, --truncation_seq_length, --include."""
+    import h5py
+
+    out = tmp_path / "x.h5"
+    _embed(fasta, out, "--toks_per_batch", "512", "--truncation_seq_length", "40",
+           "--include", "mean", "per_tok")
+    with h5py.File(out, "r") as f:
+        assert f.attrs["max_len"] == "40"
+    with h5py.File(h5_residues_path(out), "r") as f:
+        assert max(f[k].shape[0] for k in f) == 40

@@ -14,6 +14,7 @@ EPILOG_EMBED = """\
 examples:
   mtdp embed proteins.fasta -o proteins.parquet                       (the shipped student)
   mtdp embed proteins.fasta -o proteins.h5 --per-residue --dtype float16
+  mtdp embed proteins.fasta -o x.h5 --include mean per_tok --toks_per_batch 4096   (esm-extract's flags)
   mtdp embed proteins.fasta -o proteins.parquet --model runs/student
   mtdp embed proteins.fasta.gz -o emb.npy --model esm2_t33_650M_UR50D
   mtdp embed proteins.fasta -o emb.parquet --model ~/models/esm2_t33_650M_UR50D.pt
@@ -47,12 +48,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-residue", action="store_true",
                    help="also store one vector per residue (Parquet, or X.residues.h5 beside "
                         "an .h5 output; large)")
+    p.add_argument("--include", nargs="+", choices=["mean", "per_tok"], default=None,
+                   help="esm-extract's spelling: mean (the per-protein vector, always written) "
+                        "and per_tok (= --per-residue)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="value type of the output file (float16 halves it; computed in fp32 "
                         "or the chosen --precision either way)")
-    p.add_argument("--max-len", type=bounded(int, ge=1), default=None,
+    p.add_argument("--max-len", "--truncation_seq_length", type=bounded(int, ge=1), default=None,
                    help="truncate proteins to this many residues (default: the model's limit)")
-    p.add_argument("--batch-tokens", type=bounded(int, ge=1), default=None,
+    p.add_argument("--batch-tokens", "--toks_per_batch", type=bounded(int, ge=1), default=None,
                    help="padded tokens per batch (default 8192 on CPU, 65536 on GPU); lower it "
                         "if you run out of memory")
     p.add_argument("--too-long", choices=["truncate", "error", "window"], default="truncate",
@@ -93,6 +97,8 @@ def _run_embed(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the model is checked before it loads.
     check_input_file(args.input)
+    if args.include and "per_tok" in args.include:
+        args.per_residue = True
     check_output(args.output, output_format(args.output, args.format), [args.input])
     if args.run and not args.store:
         raise ValueError("--run names the ids saved in a store: give --store too")
