@@ -13,12 +13,8 @@ ROWS_PER_PARTITION = 1 << 16
 MIN_PARTITIONS = 64
 #: Partitions and a shuffle's map tasks at most (then a task takes several input pieces).
 #: Beyond ``MAX_PARTITIONS × ROWS_PER_PARTITION`` (~34 M proteins) a task's rows grow again.
-#: Map tasks are what costs the driver, faster than linearly, not the objects (one groupby
-#: of 1 M tiny rows: 64 maps +77 MB and 9 s, 128 +125 MB and 14 s, 256 +347 MB and 28 s,
-#: 512 +1.1 GB and ~1 min on 2 CPUs, at 64 to 512 partitions alike; ``pipeline_shuffle.py
-#: --driver-cost``), but fewer maps make each map task hold more, and many of those run at
-#: once: at 60 M proteins 128 maps would be ~470 k rows a task (1.2 GB of heap, measured as
-#: ``as-60M-128-maps``) against ~117 k (0.49 GB) at 512. The driver is one process.
+#: The cap weighs the driver's cost of map tasks (faster than linear) against each map
+#: task's heap (larger with fewer maps); measured in docs/results/pipeline-shuffle.md.
 MAX_SHUFFLE_MAPS = MAX_PARTITIONS = 512
 
 

@@ -3,9 +3,9 @@
 Both kinds cut the vectors into k-means partitions (IVF); a query probes ``nprobes`` of them
 and re-ranks ``refine_factor × k`` candidates on the full vectors, so the distances returned
 are exact. ``ivf_hnsw_sq`` (default): an HNSW graph per partition over scalar-quantised
-vectors — recall@10 1.00 at p50 ≈ 7 ms on 1 M × 128-d here, ~11 min to build on 2 cores;
-``ivf_pq``: product-quantised codes — ~10× faster to build and smaller, but less accurate
-per probe (recall 0.97 at ≈ 18 ms); figures from ``benchmarks/search_speed.py``. An index is built for one metric (``cosine`` or ``euclidean``); rows added
+vectors, the more accurate per probe; ``ivf_pq``: product-quantised codes, faster to build
+and smaller (measured: docs/results/search-speed.md). An index is built for one metric
+(``cosine`` or ``euclidean``); rows added
 after it are still found (LanceDB scans them exactly) until the next ``mtdp index`` folds them
 in. Lookups by sequence hash get a BTree index on the same call (the table's and every id
 table's ``seq_hash``).

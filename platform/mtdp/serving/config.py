@@ -89,27 +89,29 @@ class ServeConfig(Config):
 
 def resolve_model_spec(spec: str | None) -> str:
     """The model to serve: ``spec``, else ``$MTDP_SERVE_MODEL``, else the newest registered
-    ``mtdp-student`` in MLflow — resolved on the driver (:func:`mtdp.models.registry.resolve`:
-    local paths become absolute, replicas may run elsewhere), so a wrong model fails
-    ``serve run`` at once with a clear message instead of a replica that retries forever.
+    ``mtdp-student`` in MLflow, else the shipped ``mtdp-unirep`` — resolved on the driver
+    (:func:`mtdp.models.registry.resolve`: local paths become absolute, replicas may run
+    elsewhere), so a wrong model fails ``serve run`` at once with a clear message instead of a
+    replica that retries forever.
 
     Raises:
-        ValueError: nothing to serve, or a spec no loader understands.
+        ValueError: a spec no loader understands.
     """
     from ..models.registry import resolve
+    from ..pretrained import DEFAULT_MODEL
     from ..tracking import STUDENT_MODEL_NAME, latest_student_uri, tracking_uri
 
     spec = spec or os.environ.get(MODEL_ENV) or None
     if spec is None:
+        # The newest student registered in MLflow, else the student shipped with the package.
         spec = latest_student_uri()
         if spec is None:
-            raise ValueError(
-                f"no model to serve: no model=... argument, no ${MODEL_ENV}, and no registered "
-                f"'{STUDENT_MODEL_NAME}' model in MLflow at {tracking_uri()}. Train and register "
-                "a student with `python jobs/distill.py`, or pass one: `serve run "
-                "serve.app:mtdp model=PATH/TO/student` (also models:/mtdp-student/N or a teacher "
-                "name; `mtdp student init --preset tiny DIR` writes an untrained one)")
-        return spec
+            spec = DEFAULT_MODEL
+            print(f"[serve] no model=..., no ${MODEL_ENV} and no registered "
+                  f"'{STUDENT_MODEL_NAME}' in MLflow at {tracking_uri()}: serving the shipped "
+                  f"student {DEFAULT_MODEL}", flush=True)
+        else:
+            return spec
     try:
         return resolve(spec).value
     except ValueError as exc:

@@ -107,15 +107,11 @@ def stored_hashes(table, hashes: Iterable[str]) -> set[str]:
 
 def optimize_table(table) -> None:
     """Compact small fragments and bring the ``seq_hash`` index up to date (keeps lookups fast
-    as the table grows); safe at any time. The index is built once, on the first call with
-    rows; later calls index only the rows added since (Lance's incremental update), so their
-    cost follows the new rows, not the table: 0.7 s and +9 MB for 100 k new rows on a 900 k
-    table, against 3.3 s and +415 MB to rebuild it (``benchmarks/store_writer.py``).
-    Fragments of :data:`~.commits.SETTLED_ROWS` rows or more are left as they are: LanceDB's
-    ``optimize`` (whose compaction aims at 1 M rows and cannot be told otherwise) merged the
-    writer's compacted fragments once more, so every row a pass added was written three
-    times and, until old versions were cleaned, held three times on disk. Old versions are
-    pruned (:func:`~.commits.prune_versions`; LanceDB's ``optimize`` kept them 7 days)."""
+    as the table grows); safe at any time. The index is built on the first call with rows and
+    then updated incrementally, so a call costs what the new rows cost, not the table.
+    Fragments of :data:`~.commits.SETTLED_ROWS` rows or more are left as they are (LanceDB's
+    own ``optimize`` would rewrite them again), and old versions are pruned
+    (:func:`~.commits.prune_versions`). Measurements: docs/results/store-writer.md."""
     if not table.count_rows():
         return
     ensure_index(table)
