@@ -262,3 +262,23 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     dim = table.schema.field("embedding").type.list_size
     emb = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
     return table.column("id").to_pylist(), emb.astype(np.float32, copy=False)
+
+
+def embedding_model(path: str | os.PathLike) -> str | None:
+    """The model named in an embeddings file's metadata (Parquet schema metadata, the
+    ``.npy``'s ``.meta.json``, HDF5's root ``model_name``), or None where none is recorded."""
+    p = Path(path)
+    if p.suffix == ".npy":
+        meta = p.with_suffix(".meta.json")
+        return json.loads(meta.read_text()).get("model") if meta.is_file() else None
+    if p.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            name = f.attrs.get("model_name")
+        return str(name) if name else None
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(p).metadata or {}
+    name = meta.get(b"model")
+    return name.decode() if name else None

@@ -7,11 +7,11 @@ import sys
 from typing import Callable
 
 from .. import __version__
-from . import data, embed, model_commands, search, store
+from . import data, embed, model_commands, predict, search, store
 
 #: Sub-command registrars, in help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    embed.add, search.add, model_commands.add_teachers, model_commands.add_student, store.add,
+    embed.add, search.add, predict.add, model_commands.add_teachers, model_commands.add_student, store.add,
     data.add,
 ]
 

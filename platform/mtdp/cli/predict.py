@@ -1,0 +1,67 @@
+"""``mtdp predict``: fit a predictor on your own labels from embeddings, and apply it."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import bounded
+
+EPILOG = """\
+examples:
+  mtdp embed train.fasta -o train.parquet && mtdp embed new.fasta -o new.parquet
+  mtdp predict fit train.parquet labels.tsv -o my-predictor            # id<TAB>label
+  mtdp predict fit train.parquet labels.tsv -o p2 --group-column cluster --kind multilabel
+  mtdp predict apply my-predictor new.parquet -o predictions.tsv
+
+labels: a TSV (or .csv) with a header; --label-column holds a class, a number (regression)
+or several classes separated by ';' (multi-label). --group-column (e.g. MMseqs2 clusters)
+keeps relatives in one fold, so the printed CV score is not inflated by homologues.
+"""
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="train a predictor on your labels and apply it",
+                       description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    psub = p.add_subparsers(dest="predict_command", required=True)
+    fit = psub.add_parser("fit", help="cross-validate, fit and save a predictor")
+    fit.add_argument("embeddings", help="embeddings file from `mtdp embed` (.parquet/.h5/.npy)")
+    fit.add_argument("labels", help="TSV/CSV with an id column and a label column")
+    fit.add_argument("-o", "--output", required=True, help="new folder for the predictor")
+    fit.add_argument("--kind", default="auto", choices=["auto", "binary", "multiclass",
+                                                        "multilabel", "regression"])
+    fit.add_argument("--id-column", default="id")
+    fit.add_argument("--label-column", default="label")
+    fit.add_argument("--group-column", default=None,
+                     help="folds keep each group together (clusters, homology partitions)")
+    fit.add_argument("--folds", type=bounded(int, ge=2, le=100), default=5)
+    fit.add_argument("--hidden", type=bounded(int, ge=1, le=65536), default=256,
+                     help="hidden units of the MLP")
+    fit.add_argument("--seed", type=bounded(int, ge=0), default=0)
+    fit.set_defaults(func=_run_fit)
+    app = psub.add_parser("apply", help="predict proteins from their embeddings")
+    app.add_argument("predictor", help="folder written by `mtdp predict fit`")
+    app.add_argument("embeddings", help="embeddings file of the same model")
+    app.add_argument("-o", "--output", required=True, help="predictions TSV")
+    app.set_defaults(func=_run_apply)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from ..predictor import fit_predictor
+
+    card = fit_predictor(args.embeddings, args.labels, args.output, kind=args.kind,
+                         label_column=args.label_column, id_column=args.id_column,
+                         group_column=args.group_column, folds=args.folds,
+                         hidden=args.hidden, seed=args.seed)
+    cv = {k: v for k, v in card.cv.items() if isinstance(v, dict)}
+    print(json.dumps({"output": args.output, "kind": card.kind, "proteins": card.proteins,
+                      "classes": len(card.classes), "cv": cv}))
+    return 0
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    from ..predictor import apply_predictor
+
+    n = apply_predictor(args.predictor, args.embeddings, args.output)
+    print(json.dumps({"output": args.output, "proteins": n}))
+    return 0

@@ -1,0 +1,258 @@
+"""Predictors on your own labels: a small MLP from per-protein embeddings (any file
+``mtdp embed`` writes) to binary, multi-class, multi-label or numeric labels, scored by
+cross-validation before it is fitted on everything, saved, and applied to new embeddings —
+the paper's workflow after embedding (its Fig. 1B and the released fine-tuning scripts).
+
+Folds are grouped when the labels file has a group column (e.g. sequence clusters or
+homology partitions): a protein and its relatives never sit on both sides, as in the
+benchmark's homology folds."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_open, atomic_path
+from .outputs import embedding_model, read_embeddings
+
+KINDS = ("binary", "multiclass", "multilabel", "regression")
+MODEL_FILE, CARD_FILE = "model.joblib", "predictor.json"
+#: Separators of several labels in one multi-label cell.
+LABEL_SEPARATORS = ";|,"
+
+
+@dataclass
+class Labels:
+    """The labels file read: ids in file order, raw label values, optional groups."""
+
+    ids: list[str]
+    values: list[str]
+    groups: list[str] | None = None
+
+
+def read_labels(path: str | Path, label_column: str = "label", id_column: str = "id",
+                group_column: str | None = None) -> Labels:
+    """A TSV or CSV (by extension; ``.tsv``/``.txt`` tab-separated) with a header row.
+
+    Raises:
+        ValueError: a missing column, an empty label, or an id given twice, naming the file
+            and line.
+    """
+    p = Path(path)
+    delim = "," if p.suffix.lower() == ".csv" else "\t"
+    with open(p, newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delim)
+        cols = reader.fieldnames or []
+        for col in (id_column, label_column, group_column):
+            if col and col not in cols:
+                raise ValueError(f"{p}: no column {col!r} in the header (columns: {cols}); "
+                                 "choose with --id-column / --label-column / --group-column")
+        out = Labels([], [], [] if group_column else None)
+        seen: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            pid, value = (row[id_column] or "").strip(), (row[label_column] or "").strip()
+            if not pid or not value:
+                raise ValueError(f"{p} line {line}: empty {'id' if not pid else 'label'}")
+            if pid in seen:
+                raise ValueError(f"{p} line {line}: id {pid!r} already given on line "
+                                 f"{seen[pid]}")
+            seen[pid] = line
+            out.ids.append(pid)
+            out.values.append(value)
+            if out.groups is not None:
+                out.groups.append((row[group_column] or "").strip())
+    if len(out.ids) < 4:
+        raise ValueError(f"{p}: {len(out.ids)} labelled protein(s); a predictor needs more")
+    return out
+
+
+def _split_multi(value: str) -> list[str]:
+    for sep in LABEL_SEPARATORS:
+        if sep in value:
+            return [v.strip() for v in value.split(sep) if v.strip()]
+    return [value]
+
+
+def infer_kind(values: list[str]) -> str:
+    """``regression`` if every label is a number with more than two distinct values,
+    ``multilabel`` if any cell holds several labels, else ``binary`` / ``multiclass``."""
+    def number(v: str) -> bool:
+        try:
+            return math.isfinite(float(v))
+        except ValueError:
+            return False
+
+    distinct = set(values)
+    if all(number(v) for v in values) and len(distinct) > 2:
+        return "regression"
+    if any(len(_split_multi(v)) > 1 for v in values):
+        return "multilabel"
+    return "binary" if len(distinct) == 2 else "multiclass"
+
+
+@dataclass
+class PredictorCard:
+    """What a saved predictor is: its kind, classes, the embeddings it expects, its CV."""
+
+    kind: str
+    classes: list[str]
+    dim: int
+    embedding_model: str
+    proteins: int
+    hidden: int
+    cv: dict[str, Any] = field(default_factory=dict)
+
+
+def _targets(kind: str, values: list[str]) -> tuple[np.ndarray, list[str]]:
+    if kind == "regression":
+        try:
+            return np.array([float(v) for v in values], dtype=np.float64), []
+        except ValueError as exc:
+            raise ValueError(f"regression labels must be numbers: {exc}") from None
+    if kind == "multilabel":
+        sets = [_split_multi(v) for v in values]
+        classes = sorted({c for s in sets for c in s})
+        y = np.zeros((len(values), len(classes)), dtype=np.int64)
+        index = {c: i for i, c in enumerate(classes)}
+        for r, s in enumerate(sets):
+            y[r, [index[c] for c in s]] = 1
+        return y, classes
+    classes = sorted(set(values))
+    if kind == "binary" and len(classes) != 2:
+        raise ValueError(f"binary labels need exactly 2 values, found {len(classes)}: "
+                         f"{classes[:5]}")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in values], dtype=np.int64), classes
+
+
+def _model(kind: str, hidden: int, seed: int):
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cls = MLPRegressor if kind == "regression" else MLPClassifier
+    net = cls(hidden_layer_sizes=(hidden,), alpha=1e-2, early_stopping=True,
+              validation_fraction=0.1, max_iter=300, n_iter_no_change=10, random_state=seed)
+    return make_pipeline(StandardScaler(), net)
+
+
+def _scores(kind: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    from scipy.stats import spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, r2_score
+
+    if kind == "regression":
+        return {"spearman": float(spearmanr(y, pred).statistic), "r2": float(r2_score(y, pred))}
+    if kind == "multilabel":
+        return {"f1_micro": float(f1_score(y, pred, average="micro", zero_division=0))}
+    return {"accuracy": float(accuracy_score(y, pred)),
+            "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0))}
+
+
+def _folds(n: int, kind: str, y: np.ndarray, groups: list[str] | None, k: int, seed: int):
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+
+    if groups is not None:
+        if len(set(groups)) < k:
+            raise ValueError(f"--folds {k} needs at least {k} groups; the labels have "
+                             f"{len(set(groups))}")
+        return list(GroupKFold(n_splits=k).split(np.zeros(n), groups=groups))
+    if kind in ("binary", "multiclass") and np.bincount(y).min() >= k:
+        return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(n), y))
+    return list(KFold(k, shuffle=True, random_state=seed).split(np.zeros(n)))
+
+
+def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *,
+                  kind: str = "auto", label_column: str = "label", id_column: str = "id",
+                  group_column: str | None = None, folds: int = 5, hidden: int = 256,
+                  seed: int = 0) -> PredictorCard:
+    """Cross-validate, then fit on every labelled protein and save to ``out`` (a new folder):
+    ``model.joblib`` and ``predictor.json`` (this card, with the CV scores ± SE).
+
+    Raises:
+        ValueError: labelled ids missing from the embeddings (named), too few proteins or
+            groups, an existing non-empty ``out``.
+    """
+    import joblib
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder; choose a new directory")
+    if folds < 2:
+        raise ValueError(f"--folds must be >= 2, got {folds}")
+    lab = read_labels(labels, label_column, id_column, group_column)
+    ids, x = read_embeddings(embeddings)
+    row = {pid: i for i, pid in enumerate(ids)}
+    missing = [pid for pid in lab.ids if pid not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} labelled id(s) of {labels} have no embedding in "
+                         f"{embeddings}, e.g. {missing[:3]}: embed them first")
+    x = x[[row[pid] for pid in lab.ids]].astype(np.float32)
+    kind = infer_kind(lab.values) if kind == "auto" else kind
+    if kind not in KINDS:
+        raise ValueError(f"kind must be auto or one of {KINDS}, not {kind!r}")
+    y, classes = _targets(kind, lab.values)
+    per_fold: list[dict[str, float]] = []
+    for train, test in _folds(len(y), kind, y, lab.groups, folds, seed):
+        model = _model(kind, hidden, seed).fit(x[train], y[train])
+        per_fold.append(_scores(kind, y[test], model.predict(x[test])))
+    cv = {"folds": folds, "grouped_by": group_column or None, "per_fold": per_fold}
+    for metric in per_fold[0]:
+        vals = np.array([f[metric] for f in per_fold])
+        cv[metric] = {"mean": float(vals.mean()),
+                      "se": float(vals.std(ddof=1) / np.sqrt(len(vals)))}
+    model = _model(kind, hidden, seed).fit(x, y)
+    card = PredictorCard(kind, classes, int(x.shape[1]), embedding_model(embeddings) or "",
+                         len(y), hidden, cv)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / MODEL_FILE) as tmp:
+        joblib.dump(model, tmp)
+    with atomic_open(out / CARD_FILE) as fh:
+        fh.write(json.dumps(asdict(card), indent=2))
+    return card
+
+
+def apply_predictor(predictor: str | Path, embeddings: str | Path, output: str | Path
+                    ) -> int:
+    """Predict every protein of ``embeddings`` into a TSV (``id``, ``prediction`` and, for
+    classifiers, one probability column per class); returns the rows written.
+
+    Raises:
+        ValueError: the embeddings' dimension or model differ from the predictor's.
+    """
+    import joblib
+
+    d = Path(predictor)
+    if not (d / CARD_FILE).is_file():
+        raise ValueError(f"{d} is not a predictor folder (no {CARD_FILE}; made by "
+                         "`mtdp predict fit`)")
+    card = PredictorCard(**json.loads((d / CARD_FILE).read_text()))
+    ids, x = read_embeddings(embeddings)
+    if x.shape[1] != card.dim:
+        raise ValueError(f"{embeddings}: {x.shape[1]}-d embeddings, the predictor was fitted on "
+                         f"{card.dim}-d ones ({card.embedding_model or 'unknown model'})")
+    model_name = embedding_model(embeddings) or ""
+    if card.embedding_model and model_name and model_name != card.embedding_model:
+        raise ValueError(f"{embeddings} holds {model_name} embeddings; the predictor was "
+                         f"fitted on {card.embedding_model} ones: embed with that model")
+    model = joblib.load(d / MODEL_FILE)
+    pred = model.predict(x.astype(np.float32))
+    proba = model.predict_proba(x.astype(np.float32)) if card.kind != "regression" else None
+    with atomic_open(output) as fh:
+        head = ["id", "prediction"] + ([f"p_{c}" for c in card.classes] if proba is not None
+                                       else [])
+        fh.write("\t".join(head) + "\n")
+        for i, pid in enumerate(ids):
+            if card.kind == "regression":
+                label = f"{float(pred[i]):.6g}"
+            elif card.kind == "multilabel":
+                label = ";".join(c for c, on in zip(card.classes, pred[i]) if on)
+            else:
+                label = card.classes[int(pred[i])]
+            cells = [pid, label] + ([f"{p:.4f}" for p in proba[i]] if proba is not None else [])
+            fh.write("\t".join(cells) + "\n")
+    return len(ids)
