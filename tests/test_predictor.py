@@ -112,3 +112,32 @@ def test_mistakes_are_named(tmp_path, capsys) -> None:
                  str(tmp_path / "x.tsv")]) == 2
     assert "holds m2 embeddings" in capsys.readouterr().err
     assert not (tmp_path / "x.tsv").exists()
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_map_draws_every_protein_and_keeps_groups_apart(tmp_path, capsys, method) -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(60, 16)), rng.normal(size=(60, 16)) + 6])
+    ids = [f"p{i}" for i in range(120)]
+    emb = _npy(tmp_path / "e.npy", ids, x)
+    _tsv(tmp_path / "l.tsv", ["id", "label"], zip(ids, ["a"] * 60 + ["b"] * 60))
+    assert main(["map", str(emb), "-o", str(tmp_path / "map.tsv"), "--method", method,
+                 "--labels", str(tmp_path / "l.tsv")]) == 0
+    rows = [r.split("\t") for r in (tmp_path / "map.tsv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == ids
+    xy = np.array([[float(r[1]), float(r[2])] for r in rows])
+    gap = np.linalg.norm(xy[:60].mean(0) - xy[60:].mean(0))
+    assert gap > 2 * xy[:60].std(0).max()  # the two groups land apart
+    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_map_umap_without_umap_learn_says_what_to_install(tmp_path, capsys) -> None:
+    try:
+        import umap  # noqa: F401
+        pytest.skip("umap-learn is installed here")
+    except ImportError:
+        pass
+    ids, x = _data(20)
+    emb = _npy(tmp_path / "e.npy", ids, x)
+    assert main(["map", str(emb), "-o", str(tmp_path / "m.tsv"), "--method", "umap"]) == 2
+    assert "pip install umap-learn" in capsys.readouterr().err

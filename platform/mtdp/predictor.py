@@ -36,7 +36,7 @@ class Labels:
 
 
 def read_labels(path: str | Path, label_column: str = "label", id_column: str = "id",
-                group_column: str | None = None) -> Labels:
+                group_column: str | None = None, min_rows: int = 4) -> Labels:
     """A TSV or CSV (by extension; ``.tsv``/``.txt`` tab-separated) with a header row.
 
     Raises:
@@ -66,8 +66,8 @@ def read_labels(path: str | Path, label_column: str = "label", id_column: str = 
             out.values.append(value)
             if out.groups is not None:
                 out.groups.append((row[group_column] or "").strip())
-    if len(out.ids) < 4:
-        raise ValueError(f"{p}: {len(out.ids)} labelled protein(s); a predictor needs more")
+    if len(out.ids) < min_rows:
+        raise ValueError(f"{p}: {len(out.ids)} labelled protein(s); at least {min_rows} needed")
     return out
 
 

@@ -11,7 +11,7 @@ from . import data, embed, model_commands, predict, search, store
 
 #: Sub-command registrars, in help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    embed.add, search.add, predict.add, model_commands.add_teachers, model_commands.add_student, store.add,
+    embed.add, search.add, predict.add, predict.add_map, model_commands.add_teachers, model_commands.add_student, store.add,
     data.add,
 ]
 

@@ -1,4 +1,5 @@
-"""``mtdp predict``: fit a predictor on your own labels from embeddings, and apply it."""
+"""``mtdp predict``: fit a predictor on your own labels from embeddings, and apply it;
+``mtdp map``: the embeddings drawn in 2-D."""
 from __future__ import annotations
 
 import argparse
@@ -64,4 +65,34 @@ def _run_apply(args: argparse.Namespace) -> int:
 
     n = apply_predictor(args.predictor, args.embeddings, args.output)
     print(json.dumps({"output": args.output, "proteins": n}))
+    return 0
+
+
+def add_map(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("map", help="draw embeddings in 2-D (PCA, t-SNE, UMAP) coloured by a label",
+                       description="A map of the protein space: OUT.tsv (id, x, y[, label]) "
+                                   "and OUT.png.")
+    p.add_argument("embeddings", help="embeddings file from `mtdp embed`")
+    p.add_argument("-o", "--output", required=True, help="coordinates .tsv (+ .png beside it)")
+    p.add_argument("--method", choices=["pca", "tsne", "umap"], default="pca",
+                   help="umap needs umap-learn installed")
+    p.add_argument("--labels", default=None, help="TSV/CSV with id and label columns (colours)")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--seed", type=bounded(int, ge=0), default=0)
+    p.set_defaults(func=_run_map)
+
+
+def _run_map(args: argparse.Namespace) -> int:
+    from ..predictor import read_labels
+    from ..projection import write_map
+
+    labels = None
+    if args.labels:
+        lab = read_labels(args.labels, args.label_column, args.id_column, min_rows=1)
+        labels = dict(zip(lab.ids, lab.values))
+    n = write_map(args.embeddings, args.output, method=args.method, labels=labels,
+                  seed=args.seed)
+    print(json.dumps({"output": args.output, "plot": str(args.output).rsplit(".", 1)[0]
+                      + ".png", "proteins": n, "method": args.method}))
     return 0
