@@ -176,6 +176,33 @@ def test_annotate_transfers_go_terms_and_classes(go_reference, tmp_path, capsys)
         (f"q{i}", "Nucleus" if (5 + i) % 2 else "Cytoplasm", "1.0000") for i in range(4)]
 
 
+def test_annotate_threshold_mode_and_cafa_output(go_reference, tmp_path, capsys) -> None:
+    """goPredSim's threshold mode: a query that is a reference keeps its terms at distance
+    0, a query far from every reference gets none; CAFA output as the assessors read it."""
+    path, rows = go_reference
+    far = "W" * 60  # no reference is mostly tryptophan
+    write_fasta([("own", rows[7]["sequence"]), ("far", far)], tmp_path / "q.fasta")
+    base = ["annotate", str(tmp_path / "q.fasta"), "--reference", str(path), "--model",
+            "kmer2", "-k", "3"]
+    assert main([*base, "-o", str(tmp_path / "all.tsv")]) == 0
+    capsys.readouterr()
+    assert {g["query"] for g in _hits(tmp_path / "all.tsv")} == {"own", "far"}
+    assert main([*base, "--max-distance", "0.05", "-o", str(tmp_path / "t.tsv")]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    got = _hits(tmp_path / "t.tsv")
+    assert line["annotated_queries"] == 1 and {g["query"] for g in got} == {"own"}
+    assert {g["label"] for g in got} >= set(rows[7]["go_mf"].split(";"))
+    assert all(float(g["nearest_distance"]) <= 0.05 for g in got)
+    assert main([*base, "--format", "cafa", "-o", str(tmp_path / "c.txt")]) == 0
+    lines = (tmp_path / "c.txt").read_text().splitlines()
+    assert lines[:2] == ["AUTHOR mtdp", "MODEL 1"] and lines[2].startswith("KEYWORDS ")
+    assert lines[-1] == "END"
+    for row in lines[3:-1]:
+        target, term, score = row.split("\t")
+        assert target in ("own", "far") and term.startswith("GO:")
+        assert 0.01 <= float(score) <= 1.0 and len(score.split(".")[1]) == 2
+
+
 def test_annotate_names_bad_references(go_reference, tmp_path, capsys) -> None:
     path, rows = go_reference
     write_fasta([("q", rows[0]["sequence"])], tmp_path / "q.fasta")

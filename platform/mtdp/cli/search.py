@@ -97,6 +97,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--id-column", default=None)
     a.add_argument("--sequence-column", default=None)
     a.add_argument("--labels-column", default=None)
+    a.add_argument("--max-distance", type=bounded(float, ge=0.0), default=None,
+                   help="goPredSim's threshold mode: only neighbours within this distance "
+                        "lend labels; queries with none get none")
+    a.add_argument("--format", choices=["tsv", "cafa"], default="tsv",
+                   help="tsv (query, label, score, support, nearest) or the CAFA "
+                        "prediction format")
     a.set_defaults(func=_run_annotate)
 
 
@@ -180,13 +186,15 @@ def _run_annotate(args: argparse.Namespace) -> int:
     counts = CacheCounts()
     metric = args.metric or "cosine"
     rows = annotate(store, model, ref, records, args.k, metric, too_long=args.too_long,
-                    max_len=args.max_len, batch_tokens=args.batch_tokens, counts=counts)
-    write_annotations(args.output, rows)
+                    max_len=args.max_len, batch_tokens=args.batch_tokens, counts=counts,
+                    max_distance=args.max_distance)
+    write_annotations(args.output, rows, args.format, model.name)
     if ref.rejects:
         print(f"{len(ref.rejects)} reference row(s) skipped as invalid, e.g. {ref.rejects[0]}",
               file=sys.stderr)
     return _finish(args, rejects, {
         "output": args.output, "queries": len(records), "references": len(ref.ids),
         "kind": ref.kind, "labels": len(rows), "k": args.k, "metric": metric,
+        "annotated_queries": len({r.query for r in rows}),
         "unlabelled_references": ref.unlabelled, "computed": counts.new,
         "reused": counts.reused})

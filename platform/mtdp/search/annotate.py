@@ -123,14 +123,18 @@ class Annotation:
 def annotate(store: "EmbeddingStore | None", embedder: "Embedder", reference: Reference,
              queries: Sequence["Record"], k: int = 1, metric: str = "cosine", *,
              too_long: str = "truncate", max_len: int | None = None,
-             batch_tokens: int | None = None, counts: "CacheCounts | None" = None
-             ) -> list[Annotation]:
+             batch_tokens: int | None = None, counts: "CacheCounts | None" = None,
+             max_distance: float | None = None) -> list[Annotation]:
     """Labels of each query from its ``k`` nearest references: every term with a positive
-    score (highest first), or the winning class."""
+    score (highest first), or the winning class. ``max_distance`` (goPredSim's threshold
+    mode): only neighbours within it lend (a term's score is then averaged over them), and a
+    query with none gets no label — better no annotation than one from a distant protein."""
     from ..embed import embed_cached, model_table
 
     if k < 1:
         raise ValueError(f"-k must be at least 1, got {k}")
+    if max_distance is not None and max_distance < 0:
+        raise ValueError(f"--max-distance must be >= 0, got {max_distance}")
     table = model_table(store, embedder, too_long, max_len) if store is not None else None
     kw = dict(batch_tokens=batch_tokens, too_long=too_long, max_len=max_len, counts=counts)
     ref_emb = embed_cached(embedder, reference.sequences, table, **kw)
@@ -139,6 +143,11 @@ def annotate(store: "EmbeddingStore | None", embedder: "Embedder", reference: Re
     sim = similarity(dist, metric)
     out: list[Annotation] = []
     for q, idx, d, s in zip(queries, index, dist, sim):
+        if max_distance is not None:
+            near = d <= max_distance
+            idx, d, s = idx[near], d[near], s[near]
+            if not len(idx):
+                continue
         scores: dict[str, float] = {}
         support: dict[str, list[int]] = {}
         for j, r in enumerate(idx):
@@ -157,10 +166,28 @@ def annotate(store: "EmbeddingStore | None", embedder: "Embedder", reference: Re
     return out
 
 
-def write_annotations(path: str | os.PathLike, rows: Sequence[Annotation]) -> Path:
-    """``query, label, score, support, nearest_id, nearest_distance`` as TSV, atomically."""
+#: Output formats of ``mtdp annotate``.
+FORMATS = ("tsv", "cafa")
+
+
+def write_annotations(path: str | os.PathLike, rows: Sequence[Annotation], fmt: str = "tsv",
+                      model: str = "") -> Path:
+    """``query, label, score, support, nearest_id, nearest_distance`` as TSV, or the CAFA
+    prediction format (``AUTHOR`` / ``MODEL`` / ``KEYWORDS`` header, ``target term score``
+    lines with scores in (0, 1] at two decimals, ``END``), atomically."""
     from ..io import atomic_open
 
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    if fmt == "cafa":
+        with atomic_open(path) as fh:
+            fh.write(f"AUTHOR mtdp\nMODEL 1\nKEYWORDS machine learning, "
+                     f"embedding nearest neighbour{(' (' + model + ')') if model else ''}.\n")
+            for a in rows:
+                score = min(1.0, max(0.01, round(a.score, 2)))  # CAFA: 0.01 .. 1.00
+                fh.write(f"{a.query}\t{a.label}\t{score:.2f}\n")
+            fh.write("END\n")
+        return Path(path)
     with atomic_open(path) as fh:
         fh.write("query\tlabel\tscore\tsupport\tnearest_id\tnearest_distance\n")
         fh.writelines(f"{a.query}\t{a.label}\t{a.score:.4f}\t{a.support}\t{a.nearest_id}\t"
