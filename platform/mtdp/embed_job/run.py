@@ -3,7 +3,7 @@
 The job is the library's one embedding pipeline (:mod:`mtdp.pipeline`, which precompute runs
 once per teacher) plus an ids table:
 
-1. **stage** (:mod:`mtdp.pipeline.stage`): inputs read in parallel pieces, every record
+1. **stage** (:mod:`mtdp.pipeline.staging`): inputs read in parallel pieces, every record
    prepared by the one rule, duplicate ids and invalid records found across all inputs
    (errors listed, or skipped with ``--on-invalid skip``);
 2. **embed** (one pass, :mod:`mtdp.pipeline.passes`): sequences hashed (SHA-256 of the
@@ -147,7 +147,7 @@ def _refuse_too_long(cfg: EmbedJobConfig, run: WorkDir, summary: dict, limit: in
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from ..pipeline.stage import PROBLEMS_FILE
+    from ..pipeline.staging import PROBLEMS_FILE
     from ..sequences import SequenceError
 
     listing = run.root / PROBLEMS_FILE

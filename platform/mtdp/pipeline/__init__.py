@@ -1,7 +1,7 @@
 """The one Ray Data embedding pipeline of the library, shared by the embedding job
 (:mod:`mtdp.embed_job`) and teacher precompute (:mod:`mtdp.precompute`):
 
-* :mod:`.stage` — inputs read in parallel pieces, every record prepared by the one rule,
+* :mod:`.staging` — inputs read in parallel pieces, every record prepared by the one rule,
   duplicate ids and invalid records found across all inputs, rows staged in shards;
 * :mod:`.stages` + :mod:`.passes` — one pass per model: sequences hashed and grouped so each
   distinct one is seen once, those the store holds dropped, the rest embedded on an actor
@@ -11,7 +11,7 @@
 """
 from .context import data_context
 from .passes import PassResult, PassSettings, embed_pass
-from .stage import StageSettings, stage
+from .staging import StageSettings, stage
 from .workdir import WorkDir
 
 __all__ = ["PassResult", "PassSettings", "StageSettings", "WorkDir", "data_context",

@@ -1,4 +1,4 @@
-"""The Ray Data stages of the one embedding pipeline, after staging (:mod:`.stage`): staged
+"""The Ray Data stages of the one embedding pipeline, after staging (:mod:`.staging`): staged
 shards → sequence hashes → one group per hash shard (distinct sequences, minus those the store
 holds for the model) → the model's actor pool → one store writer, committing batch by batch.
 :mod:`.passes` chains them; the embedding job runs one pass, precompute one per teacher.

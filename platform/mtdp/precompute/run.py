@@ -5,7 +5,7 @@ The output is exactly the contract of :mod:`mtdp.teacher_data` (``RUN/data/*.par
 (:mod:`mtdp.pipeline`, the embedding job's) plus what distillation needs: splits, shards,
 per-feature statistics, the manifest. Three phases, each restartable:
 
-1. **Stage** (:mod:`mtdp.pipeline.stage`): inputs are cut into pieces that tasks parse in
+1. **Stage** (:mod:`mtdp.pipeline.staging`): inputs are cut into pieces that tasks parse in
    parallel; every record goes through :func:`mtdp.sequences.prepare` (the student's code
    path, truncated to ``max_len``), gets its split (:func:`mtdp.teacher_data.split_of`) and a
    shard from a stable hash of its id; duplicates are found across all inputs. Invalid

@@ -195,7 +195,7 @@ class EmbeddingService:
         if table is None or not self.config.store_flush_s:
             return table
         if too_long not in self._writers:
-            from ..store.behind import WriteBehind
+            from ..store.write_behind import WriteBehind
 
             self._writers[too_long] = WriteBehind(table, self.config.store_flush_s)
         return self._writers[too_long]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mtdp.store import EmbeddingStore, StoreError, seq_hash
-from mtdp.store.behind import WriteBehind
+from mtdp.store.write_behind import WriteBehind
 
 IDENTITY = {"dim": 4, "m": "behind"}
 
