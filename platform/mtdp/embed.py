@@ -339,6 +339,8 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
             "pretrained": str(embedder.pretrained).lower(), "input": os.fspath(input_path),
             "pooling": str(getattr(embedder, "pooling", "") or "mean"), "dtype": dtype,
             "precision": str(getattr(embedder, "precision", "fp32"))}
+    if getattr(embedder, "repr_layer", None) is not None:
+        meta["layer"] = str(embedder.repr_layer)
     t0 = time.perf_counter()
     if fmt == "npy":
         _write_npy(job, out, meta, progress, dtype)

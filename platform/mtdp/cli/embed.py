@@ -63,10 +63,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="sequences longer than the model's limit: cut to their first max-len "
                         "residues (default), refuse them, or embed overlapping windows and "
                         "average them (length-weighted)")
-    p.add_argument("--pooling", choices=["masked", "reference"], default=None,
-                   help="students: masked (mean over real residues) or reference (the "
-                        "released MTDP model's: 1,001 tokens, pads in the mean); default: the "
-                        "model's own (mtdp-paper: reference)")
+    _model_options(p)
     p.add_argument("--store", default=None,
                    help="embedding store (folder or s3://...): stored sequences are read, "
                         "only new ones computed, and stored")
@@ -90,6 +87,21 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_embed)
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """What the vector is made of: pooling and layer."""
+    p.add_argument("--pooling", choices=["masked", "mean", "reference", "max", "bos"],
+                   default=None,
+                   help="students: masked (= mean over real residues) or reference (the "
+                        "released MTDP model's: 1,001 tokens, pads in the mean); ESM-2 and "
+                        "ProtT5 teachers: mean, max (per feature over residues) or bos "
+                        "(ESM-2's BOS token); default: the model's own")
+    p.add_argument("--repr-layers", "--repr_layers", type=int, nargs="+", default=None,
+                   metavar="LAYER",
+                   help="ESM-2 / ProtT5 teachers: the layer whose states are pooled, as "
+                        "esm-extract numbers them (0 = embeddings, -1 = last; default last); "
+                        "one layer per run (run again for another)")
+
+
 def _run_embed(args: argparse.Namespace) -> int:
     from ..embed import embed_file
     from ..models.registry import load_embedder
@@ -109,8 +121,12 @@ def _run_embed(args: argparse.Namespace) -> int:
         from ..store import EmbeddingStore
 
         store = EmbeddingStore(args.store)
+    if args.repr_layers and len(args.repr_layers) > 1:
+        raise ValueError(f"--repr-layers {' '.join(map(str, args.repr_layers))}: one layer per "
+                         "run; run once per layer (each is stored and written separately)")
     model = load_embedder(args.model, device=args.device, pooling=args.pooling,
-                          precision=args.precision)
+                          precision=args.precision,
+                          repr_layer=args.repr_layers[0] if args.repr_layers else None)
     print(f"{model.name}: {model.precision} on {model.device}", file=sys.stderr)
     summary = embed_file(
         model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
@@ -145,6 +161,8 @@ def _run_ray(args: argparse.Namespace) -> int:
         raise ValueError("--ray embeds into a store: give --store DIR")
     if args.per_residue:
         raise ValueError("--ray stores per-protein embeddings only; drop --per-residue")
+    if args.repr_layers:
+        raise ValueError("--repr-layers does not apply to --ray yet: embed without --ray")
     if args.pooling:
         raise ValueError("--pooling does not apply to --ray: make a student directory with "
                          "that pooling (`mtdp student import-mtdp --pooling ...`) and pass it")

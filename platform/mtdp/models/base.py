@@ -82,4 +82,8 @@ class Embedder(abc.ABC):
                                 "parameters": self.num_parameters()}
         if self.source and os.path.isfile(self.source):
             info["sha256"] = sha256_file(self.source)
+        if getattr(self, "repr_layer", None) is not None:  # a teacher's non-default choices
+            info["repr_layer"] = self.repr_layer
+        if hasattr(self, "repr_layer") and getattr(self, "pooling", "masked") != "masked":
+            info["pooling"] = self.pooling
         return info

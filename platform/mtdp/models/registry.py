@@ -92,18 +92,36 @@ def resolve(spec: str | ModelSpec) -> ModelSpec:
 
 def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = None,
                   pooling: str | None = None, precision: str = "fp32",
-                  **kwargs: Any) -> Embedder:
+                  repr_layer: int | None = None, **kwargs: Any) -> Embedder:
     """Resolve ``spec`` (see :func:`resolve`) and load it on ``device`` (default: best).
-    ``kwargs`` go to a teacher's factory; ``name=`` names a student; ``pooling=`` (``masked``
-    or ``reference``) sets a student's pooling (default: its own; the released MTDP model's
-    is ``reference``); ``precision`` (``auto``, ``fp32``, ``bf16``) its CPU arithmetic
-    (:meth:`Embedder.set_precision`)."""
+    ``kwargs`` go to a teacher's factory; ``name=`` names a student; ``pooling=`` sets a
+    student's pooling (``masked`` or ``reference``; default: its own, the released MTDP
+    model's is ``reference``) or a teacher's (``masked``/``mean``, ``max``, ``bos``:
+    :data:`~.pooling.TEACHER_POOLINGS`); ``repr_layer`` a transformer teacher's layer
+    (esm-extract's numbering, negative from the end); ``precision`` (``auto``, ``fp32``,
+    ``bf16``) its CPU arithmetic (:meth:`Embedder.set_precision`)."""
+    from .pooling import TEACHER_POOLINGS, layer_index
+
     ms = resolve(spec)
     dev = torch.device(device) if device is not None else best_device()
-    if pooling is not None and ms.kind not in ("mlflow", "student", "mtdp-paper"):
-        raise ValueError(f"--pooling applies to students and the MTDP model, not to {spec}")
+    pooling = "masked" if pooling == "mean" else pooling
+    student = ms.kind in ("mlflow", "student", "mtdp-paper")
+    if pooling is not None and student and pooling not in ("masked", "reference"):
+        raise ValueError(f"--pooling {pooling}: students pool by masked (mean) or reference")
     emb = _load(ms, dev, **kwargs)
+    layered = hasattr(emb, "repr_layer")  # ESM-2 and T5 teachers
+    if not student and (pooling is not None or repr_layer is not None) and not layered:
+        raise ValueError(f"--pooling / --repr-layers apply to students (pooling), ESM-2 and "
+                         f"ProtT5 teachers, not to {spec}")
+    if not student and pooling is not None and pooling not in TEACHER_POOLINGS:
+        raise ValueError(f"--pooling {pooling}: teachers pool by {', '.join(TEACHER_POOLINGS)}")
+    if repr_layer is not None:
+        if not layered:
+            raise ValueError(f"--repr-layers applies to ESM-2 and ProtT5 teachers, not {spec}")
+        emb.repr_layer = layer_index(repr_layer, emb.num_layers)
     if pooling is not None:
+        if pooling == "bos" and type(emb).__name__ != "ESM2Teacher":
+            raise ValueError(f"--pooling bos needs a BOS token (ESM-2); {spec} has none")
         emb.pooling = pooling
     return emb.set_precision(precision)
 

@@ -25,7 +25,7 @@ import torch
 
 from ..tokenizer import EOS_ID, PAD_ID, ResidueTokenizer
 from .base import Embedder
-from .pooling import masked_mean
+from .pooling import pool_teacher
 
 ESM2_MODELS = {
     # name: (layers, embed_dim, heads)
@@ -54,6 +54,10 @@ class ESM2Teacher(Embedder):
         self.num_layers = model.num_layers
         self.device = torch.device("cpu")
         self._half = False
+        #: Which layer and pooling make the vector (see :mod:`.pooling`): the last layer's
+        #: mean over residues unless set (``--repr-layers``, ``--pooling``).
+        self.repr_layer: int | None = None
+        self.pooling = "masked"
 
     def to(self, device: str | torch.device) -> "ESM2Teacher":
         self.device = torch.device(device)
@@ -71,14 +75,15 @@ class ESM2Teacher(Embedder):
     def embed_batch(self, sequences: Sequence[str], per_residue: bool = False):
         _, _, tokens = self.batch_converter([(str(i), s) for i, s in enumerate(sequences)])
         tokens = tokens.to(self.device)
+        layer = self.num_layers if self.repr_layer is None else self.repr_layer
         with self.cpu_autocast():
-            out = self.model(tokens, repr_layers=[self.num_layers], return_contacts=False)
-        rep = out["representations"][self.num_layers].float()
+            out = self.model(tokens, repr_layers=[layer], return_contacts=False)
+        rep = out["representations"][layer].float()
         # Residue positions 1..len (BOS at 0, EOS at len+1), as extract.py does.
         lengths = torch.tensor([len(s) for s in sequences], device=rep.device)
         pos = torch.arange(rep.shape[1], device=rep.device)
         mask = (pos[None, :] >= 1) & (pos[None, :] <= lengths[:, None])
-        emb = masked_mean(rep, mask).cpu()
+        emb = pool_teacher(rep, mask, self.pooling, bos=rep[:, 0]).cpu()
         if not per_residue:
             return emb, None
         rep = rep.cpu()
@@ -97,6 +102,9 @@ class T5Teacher(Embedder):
         if hf_tokenizer is not None:
             _check_prott5_vocab(hf_tokenizer, self.tokenizer)
         self.device = torch.device("cpu")
+        self.num_layers = model.config.num_layers
+        self.repr_layer: int | None = None  # as ESM2Teacher's
+        self.pooling = "masked"
 
     def to(self, device: str | torch.device) -> "T5Teacher":
         self.device = torch.device(device)
@@ -113,9 +121,14 @@ class T5Teacher(Embedder):
         ids, mask = self.tokenizer.batch_encode(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
         with self.cpu_autocast():
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            if self.repr_layer is None:
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            else:  # hidden_states[0] is the embedding output, [num_layers] the last layer's
+                hidden = self.model(input_ids=ids, attention_mask=mask,
+                                    output_hidden_states=True).hidden_states[self.repr_layer]
+        hidden = hidden.float()
         rmask = (ids != PAD_ID) & (ids != EOS_ID)
-        emb = masked_mean(hidden, rmask).cpu()
+        emb = pool_teacher(hidden, rmask, self.pooling).cpu()
         if not per_residue:
             return emb, None
         hidden = hidden.cpu()

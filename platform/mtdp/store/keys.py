@@ -39,9 +39,13 @@ def store_identity(embedder: Describable, too_long: str = "truncate",
     pooling = pooling or getattr(embedder, "pooling", "masked")
     weights = info.get("sha256") or info.get("weights_sha256") or info.get("weights_fingerprint")
     limit = info["max_len"] if max_len is None else min(max_len, info["max_len"])
-    return {"class": info["class"], "dim": info["dim"], "max_len": limit,
-            "too_long": too_long, "pooling": pooling,
-            "weights": weights or f"{info['class']}:{info.get('source', '')}"}
+    identity = {"class": info["class"], "dim": info["dim"], "max_len": limit,
+                "too_long": too_long, "pooling": pooling,
+                "weights": weights or f"{info['class']}:{info.get('source', '')}"}
+    layer = getattr(embedder, "repr_layer", None)
+    if layer is not None:  # a layer before the last (the last keeps earlier stores' key)
+        identity["layer"] = layer
+    return identity
 
 
 def identity_key(identity: dict[str, Any]) -> str:
