@@ -250,10 +250,19 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 
         import h5py
 
-        with open(h5_mapping_path(p), newline="") as fh:
-            keys = [row[0] for row in list(csv.reader(fh))[1:]]
+        mapping = h5_mapping_path(p)
         with h5py.File(p, "r") as f:
-            ids = [str(f[k].attrs["original_id"]) for k in keys]
+            if mapping.is_file():  # ours: input order
+                with open(mapping, newline="") as fh:
+                    keys = [row[0] for row in list(csv.reader(fh))[1:]]
+            else:  # another tool's (UniProt's, bio_embeddings' without its mapping file)
+                keys = [k for k in f if isinstance(f[k], h5py.Dataset)]
+                flat = [k for k in keys if f[k].ndim == 1]
+                if len(flat) != len(keys):
+                    raise ValueError(f"{p}: datasets must be per-protein vectors (1-d); "
+                                     f"{len(keys) - len(flat)} are not (per-residue files "
+                                     "need pooling first)")
+            ids = [str(f[k].attrs.get("original_id", k)) for k in keys]
             emb = np.stack([f[k][()] for k in keys]) if keys else np.zeros((0, 0))
         return ids, emb.astype(np.float32, copy=False)
     import pyarrow.parquet as pq

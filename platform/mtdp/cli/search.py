@@ -149,10 +149,17 @@ def _run_search(args: argparse.Namespace) -> int:
     from ..search.query import search_plan, search_records, write_hits
     from ..store import EmbeddingStore
 
+    from ..search.query import search_vectors
+    from ..store.external import external_table, stored_vectors
+
     records, rejects = _queries(args, [])
     store = EmbeddingStore(args.store, create=False)
-    model = load_embedder(args.model, device=args.device)
-    table = model_table(store, model, args.too_long, args.max_len, create=False)
+    external = external_table(store, args.model)
+    if external is not None:  # an imported model: queries must be stored ones
+        table, model = external, None
+    else:
+        model = load_embedder(args.model, device=args.device)
+        table = model_table(store, model, args.too_long, args.max_len, create=False)
     metric, state, used = search_plan(table, args.metric, args.exact)
     if state and used == "exact":
         print(f"the index is built for {state['metric']} distances: searching {metric} "
@@ -160,10 +167,16 @@ def _run_search(args: argparse.Namespace) -> int:
               f"{metric}` to index it)", file=sys.stderr)
     counts = CacheCounts()
     runs = args.runs.split(",") if args.runs else None
-    hits = search_records(store, model, records, args.k, runs, too_long=args.too_long,
-                          max_len=args.max_len, batch_tokens=args.batch_tokens, counts=counts,
-                          table=table, metric=metric, exact=args.exact, state=state,
-                          nprobes=args.nprobes, refine_factor=args.refine_factor)
+    search = dict(metric=metric, exact=args.exact, state=state, nprobes=args.nprobes,
+                  refine_factor=args.refine_factor)
+    if model is None:
+        vectors = stored_vectors(table, [r.id for r in records], [r.sequence for r in records])
+        hits = search_vectors(store, table, [r.id for r in records], vectors, args.k, runs,
+                              **search)
+    else:
+        hits = search_records(store, model, records, args.k, runs, too_long=args.too_long,
+                              max_len=args.max_len, batch_tokens=args.batch_tokens,
+                              counts=counts, table=table, **search)
     write_hits(args.output, hits)
     return _finish(args, rejects, {
         "output": args.output, "queries": len(records), "hits": len(hits), "metric": metric,
@@ -181,14 +194,26 @@ def _run_annotate(args: argparse.Namespace) -> int:
                          sequence_column=args.sequence_column,
                          labels_column=args.labels_column, kind=args.kind,
                          skip_invalid=args.skip_invalid)
+    from ..search.annotate import annotate_vectors
+    from ..store.external import external_table, stored_vectors
+
     store = EmbeddingStore(args.store) if args.store else None
-    model = load_embedder(args.model, device=args.device)
     counts = CacheCounts()
     metric = args.metric or "cosine"
-    rows = annotate(store, model, ref, records, args.k, metric, too_long=args.too_long,
-                    max_len=args.max_len, batch_tokens=args.batch_tokens, counts=counts,
-                    max_distance=args.max_distance)
-    write_annotations(args.output, rows, args.format, model.name)
+    external = external_table(store, args.model) if store is not None else None
+    if external is not None:  # an imported model: references and queries must be stored
+        rows = annotate_vectors(
+            ref, stored_vectors(external, ref.ids, ref.sequences), records,
+            stored_vectors(external, [r.id for r in records], [r.sequence for r in records]),
+            args.k, metric, args.max_distance)
+        name = external.name
+    else:
+        model = load_embedder(args.model, device=args.device)
+        rows = annotate(store, model, ref, records, args.k, metric, too_long=args.too_long,
+                        max_len=args.max_len, batch_tokens=args.batch_tokens, counts=counts,
+                        max_distance=args.max_distance)
+        name = model.name
+    write_annotations(args.output, rows, args.format, name)
     if ref.rejects:
         print(f"{len(ref.rejects)} reference row(s) skipped as invalid, e.g. {ref.rejects[0]}",
               file=sys.stderr)

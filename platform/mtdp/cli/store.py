@@ -32,6 +32,18 @@ def add(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                     help="value type of the file (float16 halves it)")
     ex.set_defaults(func=_run_export)
+    im = ssub.add_parser("import", help="embeddings computed elsewhere, as a named model",
+                         description="Store per-protein vectors made by another tool (Parquet, "
+                                     ".npy + ids, HDF5 keyed by id or original_id) as the "
+                                     "external model NAME, keyed by the sequences of --fasta; "
+                                     "`mtdp search/annotate --model NAME --store STORE` then "
+                                     "use them (stored queries only).")
+    im.add_argument("store")
+    im.add_argument("embeddings", help=".parquet, .npy (+ .ids.txt) or .h5")
+    im.add_argument("--fasta", required=True, help="the proteins' sequences, by the same ids")
+    im.add_argument("--name", required=True, help="the external model's name")
+    im.add_argument("--run", required=True, help="run name for the ids (names search hits)")
+    im.set_defaults(func=_run_import)
 
 
 def model_table_of(store, key: str | None, model: str | None, too_long: str,
@@ -76,4 +88,14 @@ def _run_export(args: argparse.Namespace) -> int:
     n = export_run(store, table, args.run, args.output, args.format, ids, args.dtype)
     print(json.dumps({"output": args.output, "rows": n, "model": table.name,
                       "key": table.key}))
+    return 0
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from ..store import EmbeddingStore
+    from ..store.external import import_embeddings
+
+    store = EmbeddingStore(args.store)
+    counts = import_embeddings(store, args.embeddings, args.fasta, args.name, args.run)
+    print(json.dumps({"store": store.uri, "model": args.name, "run": args.run, **counts}))
     return 0

@@ -131,14 +131,21 @@ def annotate(store: "EmbeddingStore | None", embedder: "Embedder", reference: Re
     query with none gets no label — better no annotation than one from a distant protein."""
     from ..embed import embed_cached, model_table
 
-    if k < 1:
-        raise ValueError(f"-k must be at least 1, got {k}")
-    if max_distance is not None and max_distance < 0:
-        raise ValueError(f"--max-distance must be >= 0, got {max_distance}")
     table = model_table(store, embedder, too_long, max_len) if store is not None else None
     kw = dict(batch_tokens=batch_tokens, too_long=too_long, max_len=max_len, counts=counts)
     ref_emb = embed_cached(embedder, reference.sequences, table, **kw)
     q_emb = embed_cached(embedder, [r.sequence for r in queries], table, **kw)
+    return annotate_vectors(reference, ref_emb, queries, q_emb, k, metric, max_distance)
+
+
+def annotate_vectors(reference: Reference, ref_emb, queries: Sequence["Record"], q_emb,
+                     k: int = 1, metric: str = "cosine", max_distance: float | None = None
+                     ) -> list[Annotation]:
+    """:func:`annotate` on vectors already at hand (e.g. an imported model's)."""
+    if k < 1:
+        raise ValueError(f"-k must be at least 1, got {k}")
+    if max_distance is not None and max_distance < 0:
+        raise ValueError(f"--max-distance must be >= 0, got {max_distance}")
     index, dist = knn(ref_emb, q_emb, k, metric)
     sim = similarity(dist, metric)
     out: list[Annotation] = []
