@@ -98,7 +98,8 @@ def transfer_section(trials, tasks, models, arrays: dict[str, np.ndarray], teach
                 cells.append("—")
                 continue
             gc, se = gain_capture(s, te, b)
-            cells.append(f"{ratio(s, te):.3f} · GC {gc:.2f} ± {se:.2f}")
+            cells.append(f"{ratio(s, te):.3f} · GC {gc:.2f} ± {se:.2f}" if np.isfinite(gc)
+                         else f"{ratio(s, te):.3f} · GC n/a (teacher ≤ {base})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     big = [t for t in tasks if len(t) >= min_r2_proteins]
     if big:
