@@ -28,8 +28,8 @@ def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert p.resolve("auto", "cpu") == "fp32" and p.resolve("bf16", "cpu") == "bf16"
 
 
-@pytest.mark.parametrize("spec", ["random-student:tiny", "tiny-random-esm2", "tiny-random-t5",
-                                  "unirep64"])
+@pytest.mark.parametrize("spec", ["random-student:tiny", "mtdp-unirep", "tiny-random-esm2",
+                                  "tiny-random-t5", "unirep64"])
 def test_bf16_vectors_match_fp32(spec, proteins):
     fp32 = load_embedder(spec, device="cpu", precision="fp32")
     ref = embed_sequences(fp32, proteins)
