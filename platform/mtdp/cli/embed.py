@@ -127,7 +127,6 @@ def _run_embed(args: argparse.Namespace) -> int:
     model = load_embedder(args.model, device=args.device, pooling=args.pooling,
                           precision=args.precision,
                           repr_layer=args.repr_layers[0] if args.repr_layers else None)
-    print(f"{model.name}: {model.precision} on {model.device}", file=sys.stderr)
     summary = embed_file(
         model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
         per_residue=args.per_residue, max_len=args.max_len,
@@ -137,6 +136,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     d = summary.to_dict()
     rejected = d.pop("rejected")
     d["rejected"] = len(rejected)
+    d["precision"], d["device"] = model.precision, str(model.device)  # what auto chose
     print(json.dumps(d))
     if summary.windowed:
         print(f"{summary.windowed:,} of {summary.proteins:,} protein(s) were longer than "
