@@ -25,6 +25,7 @@ def _cli():
     return mod
 
 
+@pytest.mark.slow
 def test_ten_fold_benchmark_kmer_and_tiny_teacher(ray_session, data_dir, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -99,6 +100,7 @@ def test_ten_fold_benchmark_kmer_and_tiny_teacher(ray_session, data_dir, tmp_pat
     assert len(store.models()) == 2
 
 
+@pytest.mark.slow
 def test_cli_search_and_paper_protocol(ray_session, data_dir, tmp_path, capsys):
     cli = _cli()
     common = ["--models", "aac", "--tasks", "esol", "--max-proteins", "60", "--max-epochs", "3",

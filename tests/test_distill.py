@@ -54,6 +54,7 @@ def killed_run(ray_session, dataset: Path, tmp_path_factory):
     return cfg, run_distill(cfg)
 
 
+@pytest.mark.slow
 def test_distillation_lowers_held_out_losses_and_registers(killed_run):
     cfg, res = killed_run
     steps = [h["step"] for h in res.history]
@@ -76,6 +77,7 @@ def test_distillation_lowers_held_out_losses_and_registers(killed_run):
     assert np.allclose(pyfunc.predict(seqs), local, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_worker_resumed_from_checkpoint(killed_run):
     cfg, res = killed_run
     run_dir = Path(cfg.output) / "ray" / "r1"
@@ -85,6 +87,7 @@ def test_killed_worker_resumed_from_checkpoint(killed_run):
     assert res.history[-1]["resumed_from_step"] >= 12
 
 
+@pytest.mark.slow
 def test_resume_continues_step_count(killed_run):
     cfg, res = killed_run
     more = DistillConfig(**{**cfg.__dict__, "resume": True, "max_steps": 48,
@@ -98,6 +101,7 @@ def test_resume_continues_step_count(killed_run):
         run_distill(DistillConfig(**{**cfg.__dict__, "fail_at_step": 0}))
 
 
+@pytest.mark.slow
 def test_two_worker_ddp_matches_one_worker(killed_run, tmp_path):
     cfg, res = killed_run
     # No cpus_per_worker: the workers are sized from the cluster (2 CPUs), leaving one for

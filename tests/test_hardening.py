@@ -470,6 +470,7 @@ def test_demo_config_uses_real_teachers_and_ends_with_a_probe() -> None:
     assert cfg.pool == "swissprot" and cfg.per_residue
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_scale(ray_session, tmp_path, capsys) -> None:
     """The recipe's whole path (pool, labels, distil, probe against the untrained student,
     the teacher and composition) with tiny random teachers and a handful of proteins; a

@@ -108,6 +108,7 @@ def test_failed_build_falls_back_and_disable_switch(tmp_path: Path) -> None:
     assert "op None" in res.stdout and "MTDP_KERNELS=0" in res.stdout
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_build_is_cached_and_reused(tmp_path: Path) -> None:
     code = "from mtdp.models import kernels; print(kernels.attention_heads() is not None)"

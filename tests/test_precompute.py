@@ -58,6 +58,7 @@ def reference(ray_session, real_gz, tmp_path_factory):
     return cfg, run_precompute(cfg)
 
 
+@pytest.mark.slow
 def test_one_row_per_id_and_embeddings_match_the_teachers(reference, real_gz):
     from mtdp.models.teachers import load_teacher
 
@@ -83,6 +84,7 @@ def test_one_row_per_id_and_embeddings_match_the_teachers(reference, real_gz):
         np.testing.assert_allclose(stored, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_manifest_is_complete_and_tracked(reference):
     import mlflow
 
@@ -116,6 +118,7 @@ def test_manifest_is_complete_and_tracked(reference):
     assert "manifest.json" in arts and "rejects.tsv" in arts
 
 
+@pytest.mark.slow
 def test_readers_validate_the_manifest(reference, tmp_path):
     cfg, manifest = reference
     ds = load_teacher_dataset(cfg.output, teachers=["tiny-random-t5"], max_len=MAX_LEN)
@@ -136,6 +139,7 @@ def test_readers_validate_the_manifest(reference, tmp_path):
     assert mtimes == {f: Path(f).stat().st_mtime_ns for f in data_files(cfg.output)}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path, monkeypatch,
                                                     cpus_back):
     """Killed while embedding, then while assembling: each rerun computes only what is not
@@ -182,6 +186,7 @@ def test_killed_run_resumes_to_an_identical_dataset(reference, real_gz, tmp_path
     assert Manifest.load(out).teachers == Manifest.load(ref_cfg.output).teachers
 
 
+@pytest.mark.slow
 def test_a_shared_store_is_reused_by_another_run(reference, real_gz, tmp_path):
     """With --store, a second run over the same proteins embeds nothing: its dataset comes
     from the vectors the first committed."""
@@ -201,6 +206,7 @@ def test_a_shared_store_is_reused_by_another_run(reference, real_gz, tmp_path):
         b.select(["id", "sequence", "split", col]).sort_by("id"))
 
 
+@pytest.mark.slow
 def test_damaged_shard_is_named_and_recomputed(reference, tmp_path, capsys):
     """A finished shard cut short (or replaced) after the run: readers refuse it by name, and
     a rerun names it, recomputes it, and ends with the dataset of an undamaged run."""
@@ -288,6 +294,7 @@ def test_malformed_input_errors_then_rejects(ray_session, tmp_path, monkeypatch)
     assert by_id["good2"][0] == "embed" and "injected embedding failure" in by_id["good2"][1]
 
 
+@pytest.mark.slow
 def test_truncated_gzip_and_changed_input_lose_nothing(reference, tmp_path, real_fasta):
     cfg, manifest = reference
     good = Path(cfg.inputs[0]).read_bytes()

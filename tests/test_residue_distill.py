@@ -38,6 +38,7 @@ def _table(run: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in data_files(run)])
 
 
+@pytest.mark.slow
 def test_precompute_writes_per_residue_states(dataset: Path):
     table = _table(dataset)
     man = Manifest.load(dataset)
@@ -61,6 +62,7 @@ def test_precompute_writes_per_residue_states(dataset: Path):
     np.testing.assert_allclose(entry.residue_std, flat.std(0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_per_residue_settings_are_refused(dataset: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="not among the teachers"):
         PrecomputeConfig(inputs=[str(tmp_path)], teachers=TEACHERS, output=str(tmp_path / "o"),
@@ -71,6 +73,7 @@ def test_bad_per_residue_settings_are_refused(dataset: Path, tmp_path: Path):
     assert list(TeacherStats.from_manifest(man, None, ["all"]).residues) == [RES]
 
 
+@pytest.mark.slow
 def test_residue_loss_is_part_of_the_teachers_loss_and_is_learned(dataset: Path):
     table = _table(dataset)
     man = Manifest.load(dataset)
@@ -102,6 +105,7 @@ def test_residue_loss_is_part_of_the_teachers_loss_and_is_learned(dataset: Path)
     assert per_residue_after < 0.8 * per_residue_before
 
 
+@pytest.mark.slow
 def test_ray_distill_with_residue_teachers(dataset: Path, tmp_path: Path):
     cfg = DistillConfig(data=str(dataset), output=str(tmp_path), preset="tiny", dropout=0.0,
                         batch_size=16, lr=3e-3, selector="rl", selector_warmup_steps=2,

@@ -241,6 +241,7 @@ def _hetero_rates(data_dir: Path, steps: int, **overrides) -> np.ndarray:
     return np.array([[float(p[grp, k].mean()), float(p[~grp, k].mean())] for k in range(2)])
 
 
+@pytest.mark.slow
 def test_contrast_reward_selects_per_protein_where_the_heldout_reward_cannot(data_dir: Path):
     threads = torch.get_num_threads()
     try:

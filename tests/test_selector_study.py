@@ -47,6 +47,7 @@ def test_teacher_sets_are_real_where_marked_good_and_shuffled_elsewhere():
         SelectorStudyConfig(sets="real,nope").validate()
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path: Path):
     cfg = SelectorStudyConfig(pool=96, epochs=2, batch_size=16, teachers="kmer2,aac,kmer1",
                               composition="kmer3", sets="real,hetero-membrane",

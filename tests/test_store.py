@@ -161,6 +161,7 @@ def _store_rows(store: Path) -> dict[str, np.ndarray]:
     return dict(zip(hashes, emb))
 
 
+@pytest.mark.slow
 def test_embedding_job_dedupes_resumes_and_recomputes_nothing(ray_session, small_fasta,
                                                               tmp_path) -> None:
     from mtdp.embed_job import EmbedJobConfig, run_embed_job
@@ -209,6 +210,7 @@ def test_embedding_job_dedupes_resumes_and_recomputes_nothing(ray_session, small
         np.testing.assert_allclose(v, reference[h], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_embedding_job_rejects_a_failing_protein_and_keeps_the_rest(
         ray_session, small_fasta, tmp_path, monkeypatch) -> None:
     """A sequence whose embedding fails is retried alone, then rejected under every id that
@@ -246,6 +248,7 @@ def test_embedding_job_rejects_a_failing_protein_and_keeps_the_rest(
     assert len(EmbeddingStore(tmp_path / "s").models()) == 1  # no table for the refused run
 
 
+@pytest.mark.slow
 def test_a_failed_pass_releases_its_actors_and_past_the_restart_limit_stops_resumably(
         ray_session, small_fasta, tmp_path, monkeypatch, cpus_back) -> None:
     """A pass that fails (here its writer raises after one commit) releases its actors while
@@ -317,6 +320,7 @@ def test_the_shuffles_grow_with_the_input_and_cap_their_objects() -> None:
     assert (shuffle_maps(31), shuffle_maps(1_700), shuffle_maps(0)) == (31, 512, 1)
 
 
+@pytest.mark.slow
 def test_a_job_past_the_shuffle_caps_gives_the_same_store(ray_session, real_fasta, tmp_path,
                                                           monkeypatch) -> None:
     """Past the caps (forced to 2 map tasks and 2 partitions here, as 60 M proteins would

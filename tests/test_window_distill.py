@@ -81,6 +81,7 @@ def dataset(ray_session, real_fasta, tmp_path_factory) -> Path:
     return d / "run"
 
 
+@pytest.mark.slow
 def test_precompute_crops_and_stores_window_means(dataset: Path, real_fasta: Path):
     table = pa.concat_tables([pq.read_table(f) for f in data_files(dataset)])
     man = Manifest.load(dataset)
@@ -105,6 +106,7 @@ def _rows(dataset: Path) -> dict:
     return {c: np.asarray(table[c].to_pylist(), dtype=object) for c in table.column_names}
 
 
+@pytest.mark.slow
 def test_windowed_targets_are_learned_on_the_clean_sequence(dataset: Path):
     man = Manifest.load(dataset)
     rows = _rows(dataset)
@@ -129,6 +131,7 @@ def test_windowed_targets_are_learned_on_the_clean_sequence(dataset: Path):
     assert dist.evaluate([batch])["eval/kd_mean"] < 0.8 * first
 
 
+@pytest.mark.slow
 def test_a_wrong_window_count_is_refused_by_column(dataset: Path):
     man = Manifest.load(dataset)
     rows = _rows(dataset)
@@ -152,6 +155,7 @@ def test_student_sizes_and_precision_rules():
         resolve("half", "cpu")
 
 
+@pytest.mark.slow
 def test_a_packed_student_embeds_like_the_trained_one(dataset: Path, tmp_path: Path):
     """Shared head + pooled-state standardisation trained a few steps, then `mtdp student
     pack`: float16 weights, the standardisation folded into the projection, same vectors;
