@@ -47,7 +47,8 @@ def test_h5_layout_as_gopredsim_and_protspace_read_it(fasta, tmp_path) -> None:
         assert f.attrs["level"] == "per-protein" and f.attrs["dtype"] == "float32"
         keys = list(f.keys())
         assert len(keys) == len(IDS) and "/" not in "".join(keys)
-        by_id = {f[k].attrs["original_id"]: f[k][()] for k in keys}  # goPredSim's reader
+        # goPredSim's reader (file_utils.read_embeddings): every item, attrs['original_id']
+        by_id = {f[k].attrs["original_id"]: np.array(v) for k, v in f.items()}
     assert sorted(by_id) == sorted(first_words)
     for i, pid in enumerate(ref_ids):
         np.testing.assert_allclose(by_id[pid], ref[i], rtol=0, atol=0)
