@@ -11,6 +11,7 @@ under the output's name.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 from pathlib import Path
@@ -211,17 +212,11 @@ def h5_writer(path: str | os.PathLike, meta: dict[str, str], per_residue: bool,
         mapping = stack.enter_context(atomic_open(h5_mapping_path(out)))
         writer = H5Writer(files, dtype)
         yield writer
-        mapping.write(",original_id,sequence_length\n")
-        mapping.writelines(f"{_csv(k)},{_csv(i)},{n}\n" for k, i, n in writer.rows)
+        rows = csv.writer(mapping, lineterminator="\n")  # the reader is csv.reader too
+        rows.writerow(["", "original_id", "sequence_length"])
+        rows.writerows(writer.rows)
     if not per_residue:
         h5_residues_path(out).unlink(missing_ok=True)  # a stale one of an earlier run
-
-
-def _csv(value: str) -> str:
-    """A CSV field, quoted when it holds a comma, quote or newline."""
-    if any(c in value for c in ',"\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
 
 
 def write_rejects(output: str | os.PathLike, rejects: list[SequenceError]) -> Path | None:
@@ -246,8 +241,6 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         ids = p.with_suffix(".ids.txt").read_text().splitlines()
         return ids, np.load(p).astype(np.float32, copy=False)
     if p.suffix in (".h5", ".hdf5"):
-        import csv
-
         import h5py
 
         mapping = h5_mapping_path(p)
