@@ -379,30 +379,29 @@ def _write_npy(job: _FileJob, out: Path, meta: dict[str, str], progress: bool,
     bar.close()
 
 
+def _embedded(job: _FileJob, per_residue: bool, progress: bool):
+    """``(ids, lengths, embeddings, per-residue or None)`` chunk by chunk, with a progress bar:
+    the loop every streaming writer shares."""
+    bar = _progress(None, progress, job.embedder.name)
+    for chunk in job.chunks():
+        res = job.embed(chunk, per_residue)
+        emb, per_res = res if per_residue else (res, None)
+        yield [r.id for r in chunk], [job.seen(r.sequence) for r in chunk], emb, per_res
+        bar.update(len(chunk))
+    bar.close()
+
+
 def _write_h5(job: _FileJob, out: Path, meta: dict[str, str], per_residue: bool,
               progress: bool, dtype: str) -> None:
-    bar = _progress(None, progress, job.embedder.name)
     with h5_writer(out, meta, per_residue, dtype) as writer:
-        for chunk in job.chunks():
-            res = job.embed(chunk, per_residue)
-            emb, per_res = res if per_residue else (res, None)
-            writer.add([r.id for r in chunk], [job.seen(r.sequence) for r in chunk], emb,
-                       per_res)
-            bar.update(len(chunk))
-    bar.close()
+        for ids, lengths, emb, per_res in _embedded(job, per_residue, progress):
+            writer.add(ids, lengths, emb, per_res)
 
 
 def _write_parquet(job: _FileJob, out: Path, meta: dict[str, str], per_residue: bool,
                    progress: bool, dtype: str) -> None:
     schema = parquet_schema(job.embedder.dim, per_residue, meta, dtype)
-    bar = _progress(None, progress, job.embedder.name)
     with parquet_writer(out, schema) as writer:
-        for chunk in job.chunks():
-            res = job.embed(chunk, per_residue)
-            emb, per_res = res if per_residue else (res, None)
-            writer.write_table(embedding_table([r.id for r in chunk],
-                                               [job.seen(r.sequence) for r in chunk], emb, schema,
-                                               per_res))
-            bar.update(len(chunk))
-    bar.close()
+        for ids, lengths, emb, per_res in _embedded(job, per_residue, progress):
+            writer.write_table(embedding_table(ids, lengths, emb, schema, per_res))
 
