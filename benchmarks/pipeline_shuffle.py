@@ -4,7 +4,7 @@ lookups, no model run, one fresh process and local Ray per setting, side by side
 
 A reduce task holds rows / partitions, a map task rows / map tasks. The settings force, at
 the size run here, what a task would hold at a larger one
-(`mtdp.benchmarks.shuffle_perf.SETTINGS`): `as-60M-old-rule` (one partition at 1 M
+(`mtdp_bench.shuffle_perf.SETTINGS`): `as-60M-old-rule` (one partition at 1 M
 proteins: the ~0.94 M rows of a reduce task at 60 M proteins under the first cap of 64
 partitions), `as-60M-rule` (8 partitions, 8 map tasks: a task at 60 M under the rule, 512
 of each), `as-60M-128-maps` (8 partitions, 2 map tasks: map tasks capped at 128 instead),
@@ -24,8 +24,8 @@ import subprocess
 import sys
 import tempfile
 
-from mtdp.benchmarks.embed_job_perf import generate_inputs, lengths_source, save_random_student
-from mtdp.benchmarks.shuffle_perf import DRIVER_COST_GRID, SETTINGS, data_half, driver_cost
+from mtdp_bench.embed_job_perf import generate_inputs, lengths_source, save_random_student
+from mtdp_bench.shuffle_perf import DRIVER_COST_GRID, SETTINGS, data_half, driver_cost
 
 
 def main() -> None:

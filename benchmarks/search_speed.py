@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtdp.runtime import apply_env_defaults
 
     apply_env_defaults()
-    from mtdp.benchmarks.search_perf import SearchSpeedConfig, run_search_speed
+    from mtdp_bench.search_perf import SearchSpeedConfig, run_search_speed
     from mtdp.config import config_from_cli
     from mtdp.io import write_json
 

@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 
-from mtdp.benchmarks.serve_perf import load_sequences, run_load
+from mtdp_bench.serve_perf import load_sequences, run_load
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from mtdp.benchmarks.serve_perf import compare_store_flush, load_sequences
+    from mtdp_bench.serve_perf import compare_store_flush, load_sequences
     from mtdp.io import data_dir
     from mtdp.models.student import StudentConfig, StudentModel
 

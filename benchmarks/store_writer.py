@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtdp.runtime import apply_env_defaults
 
     apply_env_defaults()
-    from mtdp.benchmarks.store_writer_perf import StoreWriterConfig, run_store_writer
+    from mtdp_bench.store_writer_perf import StoreWriterConfig, run_store_writer
     from mtdp.config import config_from_cli
     from mtdp.io import write_json
 

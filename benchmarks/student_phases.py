@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from mtdp.benchmarks.perf import gemm_rates
+from mtdp_bench.perf import gemm_rates
 from mtdp.models import fast_t5 as S
 from mtdp.models import kernels
 from mtdp.models.student import StudentConfig, StudentModel

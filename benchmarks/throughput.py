@@ -1,5 +1,5 @@
 """Per-protein embedding throughput: the student vs teacher-sized models, side by side
-(the experiment lives in :mod:`mtdp.benchmarks.throughput`).
+(the experiment lives in :mod:`mtdp_bench.throughput`).
 
 Same process, same input, same batching code for the paper student (fused and stock) and
 random-weight models with ESM-2 650M's and the ProtT5-XL encoder's architectures (timing does
@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mtdp.benchmarks.throughput import MODELS, ThroughputConfig, run_throughput  # noqa: E402
+from mtdp_bench.throughput import MODELS, ThroughputConfig, run_throughput  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="--paper-set: proteins timed per teacher (students: 8x)")
     args = ap.parse_args(argv)
     if args.paper_set:
-        from mtdp.benchmarks.paper_set import PaperSetConfig, run_paper_set
+        from mtdp_bench.paper_set import PaperSetConfig, run_paper_set
 
         if args.paper_proteins < 1:
             ap.error("--paper-proteins must be at least 1")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                                      device=args.device, batch_tokens=args.batch_tokens))
         return 0
     if args.precision_check is not None:
-        from mtdp.benchmarks.precision_perf import run_precision_check
+        from mtdp_bench.precision_perf import run_precision_check
 
         return run_precision_check(args.precision_check or ["mtdp-unirep", "unirep64",
                                                             "tiny-random-esm2"],

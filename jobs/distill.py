@@ -59,7 +59,7 @@ def recipe_path(argv: list[str]) -> str | None:
 
 
 def run_recipe_file(path: str):
-    from mtdp.benchmarks.closing_probe import format_probe, probe_recipe
+    from mtdp.evaluate.closing_probe import format_probe, probe_recipe
     from mtdp.distill.recipe import load_recipe, run_recipe
 
     init_ray()

@@ -10,7 +10,7 @@ equal wall time on this machine, scored the same way:
 Labels come from the product path (``mtdp.precompute``: crops of ≤ 512 residues, UniRep-1900
 window means w = 8 in the store); training is the product's ``Distiller`` in one process
 (fixed proteins per step, token-budget micro-batches); the scores are the ones the final run
-reports (:mod:`mtdp.benchmarks.transfer`), with linear probes for speed.
+reports (:mod:`mtdp.evaluate.transfer`), with linear probes for speed.
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_lib import (WORK, arm_config, evaluate_arm, label, load_rows,  # noqa: E402
-                          measure_speed, print_table, train_arm)
+from mtdp_studies.transfer_arms import (WORK, arm_config, evaluate_arm, label, load_rows,
+                                        measure_speed, print_table, train_arm)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,8 @@ TEACHER = "unirep1900"
 
 def head_r2(student_dir: Path, task) -> float:
     """R² of the teacher's vectors by the student's own head, no refit."""
-    from mtdp.benchmarks.cache import cached_embeddings
-    from mtdp.benchmarks.transfer import r2_of_predictions
+    from mtdp.evaluate.cache import cached_embeddings
+    from mtdp.evaluate.transfer import r2_of_predictions
     from mtdp.embed import embed_sequences
     from mtdp.models.registry import load_embedder
     from mtdp.models.student import StudentEmbedder, load_student
@@ -61,9 +61,9 @@ def speed(student_dir: Path, seqs: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtdp.benchmarks.config import BenchmarkConfig
-    from mtdp.benchmarks.runner import run_benchmark
-    from mtdp.benchmarks.tasks import load_task
+    from mtdp.evaluate.config import BenchmarkConfig
+    from mtdp.evaluate.runner import run_benchmark
+    from mtdp.evaluate.tasks import load_task
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

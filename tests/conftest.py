@@ -18,6 +18,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The speed benchmarks' and the studies' code is not in the wheel (pyproject's pytest
+# `pythonpath` finds it here); Ray workers import it by name, so they get the paths too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "benchmarks"), str(ROOT / "research"),
+     *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 @pytest.fixture(scope="session")

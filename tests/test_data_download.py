@@ -174,7 +174,7 @@ def test_swissprot_local_path_route(tmp_path, real_fasta, capsys):
 def test_pinned_benchmark_files_are_the_shared_data(data_dir) -> None:
     """Every pinned checksum of `mtdp data fetch benchmarks` is that of the file the
     benchmark reads from the shared data (the same bytes, from the same commits)."""
-    from mtdp import benchmark_data as bd
+    from mtdp.evaluate import fetch as bd
     from mtdp.io import hash_file
 
     pinned = [f for f in bd.FILES if f.sha256]
@@ -187,8 +187,8 @@ def test_fetch_benchmarks_resumes_verifies_and_feeds_the_readers(data_dir, tmp_p
                                                                  monkeypatch, capsys) -> None:
     import dataclasses
 
-    from mtdp import benchmark_data as bd
-    from mtdp.benchmarks.tasks import load_task
+    from mtdp.evaluate import fetch as bd
+    from mtdp.evaluate.tasks import load_task
     from mtdp.cli import main as cli
     from mtdp.io import hash_file
 
@@ -231,7 +231,7 @@ def test_fetch_benchmarks_resumes_verifies_and_feeds_the_readers(data_dir, tmp_p
 
 
 def test_fetch_refuses_a_piece_with_the_wrong_checksum(tmp_path, monkeypatch, capsys) -> None:
-    from mtdp import benchmark_data as bd
+    from mtdp.evaluate import fetch as bd
     from mtdp.cli import main as cli
 
     piece = tmp_path / "x.csv"

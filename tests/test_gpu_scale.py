@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdp.distill.local import token_batches
-from mtdp.experiments.gpu_scale import GpuScaleConfig, run_gpu_scale
+from mtdp_studies.gpu_scale import GpuScaleConfig, run_gpu_scale
 
 
 def test_token_batches_cover_each_protein_once_within_the_budget():

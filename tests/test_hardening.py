@@ -217,7 +217,7 @@ def test_worker_cpus_leave_one_for_ray_data() -> None:
 
 
 def test_progress_lines() -> None:
-    from mtdp.benchmarks.runner import trial_counter
+    from mtdp.evaluate.runner import trial_counter
     from mtdp.distill.worker import progress_line
 
     line = progress_line(12, 36, {"train/loss": 3.4161, "perf/proteins_per_s": 31.25,
@@ -277,7 +277,7 @@ def test_ray_data_console_shows_warnings_only(tmp_path) -> None:
 
 
 _HOLES = """
-from mtdp.benchmarks.memory import anon_bytes
+from mtdp_bench.memory import anon_bytes
 from mtdp.runtime import release_heap
 pairs = [(bytearray(16_000), bytearray(600)) for _ in range(12_000)]  # big, small, big, ...
 kept = [small for _, small in pairs]  # the small ones pin the holes the big ones leave
@@ -475,7 +475,7 @@ def test_demo_runs_end_to_end_on_a_tiny_scale(ray_session, tmp_path, capsys) -> 
     """The recipe's whole path (pool, labels, distil, probe against the untrained student,
     the teacher and composition) with tiny random teachers and a handful of proteins; a
     second run finds everything done."""
-    from mtdp.benchmarks.closing_probe import format_probe, probe_recipe
+    from mtdp.evaluate.closing_probe import format_probe, probe_recipe
     from mtdp.distill.recipe import CONFIGS, labels_dir, load_recipe, run_recipe
 
     cfg = load_recipe(CONFIGS / "demo.yaml", workdir=str(tmp_path / "demo"), proteins=64,

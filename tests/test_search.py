@@ -226,7 +226,7 @@ def test_annotate_names_bad_references(go_reference, tmp_path, capsys) -> None:
 
 
 def test_besthit_transfer_on_a_hand_made_fold() -> None:
-    from mtdp.benchmarks.homology import besthit_fold
+    from mtdp.evaluate.homology import besthit_fold
 
     y = np.array([[1, 0], [0, 1], [1, 1], [1, 0]], dtype=np.float32)
     # Test protein 2's best hit is another test protein (3): its best training hit is 1, at
@@ -248,7 +248,7 @@ def test_knn_probe_runs_side_by_side_with_the_homology_baseline(ray_session, dat
 
     import pandas as pd
 
-    from mtdp.benchmarks import homology
+    from mtdp.evaluate import homology
 
     spec = importlib.util.spec_from_file_location(
         "benchmark_cli", Path(__file__).resolve().parents[1] / "tune" / "benchmark.py")

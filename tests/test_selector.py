@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtdp.benchmarks.pools import first_proteins
+from mtdp.evaluate.pools import first_proteins
 from mtdp.distill import DistillConfig
 from mtdp.distill.batches import TeacherStats, make_batch, split_batch
 from mtdp.distill.core import new_distiller

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtdp.experiments.selector_study import (Pool, SelectorStudyConfig, _shuffled, run_study,
+from mtdp_studies.selector_study import (Pool, SelectorStudyConfig, _shuffled, run_study,
                                              runs, teacher_sets)
 
 

@@ -265,7 +265,7 @@ def test_default_model_is_newest_registered_student(student_dir: Path, tmp_path:
 
     # Nothing named, nothing registered: the student shipped with the package.
     assert resolve_model_spec(None) == str(shipped_path("mtdp-unirep"))
-    from mtdp.benchmarks.config import default_models
+    from mtdp.evaluate.config import default_models
 
     models, line = default_models()  # tune/benchmark.py without --models
     assert models == ["aac", "kmer2"] and "jobs/distill.py" in line

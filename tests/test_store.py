@@ -398,7 +398,7 @@ def test_store_writer_benchmark_counts_each_offered_row_once(capsys) -> None:
     rows offered again (every 2nd commit re-offers 10 of the one before) are not inserted
     twice; appending, every commit appends and each row is stored once; an unknown setting is
     refused by name."""
-    from mtdp.benchmarks.store_writer_perf import StoreWriterConfig, run_store_writer
+    from mtdp_bench.store_writer_perf import StoreWriterConfig, run_store_writer
 
     cfg = StoreWriterConfig(rows=3000, commit_rows=500, dim=8, repeat_every=2)
     out = run_store_writer(cfg)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtdp.benchmarks.transfer import gain_capture, r2, ratio, ridge_r2, transfer_section
+from mtdp.evaluate.transfer import gain_capture, r2, ratio, ridge_r2, transfer_section
 
 
 def test_gain_capture_is_the_share_of_the_teachers_gain_over_composition():

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mtdp.embed import embed_sequences
-from mtdp.benchmarks.pools import sample_proteins
+from mtdp.evaluate.pools import sample_proteins
 from mtdp.models import unirep
 from mtdp.models.registry import load_embedder
 from mtdp.sequences import prepare

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def preset():
-    from mtdp.experiments import preset_report, unirep_preset
+    from mtdp_studies import preset_report, unirep_preset
 
     return SimpleNamespace(SCALES=unirep_preset.SCALES, paired_cell=preset_report.paired_cell)
 

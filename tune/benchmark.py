@@ -32,8 +32,8 @@ Options may also come from a YAML file (--config); flags given on the command li
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: one flag per :class:`mtdp.benchmarks.runner.BenchmarkConfig` field."""
-    from mtdp.benchmarks.config import BenchmarkConfig
+    """The CLI: one flag per :class:`mtdp.evaluate.runner.BenchmarkConfig` field."""
+    from mtdp.evaluate.config import BenchmarkConfig
     from mtdp.config import add_dataclass_arguments
 
     p = argparse.ArgumentParser(
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_tasks(data_dir: str | None) -> None:
-    from mtdp.benchmarks.tasks import TASKS, available_tasks
+    from mtdp.evaluate.tasks import TASKS, available_tasks
     from mtdp.io import data_dir as default_data_dir
 
     d = data_dir or str(default_data_dir())
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_env_defaults()
     args = build_parser().parse_args(argv)
-    from mtdp.benchmarks.config import BenchmarkConfig
-    from mtdp.benchmarks.runner import run_benchmark
+    from mtdp.evaluate.config import BenchmarkConfig
+    from mtdp.evaluate.runner import run_benchmark
     from mtdp.config import load_config
 
     try:

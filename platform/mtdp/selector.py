@@ -10,7 +10,7 @@ Modes (one flag, :func:`parse_mode`):
 * ``random`` — one teacher drawn uniformly per sample;
 * ``oracle`` — the teachers a batch marks as good for each sample (``batch["oracle"]``, only
   in controlled studies whose teacher sets are built with that knowledge, see
-  :mod:`mtdp.experiments.selector_study`);
+  :mod:`mtdp_studies.selector_study`);
 * ``none`` — no distillation (MLM only).
 
 The selected teachers' KD losses are averaged per sample (:func:`combine`); a sample with no
@@ -31,7 +31,7 @@ steps use all teachers (the student must learn something before improvements mea
 
 Per-sample credit (``reward``). The held-out reward above is one number per teacher per step:
 every sample that selected teacher *k* gets the same credit, so the policy can learn *which
-teachers* to drop but not *for which proteins* (measured in ``benchmarks/selector_study.py``).
+teachers* to drop but not *for which proteins* (measured in ``research/selector_study.py``).
 The other rewards give each (sample *i*, teacher *k*) its own credit ``s_ik``, in units of the
 RMS credit over all teachers. Since every credit is known whether the teacher was chosen or
 not, the policy step is exact rather than sampled: choosing k for i is worth

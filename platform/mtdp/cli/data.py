@@ -58,7 +58,7 @@ def _run_swissprot(args: argparse.Namespace) -> int:
 
 
 def _run_fetch(args: argparse.Namespace) -> int:
-    from ..benchmark_data import FILES, default_dir, fetch_benchmarks
+    from ..evaluate.fetch import FILES, default_dir, fetch_benchmarks
 
     tasks = set(args.tasks.split(",")) if args.tasks else None
     known = {t for f in FILES for t in f.task.split(", ")}

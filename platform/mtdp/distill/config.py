@@ -140,7 +140,7 @@ class DistillConfig(Config):
         if self.selector == "oracle":
             raise ValueError("selector 'oracle' exists for controlled studies only (it reads "
                              "each protein's known-good teachers, which a precomputed teacher "
-                             "dataset does not have); see benchmarks/selector_study.py")
+                             "dataset does not have); see research/selector_study.py")
         if self.epochs < 1 and self.max_steps < 1:
             raise ValueError("give epochs >= 1 or max_steps >= 1")
         width = self.d_model or {"tiny": 64, "small": 256, "paper": 512}[self.preset]

