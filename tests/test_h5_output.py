@@ -96,3 +96,41 @@ def test_esm_extract_flag_spellings_are_accepted(fasta, tmp_path) -> None:
         assert f.attrs["max_len"] == "40"
     with h5py.File(h5_residues_path(out), "r") as f:
         assert max(f[k].shape[0] for k in f) == 40
+
+
+def _protspace_read(path):
+    """What ProtSpace's HDF5 loader does (tsenoner/protspace,
+    apps/protspace/src/protspace/data/loaders/h5.py: ``_collect_datasets``, ``load_h5``,
+    ``_resolve_model_name``): datasets at the root or one group down, each a 1-D vector (or
+    ``(1, d)``; anything else is refused as per-residue), the name from the root ``model_name``
+    attribute (an error without it), the dataset key as the protein's header."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        pairs = [(k, v) for k, v in f.items() if not isinstance(v, h5py.Group)]
+        pairs += [(s, w) for v in f.values() if isinstance(v, h5py.Group)
+                  for s, w in v.items() if not isinstance(w, h5py.Group)]
+        vecs = {}
+        for key, ds in pairs:
+            emb = np.array(ds)
+            if emb.ndim == 2 and emb.shape[0] == 1:
+                emb = emb[0]
+            assert emb.ndim == 1, f"{key}: {emb.shape} would be refused as per-residue"
+            vecs[key] = emb.astype(np.float32)
+        name = f.attrs.get("model_name")
+    assert name is not None, "ProtSpace refuses a file without a root model_name"
+    return str(name), vecs
+
+
+def test_protspace_reads_the_per_protein_file(fasta, tmp_path) -> None:
+    out = tmp_path / "emb.h5"
+    _embed(fasta, out, "--per-residue", "--dtype", "float16")
+    name, vecs = _protspace_read(out)  # the per-residue file beside it is not in its way
+    ids, emb = read_embeddings(out)
+    assert name == "tiny-random-esm2" and len(vecs) == len(IDS)
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        key_of = {f[k].attrs["original_id"]: k for k in f}
+    for i, pid in enumerate(ids):
+        np.testing.assert_array_equal(vecs[key_of[pid]], emb[i])
