@@ -203,6 +203,66 @@ def test_annotate_threshold_mode_and_cafa_output(go_reference, tmp_path, capsys)
         assert 0.01 <= float(score) <= 1.0 and len(score.split(".")[1]) == 2
 
 
+OBO = """format-version: 1.2
+
+[Term]
+id: GO:0000001
+name: a process
+namespace: biological_process
+
+[Term]
+id: GO:0000002
+namespace: molecular_function
+is_a: GO:0000001 ! not a real edge
+
+[Term]
+id: GO:0000033
+alt_id: GO:0000003
+namespace: cellular_component
+
+[Typedef]
+id: part_of
+namespace: external
+"""
+
+
+def test_annotate_splits_go_terms_by_ontology(go_reference, tmp_path, capsys) -> None:
+    """``--go-terms``: goPredSim's one file per ontology (alt_ids resolved, terms the file
+    does not list kept apart and said), from an OBO file or a table of GAF aspects."""
+    path, rows = go_reference
+    ref = tmp_path / "ref.csv"
+    ref.write_text("id,sequence,labels\n"
+                   f"A,{rows[0]['sequence']},GO:0000001;GO:0000002;GO:0000003;GO:0000009\n"
+                   f"B,{rows[1]['sequence']},GO:0000002\n")
+    write_fasta([("qa", rows[0]["sequence"])], tmp_path / "q.fasta")
+    obo = tmp_path / "go.obo"
+    obo.write_text(OBO)
+    base = ["annotate", str(tmp_path / "q.fasta"), "--reference", str(ref), "--model", "aac"]
+    assert main([*base, "--go-terms", str(obo), "-o", str(tmp_path / "p.tsv")]) == 0
+    out = capsys.readouterr()
+    files = json.loads(out.out.splitlines()[-1])["output"]
+    assert sorted(files) == ["bpo", "cco", "mfo", "unknown"]
+    got = {ont: [(g["query"], g["label"]) for g in _hits(files[ont])] for ont in files}
+    assert got == {"bpo": [("qa", "GO:0000001")], "mfo": [("qa", "GO:0000002")],
+                   "cco": [("qa", "GO:0000003")], "unknown": [("qa", "GO:0000009")]}
+    assert files["mfo"] == str(tmp_path / "p_mfo.tsv") and "not in" in out.err
+    table = tmp_path / "terms.tsv"
+    table.write_text("term\taspect\nGO:0000001\tP\nGO:0000002\tF\nGO:0000003\tC\n"
+                     "GO:0000009\tF\n")
+    assert main([*base, "--go-terms", str(table), "--format", "cafa",
+                 "-o", str(tmp_path / "c.txt")]) == 0
+    files = json.loads(capsys.readouterr().out.splitlines()[-1])["output"]
+    assert "unknown" not in files
+    mfo = (tmp_path / "c_mfo.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[1] for line in mfo[3:-1]) == ["GO:0000002", "GO:0000009"]
+    broken = tmp_path / "broken.obo"
+    broken.write_text("format-version: 1.2\n\n[Term]\nid: GO:1\nname: x\n\n[Term]\n"
+                      "id: GO:2\nnamespace: molecular_function\n")
+    assert main([*base, "--go-terms", str(broken), "-o", str(tmp_path / "b.tsv")]) == 2
+    assert f"{broken}:3: term GO:1 has no namespace" in capsys.readouterr().err
+    assert not (tmp_path / "b_mfo.tsv").exists()
+
+
 def test_annotate_names_bad_references(go_reference, tmp_path, capsys) -> None:
     path, rows = go_reference
     write_fasta([("q", rows[0]["sequence"])], tmp_path / "q.fasta")

@@ -103,6 +103,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--format", choices=["tsv", "cafa"], default="tsv",
                    help="tsv (query, label, score, support, nearest) or the CAFA "
                         "prediction format")
+    a.add_argument("--go-terms", default=None, metavar="FILE",
+                   help="GO OBO file (or a table of term and namespace): terms are written "
+                        "one file per ontology, OUT_bpo / OUT_mfo / OUT_cco (goPredSim's "
+                        "split), terms the file does not list to OUT_unknown")
     a.set_defaults(func=_run_annotate)
 
 
@@ -190,6 +194,7 @@ def _run_annotate(args: argparse.Namespace) -> int:
     from ..store import EmbeddingStore
 
     records, rejects = _queries(args, [args.reference])
+    namespaces = _namespaces(args)
     ref = read_reference(args.reference, id_column=args.id_column,
                          sequence_column=args.sequence_column,
                          labels_column=args.labels_column, kind=args.kind,
@@ -213,13 +218,49 @@ def _run_annotate(args: argparse.Namespace) -> int:
                         max_len=args.max_len, batch_tokens=args.batch_tokens, counts=counts,
                         max_distance=args.max_distance)
         name = model.name
-    write_annotations(args.output, rows, args.format, name)
+    files = _write_annotations(args, rows, name, namespaces)
     if ref.rejects:
         print(f"{len(ref.rejects)} reference row(s) skipped as invalid, e.g. {ref.rejects[0]}",
               file=sys.stderr)
     return _finish(args, rejects, {
-        "output": args.output, "queries": len(records), "references": len(ref.ids),
+        "output": files, "queries": len(records), "references": len(ref.ids),
         "kind": ref.kind, "labels": len(rows), "k": args.k, "metric": metric,
         "annotated_queries": len({r.query for r in rows}),
         "unlabelled_references": ref.unlabelled, "computed": counts.new,
         "reused": counts.reused})
+
+
+def _namespaces(args: argparse.Namespace) -> dict[str, str] | None:
+    """The GO term → ontology map of ``--go-terms`` (read before any embedding), or None."""
+    from ..outputs import check_output
+    from ..search.ontology import ontology_path, read_namespaces
+
+    if not args.go_terms:
+        return None
+    for ont in ("bpo", "mfo", "cco", "unknown"):
+        check_output(ontology_path(args.output, ont), "tsv",
+                     [args.queries, args.reference, args.go_terms])
+    return read_namespaces(args.go_terms)
+
+
+def _write_annotations(args: argparse.Namespace, rows, name: str,
+                       spaces: dict[str, str] | None) -> str | dict[str, str]:
+    """One output file, or with ``--go-terms`` one per ontology (every one written, so a
+    pipeline finds all three; ``unknown`` only when some term is not in the file)."""
+    from ..search.annotate import write_annotations
+    from ..search.ontology import ontology_path
+
+    if spaces is None:
+        write_annotations(args.output, rows, args.format, name)
+        return args.output
+    split: dict[str, list] = {"bpo": [], "mfo": [], "cco": []}
+    for r in rows:
+        split.setdefault(spaces.get(r.label, "unknown"), []).append(r)
+    files = {}
+    for ont, part in split.items():
+        files[ont] = str(write_annotations(ontology_path(args.output, ont), part, args.format,
+                                           name))
+    if split.get("unknown"):
+        print(f"{len(split['unknown'])} transferred label(s) of terms not in {args.go_terms} "
+              f"written to {files['unknown']}", file=sys.stderr)
+    return files
