@@ -103,10 +103,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--format", choices=["tsv", "cafa"], default="tsv",
                    help="tsv (query, label, score, support, nearest) or the CAFA "
                         "prediction format")
-    a.add_argument("--go-terms", default=None, metavar="FILE",
-                   help="GO OBO file (or a table of term and namespace): terms are written "
-                        "one file per ontology, OUT_bpo / OUT_mfo / OUT_cco (goPredSim's "
-                        "split), terms the file does not list to OUT_unknown")
+    a.add_argument("--go-terms", metavar="FILE", help="GO OBO (or term/namespace table): one "
+                   "file per ontology, OUT_bpo/_mfo/_cco (+ _unknown), as goPredSim")
     a.set_defaults(func=_run_annotate)
 
 
