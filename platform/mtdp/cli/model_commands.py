@@ -76,6 +76,8 @@ def add_student(sub: argparse._SubParsersAction) -> None:
                                         "projection (same embeddings, half the size)")
     pack.add_argument("student", help="student directory (e.g. RUN/student)")
     pack.add_argument("-o", "--output", required=True, help="folder to create")
+    pack.add_argument("--recipe", default=None, help="the recipe that made it, recorded in "
+                                                     "its metadata (e.g. jobs/configs/X.yaml)")
     pack.set_defaults(func=_run_student_pack)
     info = ssub.add_parser("info", help="print a student's configuration and size")
     info.add_argument("path")
@@ -125,6 +127,7 @@ def _run_student_pack(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder; choose a new directory")
     model = load_student(args.student).fold_pool_norm()
+    model.config.metadata = portable_metadata(model.config.metadata, args.recipe)
     model.save(out, dtype=torch.float16)
     size = (out / WEIGHTS_FILE).stat().st_size
     print(f"wrote {out} ({model.num_parameters():,} parameters, float16, {size / 1e6:.1f} MB)")
@@ -137,3 +140,18 @@ def _run_student_export_hf(args: argparse.Namespace) -> int:
     out = export_hf(args.student, args.output)
     print(f"wrote {out} (T5EncoderModel + tokenizer + projection.safetensors + README.md)")
     return 0
+
+
+def portable_metadata(meta: dict, recipe: str | None = None) -> dict:
+    """A shipped student's metadata without what only meant something on the training machine:
+    local teacher paths become the file's name (and its path inside an archive), the MLflow
+    run id is dropped; ``recipe`` is recorded."""
+    out = {k: v for k, v in meta.items() if k != "mlflow_run_id"}
+    teachers = out.get("teachers")
+    if isinstance(teachers, dict):
+        out["teachers"] = {name: Path(src.split("!")[0]).name + (
+            "!" + src.split("!", 1)[1] if "!" in src else "") if isinstance(src, str)
+            and src.startswith(("/", "~")) else src for name, src in teachers.items()}
+    if recipe:
+        out["recipe"] = recipe
+    return out
