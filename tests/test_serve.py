@@ -268,7 +268,7 @@ def test_default_model_is_newest_registered_student(student_dir: Path, tmp_path:
     from mtdp.evaluate.config import default_models
 
     models, line = default_models()  # tune/benchmark.py without --models
-    assert models == ["aac", "kmer2"] and "jobs/distill.py" in line
+    assert models == ["mtdp-unirep", "aac", "kmer2"] and "shipped" in line
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'reg.db'}")

@@ -88,17 +88,21 @@ class BenchmarkConfig(ProbeConfig):
 
 
 BASELINES = ("aac", "kmer2")
+#: The student shipped with the package (mtdp.pretrained).
+SHIPPED = "mtdp-unirep"
 
 
 def default_models() -> tuple[list[str], str]:
-    """No ``--models``: the newest registered student (if MLflow has one) next to the
-    baselines, and a line saying which (printed by the benchmark)."""
+    """No ``--models``: the newest registered student (if MLflow has one), else the student
+    shipped with the package, next to the baselines; and a line saying which (printed by the
+    benchmark) — the same rule as ``serve`` and ``mtdp embed``."""
     from ..tracking import STUDENT_MODEL_NAME, latest_student_uri, tracking_uri
 
     uri = latest_student_uri()
     if uri:
         return [uri, *BASELINES], (f"no --models: the newest registered student {uri} next "
                                    f"to {', '.join(BASELINES)}")
-    return list(BASELINES), (f"no --models and no registered '{STUDENT_MODEL_NAME}' in MLflow "
-                             f"at {tracking_uri()}: {', '.join(BASELINES)} only (`python "
-                             "jobs/distill.py` trains and registers a student)")
+    return [SHIPPED, *BASELINES], (
+        f"no --models and no registered '{STUDENT_MODEL_NAME}' in MLflow at {tracking_uri()}: "
+        f"the shipped student {SHIPPED} next to {', '.join(BASELINES)} (`python "
+        "jobs/distill.py` trains and registers your own)")
