@@ -65,6 +65,32 @@ def test_store_keeps_layers_and_poolings_apart(tmp_path, capsys) -> None:
     np.testing.assert_array_equal(outs["last"], outs["default"])
     assert not np.allclose(outs["layer0"], outs["default"])
     assert not np.allclose(outs["max"], outs["default"])
+    # Several layers: one pass, their vectors concatenated in the order given, a table of
+    # their own; the pieces are the single-layer vectors.
+    assert main(["embed", str(tmp_path / "in.fasta"), "-o", str(tmp_path / "two.parquet"),
+                 "--model", "tiny-random-esm2", "--device", "cpu", "--quiet", "--store",
+                 str(store), "--repr-layers", "0", "-1"]) == 0
+    two = read_embeddings(tmp_path / "two.parquet")[1]
+    d = outs["default"].shape[1]
+    assert two.shape[1] == 2 * d and len(EmbeddingStore(store).models()) == 4
+    np.testing.assert_allclose(two[:, :d], outs["layer0"], atol=1e-5)
+    np.testing.assert_allclose(two[:, d:], outs["default"], atol=1e-5)
     assert main(["embed", str(tmp_path / "in.fasta"), "-o", str(tmp_path / "x.parquet"),
-                 "--model", "tiny-random-esm2", "--repr-layers", "0", "1"]) == 2
-    assert "one layer per run" in capsys.readouterr().err
+                 "--model", "tiny-random-esm2", "--repr-layers", "0", "-3"]) == 2
+    assert "a layer is given twice" in capsys.readouterr().err
+
+
+def test_t5_several_layers_per_residue() -> None:
+    """ProtT5-layout teachers concatenate per residue too (the last layer included)."""
+    one = load_embedder("tiny-random-t5", device="cpu", repr_layer=1)
+    both = load_embedder("tiny-random-t5", device="cpu", repr_layer=[1, -1])
+    last = load_embedder("tiny-random-t5", device="cpu")
+    assert both.dim == 2 * last.dim and both.repr_layer == (1, last.num_layers)
+    e1, r1 = embed_sequences(one, SEQS, per_residue=True)
+    eb, rb = embed_sequences(both, SEQS, per_residue=True)
+    el, rl = embed_sequences(last, SEQS, per_residue=True)
+    np.testing.assert_allclose(eb, np.concatenate([e1, el], 1), atol=1e-5)
+    for i, s in enumerate(SEQS):
+        assert np.asarray(rb[i]).shape == (len(s), 2 * last.dim)
+        np.testing.assert_allclose(np.asarray(rb[i]), np.concatenate(
+            [np.asarray(r1[i]), np.asarray(rl[i])], 1), atol=1e-5)

@@ -340,7 +340,8 @@ def embed_file(embedder: "Embedder", input_path: str | os.PathLike,
             "pooling": str(getattr(embedder, "pooling", "") or "mean"), "dtype": dtype,
             "precision": str(getattr(embedder, "precision", "fp32"))}
     if getattr(embedder, "repr_layer", None) is not None:
-        meta["layer"] = str(embedder.repr_layer)
+        layer = embedder.repr_layer  # several: concatenated in this order
+        meta["layer"] = ",".join(map(str, layer)) if isinstance(layer, tuple) else str(layer)
     t0 = time.perf_counter()
     if fmt == "npy":
         _write_npy(job, out, meta, progress, dtype)

@@ -99,7 +99,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    metavar="LAYER",
                    help="ESM-2 / ProtT5 teachers: the layer whose states are pooled, as "
                         "esm-extract numbers them (0 = embeddings, -1 = last; default last); "
-                        "one layer per run (run again for another)")
+                        "several: their vectors concatenated in the order given (dim x n)")
 
 
 def _run_embed(args: argparse.Namespace) -> int:
@@ -121,12 +121,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         from ..store import EmbeddingStore
 
         store = EmbeddingStore(args.store)
-    if args.repr_layers and len(args.repr_layers) > 1:
-        raise ValueError(f"--repr-layers {' '.join(map(str, args.repr_layers))}: one layer per "
-                         "run; run once per layer (each is stored and written separately)")
     model = load_embedder(args.model, device=args.device, pooling=args.pooling,
-                          precision=args.precision,
-                          repr_layer=args.repr_layers[0] if args.repr_layers else None)
+                          precision=args.precision, repr_layer=args.repr_layers)
     summary = embed_file(
         model, args.input, args.output, fmt=args.format, batch_tokens=args.batch_tokens,
         per_residue=args.per_residue, max_len=args.max_len,

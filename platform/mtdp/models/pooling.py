@@ -45,6 +45,14 @@ def layer_index(layer: int | None, num_layers: int) -> int | None:
     return None if index == num_layers else index
 
 
+def selected_layers(repr_layer: int | tuple[int, ...] | None, num_layers: int) -> list[int]:
+    """The layer indices a teacher reads: the last by default, one chosen, or several (their
+    states concatenated in that order)."""
+    if repr_layer is None:
+        return [num_layers]
+    return list(repr_layer) if isinstance(repr_layer, tuple) else [repr_layer]
+
+
 def pool_teacher(hidden: torch.Tensor, mask: torch.Tensor, pooling: str,
                  bos: torch.Tensor | None = None) -> torch.Tensor:
     """One vector per protein by ``pooling`` (:data:`TEACHER_POOLINGS`); ``bos`` [B, D] is

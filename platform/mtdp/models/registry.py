@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -92,15 +92,15 @@ def resolve(spec: str | ModelSpec) -> ModelSpec:
 
 def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = None,
                   pooling: str | None = None, precision: str = "fp32",
-                  repr_layer: int | None = None, **kwargs: Any) -> Embedder:
+                  repr_layer: int | Sequence[int] | None = None, **kwargs: Any) -> Embedder:
     """Resolve ``spec`` (see :func:`resolve`) and load it on ``device`` (default: best).
     ``kwargs`` go to a teacher's factory; ``name=`` names a student; ``pooling=`` sets a
     student's pooling (``masked`` or ``reference``; default: its own, the released MTDP
     model's is ``reference``) or a teacher's (``masked``/``mean``, ``max``, ``bos``:
     :data:`~.pooling.TEACHER_POOLINGS`); ``repr_layer`` a transformer teacher's layer
-    (esm-extract's numbering, negative from the end); ``precision`` (``auto``, ``fp32``,
+    (esm-extract's numbering, negative from the end), or several (concatenated); ``precision`` (``auto``, ``fp32``,
     ``bf16``) its CPU arithmetic (:meth:`Embedder.set_precision`)."""
-    from .pooling import TEACHER_POOLINGS, layer_index
+    from .pooling import TEACHER_POOLINGS
 
     ms = resolve(spec)
     dev = torch.device(device) if device is not None else best_device()
@@ -118,12 +118,31 @@ def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = Non
     if repr_layer is not None:
         if not layered:
             raise ValueError(f"--repr-layers applies to ESM-2 and ProtT5 teachers, not {spec}")
-        emb.repr_layer = layer_index(repr_layer, emb.num_layers)
+        emb.repr_layer = _layers(repr_layer, emb.num_layers)
+        if isinstance(emb.repr_layer, tuple):
+            emb.dim *= len(emb.repr_layer)
     if pooling is not None:
         if pooling == "bos" and type(emb).__name__ != "ESM2Teacher":
             raise ValueError(f"--pooling bos needs a BOS token (ESM-2); {spec} has none")
         emb.pooling = pooling
     return emb.set_precision(precision)
+
+
+def _layers(repr_layer: int | Sequence[int], num_layers: int) -> int | tuple[int, ...] | None:
+    """One layer as :func:`~.pooling.layer_index` gives it; several as a tuple of indices (the
+    last one too), their states concatenated in that order; a layer given twice is refused."""
+    from .pooling import layer_index
+
+    if isinstance(repr_layer, int):
+        return layer_index(repr_layer, num_layers)
+    if len(repr_layer) == 1:
+        return layer_index(repr_layer[0], num_layers)
+    idx = [layer_index(k, num_layers) for k in repr_layer]
+    full = tuple(num_layers if i is None else i for i in idx)
+    if len(set(full)) < len(full):
+        raise ValueError(f"--repr-layers {' '.join(map(str, repr_layer))}: a layer is given "
+                         "twice")
+    return full
 
 
 def _load(ms: ModelSpec, dev: torch.device, **kwargs: Any) -> Embedder:

@@ -25,7 +25,7 @@ import torch
 
 from ..tokenizer import EOS_ID, PAD_ID, ResidueTokenizer
 from .base import Embedder
-from .pooling import pool_teacher
+from .pooling import pool_teacher, selected_layers
 
 ESM2_MODELS = {
     # name: (layers, embed_dim, heads)
@@ -75,10 +75,10 @@ class ESM2Teacher(Embedder):
     def embed_batch(self, sequences: Sequence[str], per_residue: bool = False):
         _, _, tokens = self.batch_converter([(str(i), s) for i, s in enumerate(sequences)])
         tokens = tokens.to(self.device)
-        layer = self.num_layers if self.repr_layer is None else self.repr_layer
+        layers = selected_layers(self.repr_layer, self.num_layers)
         with self.cpu_autocast():
-            out = self.model(tokens, repr_layers=[layer], return_contacts=False)
-        rep = out["representations"][layer].float()
+            out = self.model(tokens, repr_layers=layers, return_contacts=False)
+        rep = torch.cat([out["representations"][k] for k in layers], -1).float()
         # Residue positions 1..len (BOS at 0, EOS at len+1), as extract.py does.
         lengths = torch.tensor([len(s) for s in sequences], device=rep.device)
         pos = torch.arange(rep.shape[1], device=rep.device)
@@ -124,8 +124,10 @@ class T5Teacher(Embedder):
             if self.repr_layer is None:
                 hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
             else:  # hidden_states[0] is the embedding output, [num_layers] the last layer's
-                hidden = self.model(input_ids=ids, attention_mask=mask,
-                                    output_hidden_states=True).hidden_states[self.repr_layer]
+                states = self.model(input_ids=ids, attention_mask=mask,
+                                    output_hidden_states=True).hidden_states
+                hidden = torch.cat([states[k] for k in selected_layers(self.repr_layer,
+                                                                       self.num_layers)], -1)
         hidden = hidden.float()
         rmask = (ids != PAD_ID) & (ids != EOS_ID)
         emb = pool_teacher(hidden, rmask, self.pooling).cpu()
