@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtdp.evaluate.transfer import gain_capture, r2, ratio, ridge_r2, transfer_section
+from mtdp.evaluate.transfer import (gain_capture, gain_capture_difference, r2, ratio, ridge_r2,
+                                   transfer_section)
 
 
 def test_gain_capture_is_the_share_of_the_teachers_gain_over_composition():
@@ -72,3 +73,21 @@ def test_the_report_says_ratio_gain_capture_and_r2():
     r2_rows = {m.group(1): float(m.group(2)) for ln in lines
                if (m := re.fullmatch(r"\| (\w+) \| (-?[0-9.]+) \|", ln))}
     assert r2_rows["teacher"] > 0.9 and 0.3 < r2_rows["student"] < 0.6 and r2_rows["aac"] < 0.05
+
+
+def test_gain_capture_difference_is_paired():
+    """Two students on the same folds: the difference of their gain captures, and an SE that
+    sees the shared fold noise (smaller than either student's own SE)."""
+    rng = np.random.default_rng(1)
+    base = np.array([0.40, 0.50, 0.45, 0.55, 0.48])
+    teacher = base + 0.2
+    fold_noise = rng.normal(0, 0.03, 5)
+    a = base + 0.12 + fold_noise + rng.normal(0, 0.002, 5)
+    b = base + 0.08 + fold_noise + rng.normal(0, 0.002, 5)
+    d, se = gain_capture_difference(a, b, teacher, base)
+    assert d == pytest.approx(gain_capture(a, teacher, base)[0]
+                              - gain_capture(b, teacher, base)[0])
+    assert d == pytest.approx(0.2, abs=0.03) and se < 0.5 * gain_capture(a, teacher, base)[1]
+    assert np.isnan(gain_capture_difference(a, b, base, base)[0])
+    with pytest.raises(ValueError, match="paired"):
+        gain_capture_difference(a[:4], b, teacher, base)

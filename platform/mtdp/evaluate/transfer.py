@@ -16,25 +16,46 @@ import numpy as np
 RIDGE_ALPHA, RIDGE_FOLDS, RIDGE_SEED = 10.0, 5, 0
 
 
+def _jackknife(est, k: int) -> tuple[float, float]:
+    """``est`` on all ``k`` folds and its leave-one-fold-out jackknife standard error."""
+    value = est(np.ones(k, dtype=bool))
+    if k < 2:
+        return value, float("nan")
+    loo = np.array([est(np.arange(k) != i) for i in range(k)])
+    return value, float(np.sqrt((k - 1) / k * ((loo - loo.mean()) ** 2).sum()))
+
+
+def _paired(*scores) -> list[np.ndarray]:
+    arrays = [np.asarray(x, dtype=np.float64) for x in scores]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
+        raise ValueError("per-fold scores must be 1-D and paired, got "
+                         + ", ".join(str(a.shape) for a in arrays))
+    return arrays
+
+
 def gain_capture(student, teacher, base) -> tuple[float, float]:
     """``(gain capture, jackknife SE)`` from per-fold scores of the three models (same
     folds). NaN when the teacher does not beat the base on average."""
-    s, t, b = (np.asarray(x, dtype=np.float64) for x in (student, teacher, base))
-    if not s.shape == t.shape == b.shape or s.ndim != 1:
-        raise ValueError(f"per-fold scores must be 1-D and paired, got {s.shape}, {t.shape}, "
-                         f"{b.shape}")
+    s, t, b = _paired(student, teacher, base)
 
     def est(m: np.ndarray) -> float:
         gap = (t[m] - b[m]).mean()
         return float((s[m] - b[m]).mean() / gap) if gap > 0 else float("nan")
 
-    k = len(s)
-    value = est(np.ones(k, dtype=bool))
-    if k < 2:
-        return value, float("nan")
-    loo = np.array([est(np.arange(k) != i) for i in range(k)])
-    se = float(np.sqrt((k - 1) / k * ((loo - loo.mean()) ** 2).sum()))
-    return value, se
+    return _jackknife(est, len(s))
+
+
+def gain_capture_difference(a, b, teacher, base) -> tuple[float, float]:
+    """``(GC(a) − GC(b), jackknife SE)``: two students compared on the same folds, the SE of
+    the difference itself (their fold-to-fold noise is shared, so it is smaller than either
+    GC's SE)."""
+    x, y, t, c = _paired(a, b, teacher, base)
+
+    def est(m: np.ndarray) -> float:
+        gap = (t[m] - c[m]).mean()
+        return float((x[m] - y[m]).mean() / gap) if gap > 0 else float("nan")
+
+    return _jackknife(est, len(x))
 
 
 def ratio(student, teacher) -> float:
