@@ -36,6 +36,10 @@ def test_esm2_layer_and_poolings_are_what_they_say() -> None:
         np.testing.assert_allclose(mx[i], np.asarray(res[i]).max(0), atol=1e-5)
     bos = embed_sequences(load_embedder("tiny-random-esm2", device="cpu", pooling="bos"), SEQS)
     assert not np.allclose(bos, default) and not np.allclose(bos, mx)
+    both = load_embedder("tiny-random-esm2", device="cpu", pooling="mean+max")
+    assert both.dim == 2 * base.dim
+    np.testing.assert_allclose(embed_sequences(both, SEQS), np.concatenate([default, mx], 1),
+                               atol=1e-5)
 
 
 def test_t5_layers_and_refusals() -> None:

@@ -89,11 +89,12 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     """What the vector is made of: pooling and layer."""
-    p.add_argument("--pooling", choices=["masked", "mean", "reference", "max", "bos"],
+    p.add_argument("--pooling", choices=["masked", "mean", "reference", "max", "mean+max", "bos"],
                    default=None,
                    help="students: masked (= mean over real residues) or reference (the "
                         "released MTDP model's: 1,001 tokens, pads in the mean); ESM-2 and "
-                        "ProtT5 teachers: mean, max (per feature over residues) or bos "
+                        "ProtT5 teachers: mean, max (per feature over residues), mean+max "
+                        "(both, concatenated) or bos "
                         "(ESM-2's BOS token); default: the model's own")
     p.add_argument("--repr-layers", "--repr_layers", type=int, nargs="+", default=None,
                    metavar="LAYER",

@@ -16,8 +16,9 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 #: Poolings a teacher offers (``--pooling``): the mean over residues (``masked``, also called
-#: ``mean``), the per-feature maximum over residues, or the BOS token's state (ESM-2 only).
-TEACHER_POOLINGS = ("masked", "max", "bos")
+#: ``mean``), the per-feature maximum over residues, both concatenated (``mean+max``, twice the
+#: dimension), or the BOS token's state (ESM-2 only).
+TEACHER_POOLINGS = ("masked", "max", "mean+max", "bos")
 
 
 def masked_max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,6 +62,8 @@ def pool_teacher(hidden: torch.Tensor, mask: torch.Tensor, pooling: str,
         return masked_mean(hidden, mask)
     if pooling == "max":
         return masked_max(hidden, mask)
+    if pooling == "mean+max":
+        return torch.cat([masked_mean(hidden, mask), masked_max(hidden, mask)], -1)
     if pooling == "bos" and bos is not None:
         return bos
     raise ValueError(f"pooling {pooling!r} is not offered by this model "

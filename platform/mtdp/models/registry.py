@@ -125,6 +125,8 @@ def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = Non
         if pooling == "bos" and type(emb).__name__ != "ESM2Teacher":
             raise ValueError(f"--pooling bos needs a BOS token (ESM-2); {spec} has none")
         emb.pooling = pooling
+        if pooling == "mean+max":
+            emb.dim *= 2
     return emb.set_precision(precision)
 
 
