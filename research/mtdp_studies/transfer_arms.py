@@ -17,6 +17,8 @@ EVAL_STORE = ROOT / "runs" / "embedding-store"   # where tune/benchmark.py keeps
 TEACHER = "unirep1900"
 CROP, WINDOW, SEED = 512, 8, 0
 TASKS, TASK_PROTEINS, FOLDS = ("localization", "membrane"), 3000, 5
+#: Training data of an arm (``--set data_variant=...``).
+VARIANTS = ("crop", "trunc256", "multi", "multi-trunc256")
 
 #: The new recipe's settings; an arm overrides some (``--set key=value``).
 BASE = dict(preset="tiny", d_model=128, num_layers=4, num_heads=4, d_ff=512, embed_dim=128,
@@ -69,13 +71,16 @@ def _residue_arrays(col, dim: int) -> np.ndarray:
 
 def load_rows(n: int, variant: str = "crop", split: str | None = None):
     """The labelled set as in-memory columns (and its manifest). ``trunc256``: the proteins
-    whose crop starts at residue 1, cut to their first 256 (windows and h_avg recomputed)."""
+    whose crop starts at residue 1, cut to their first 256 (windows and h_avg recomputed);
+    ``multi``: UniRep-256 beside UniRep-1900; ``multi-trunc256``: both."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from mtdp.teacher_data import Manifest, data_files
 
-    run = dataset_dir(n, variant == "multi")
+    if variant not in VARIANTS:
+        raise ValueError(f"data_variant must be one of {VARIANTS}, not {variant!r}")
+    run = dataset_dir(n, variant.startswith("multi"))
     man = Manifest.load(run)
     table = pa.concat_tables([pq.read_table(f) for f in data_files(run)])
     if split:
@@ -87,35 +92,37 @@ def load_rows(n: int, variant: str = "crop", split: str | None = None):
         rows[t.column] = table[t.column].combine_chunks().flatten().to_numpy(
             zero_copy_only=False).reshape(-1, t.dim)
         rows[t.residue_column] = _residue_arrays(table[t.residue_column], t.dim)
-    if variant == "trunc256":
-        rows = _truncated(rows, man.teacher(TEACHER), n, 256)
-    elif variant not in ("crop", "multi"):
-        raise ValueError(f"data_variant must be crop, multi or trunc256, not {variant!r}")
+    if variant.endswith("trunc256"):
+        rows = _truncated(rows, man.teachers, n, 256)
     return rows, man
 
 
-def _truncated(rows: dict, t, n: int, cut: int) -> dict:
-    """Rows of N-terminal crops only, cut to ``cut`` residues (``cut`` a multiple of w):
-    windows kept up to ``cut``, h_avg = (h0 + Σ states) / (L + 1) as UniRep defines it."""
+def _truncated(rows: dict, teachers, n: int, cut: int) -> dict:
+    """Rows of N-terminal crops only, cut to ``cut`` residues (``cut`` a multiple of w): each
+    teacher's windows kept up to ``cut``, h_avg = (h0 + Σ states) / (L + 1) as UniRep defines
+    it (h0: that UniRep's state after the start token)."""
     from mtdp.models.unirep import START_TOKEN, load_unirep
     from mtdp.sequences import read_fasta
 
     full = {r.id: r.sequence for r in read_fasta(WORK / f"pool-{n}.fasta")}
-    model = load_unirep(1900).model
-    _, states = model(torch.tensor([[START_TOKEN]]), torch.tensor([0]), keep_states=True)
-    h0 = states[0, 0].numpy().astype(np.float64)
+    h0 = {}
+    for t in teachers:
+        model = load_unirep(t.dim).model
+        _, states = model(torch.tensor([[START_TOKEN]]), torch.tensor([0]), keep_states=True)
+        h0[t.name] = states[0, 0].numpy().astype(np.float64)
     keep = [i for i, (a, s) in enumerate(zip(rows["id"], rows["sequence"]))
             if full[a].startswith(s)]
     out = {k: v[keep] for k, v in rows.items()}
     for j in range(len(keep)):
-        length = int(out["length"][j])
-        if length <= cut:
+        if int(out["length"][j]) <= cut:
             continue
-        win = out[t.residue_column][j][:cut // WINDOW].astype(np.float64)
         out["sequence"][j] = out["sequence"][j][:cut]
         out["length"][j] = cut
-        out[t.residue_column][j] = win.astype(np.float16)
-        out[t.column][j] = ((h0 + WINDOW * win.sum(0)) / (cut + 1)).astype(np.float16)
+        for t in teachers:
+            win = out[t.residue_column][j][:cut // WINDOW].astype(np.float64)
+            out[t.residue_column][j] = win.astype(np.float16)
+            out[t.column][j] = ((h0[t.name] + WINDOW * win.sum(0)) / (cut + 1)).astype(
+                np.float16)
     return out
 
 
