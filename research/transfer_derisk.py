@@ -6,6 +6,7 @@ equal wall time on this machine, scored the same way:
     python research/transfer_derisk.py arm NAME --minutes 15 [--set key=value ...]
     python research/transfer_derisk.py speed                        # fp32 vs bf16 here
     python research/transfer_derisk.py table                        # every arm scored
+    python research/transfer_derisk.py compare A B                  # paired: A − B ± SE
 
 Labels come from the product path (``mtdp.precompute``: crops of ≤ 512 residues, UniRep-1900
 window means w = 8 in the store); training is the product's ``Distiller`` in one process
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtdp_studies.transfer_arms import (WORK, arm_config, evaluate_arm, label, load_rows,
-                                        measure_speed, print_table, train_arm)
+from mtdp_studies.transfer_arms import (WORK, arm_config, compare_arms, evaluate_arm, label,
+                                        load_rows, measure_speed, print_table, train_arm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--proteins", type=int, default=10000, help="labelled set to train on")
     a.add_argument("--set", nargs="*", default=[], help="DistillConfig / arm fields key=value")
     a.add_argument("--eval-only", action="store_true")
+    a = sub.add_parser("compare", help="two arms' paired gain-capture difference")
+    a.add_argument("arms", nargs=2)
     sub.add_parser("speed")
     sub.add_parser("table")
     args = p.parse_args(argv)
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             train_arm(out, cfg, rows, man, args.minutes * 60)
         res = evaluate_arm(out, args.proteins)
         print(json.dumps(res, indent=1))
+    elif args.cmd == "compare":
+        compare_arms(*args.arms)
     elif args.cmd == "speed":
         measure_speed()
     else:

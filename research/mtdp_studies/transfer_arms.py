@@ -284,7 +284,8 @@ def evaluate_arm(out: Path, n: int) -> dict[str, Any]:
         res[name] = {"student": float(np.mean(sc["student"])),
                      "teacher": float(np.mean(sc[TEACHER])), "aac": float(np.mean(sc["aac"])),
                      "ratio": ratio(sc["student"], sc[TEACHER]), "gain_capture": gc,
-                     "gain_capture_se": se}
+                     "gain_capture_se": se,
+                     "folds": {k: [float(x) for x in v] for k, v in sc.items()}}
         if name == TASKS[0]:
             y = vec[TEACHER]
             with torch.no_grad():
@@ -296,6 +297,21 @@ def evaluate_arm(out: Path, n: int) -> dict[str, Any]:
         print(f"[derisk] {out.name} {name}: {res[name]}", flush=True)
     (out / "result.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def compare_arms(a: str, b: str) -> None:
+    """Two arms on the same folds: per task the gain-capture difference a − b ± its paired
+    jackknife SE (from the per-fold scores their ``result.json`` keeps)."""
+    from mtdp.evaluate.transfer import gain_capture_difference
+
+    res = {x: json.loads((WORK / "arms" / x / "result.json").read_text()) for x in (a, b)}
+    for name in TASKS:
+        fa, fb = (res[x][name].get("folds") for x in (a, b))
+        if fa is None or fb is None:
+            raise SystemExit(f"{name}: no per-fold scores kept; rerun the arm with --eval-only")
+        d, se = gain_capture_difference(fa["student"], fb["student"], fa[TEACHER], fa["aac"])
+        print(f"[derisk] {name}: gain capture {a} − {b} = {d:+.2f} ± {se:.2f} "
+              f"({res[a][name]['gain_capture']:.2f} vs {res[b][name]['gain_capture']:.2f})")
 
 
 def measure_speed() -> None:
