@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()
     lines = [f"# Transfer: the CPU recipe's student against UniRep-1900", "",
-             f"`python research/transfer_final.py {args.workdir}` · commit {commit} · "
+             f"`python research/transfer_final.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
+             f" · commit {commit} · "
              f"{time.strftime('%Y-%m-%d')} · {platform.node()} ({torch.get_num_threads()} "
              f"threads, {platform.processor() or platform.machine()})", "",
              Path(result.paths["summary_md"]).read_text().split("\nSecondary metrics")[0],
