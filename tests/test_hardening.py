@@ -334,7 +334,9 @@ def _free_ports(n: int) -> list[int]:
 def test_stop_head_script_leaves_no_process_and_no_port(tmp_path) -> None:
     temp = Path("/tmp") / f"mtdp-head-{os.getpid()}"  # short: Ray's socket paths have a limit
     gcs, dash, a1, a2, a3, a4, cl = _free_ports(7)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # The `ray` of this interpreter's environment, activated or not.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     start = subprocess.run(
         ["ray", "start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
          f"--dashboard-agent-listen-port={a1}", f"--dashboard-agent-grpc-port={a2}",
