@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     timings = json.loads((work / "timings.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()
+    command = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Transfer: the CPU recipe's student against UniRep-1900", "",
-             f"`python research/transfer_final.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
-             f" · commit {commit} · "
+             f"`python research/transfer_final.py {command}` · commit {commit} · "
              f"{time.strftime('%Y-%m-%d')} · {platform.node()} ({torch.get_num_threads()} "
              f"threads, {platform.processor() or platform.machine()})", "",
              Path(result.paths["summary_md"]).read_text().split("\nSecondary metrics")[0],

@@ -89,8 +89,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     """What the vector is made of: pooling and layer."""
-    p.add_argument("--pooling", choices=["masked", "mean", "reference", "max", "mean+max", "bos"],
-                   default=None,
+    p.add_argument("--pooling", default=None,
+                   choices=["masked", "mean", "reference", "max", "mean+max", "bos"],
                    help="students: masked (= mean over real residues) or reference (the "
                         "released MTDP model's: 1,001 tokens, pads in the mean); ESM-2 and "
                         "ProtT5 teachers: mean, max (per feature over residues), mean+max "

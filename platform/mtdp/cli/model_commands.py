@@ -146,12 +146,15 @@ def portable_metadata(meta: dict, recipe: str | None = None) -> dict:
     """A shipped student's metadata without what only meant something on the training machine:
     local teacher paths become the file's name (and its path inside an archive), the MLflow
     run id is dropped; ``recipe`` is recorded."""
+    def portable(src):
+        if not (isinstance(src, str) and src.startswith(("/", "~"))):
+            return src  # a name, not a path on this machine
+        archive, sep, inner = src.partition("!")
+        return Path(archive).name + sep + inner
+
     out = {k: v for k, v in meta.items() if k != "mlflow_run_id"}
-    teachers = out.get("teachers")
-    if isinstance(teachers, dict):
-        out["teachers"] = {name: Path(src.split("!")[0]).name + (
-            "!" + src.split("!", 1)[1] if "!" in src else "") if isinstance(src, str)
-            and src.startswith(("/", "~")) else src for name, src in teachers.items()}
+    if isinstance(out.get("teachers"), dict):
+        out["teachers"] = {name: portable(src) for name, src in out["teachers"].items()}
     if recipe:
         out["recipe"] = recipe
     return out

@@ -231,11 +231,11 @@ def _run_annotate(args: argparse.Namespace) -> int:
 def _namespaces(args: argparse.Namespace) -> dict[str, str] | None:
     """The GO term → ontology map of ``--go-terms`` (read before any embedding), or None."""
     from ..outputs import check_output
-    from ..search.ontology import ontology_path, read_namespaces
+    from ..search.ontology import ONTOLOGY_FILES, ontology_path, read_namespaces
 
     if not args.go_terms:
         return None
-    for ont in ("bpo", "mfo", "cco", "unknown"):
+    for ont in (*ONTOLOGY_FILES, "unknown"):
         check_output(ontology_path(args.output, ont), "tsv",
                      [args.queries, args.reference, args.go_terms])
     return read_namespaces(args.go_terms)
@@ -246,12 +246,12 @@ def _write_annotations(args: argparse.Namespace, rows, name: str,
     """One output file, or with ``--go-terms`` one per ontology (every one written, so a
     pipeline finds all three; ``unknown`` only when some term is not in the file)."""
     from ..search.annotate import write_annotations
-    from ..search.ontology import ontology_path
+    from ..search.ontology import ONTOLOGY_FILES, ontology_path
 
     if spaces is None:
         write_annotations(args.output, rows, args.format, name)
         return args.output
-    split: dict[str, list] = {"bpo": [], "mfo": [], "cco": []}
+    split: dict[str, list] = {ont: [] for ont in ONTOLOGY_FILES}
     for r in rows:
         split.setdefault(spaces.get(r.label, "unknown"), []).append(r)
     files = {}

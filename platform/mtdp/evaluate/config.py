@@ -17,8 +17,8 @@ class BenchmarkConfig(ProbeConfig):
         "model specs, comma-separated: student dirs (student:PATH), MLflow URIs, teacher "
         "names (esm2_t33_650M_UR50D, tiny-random-esm2 ...), local checkpoints, or baselines "
         "aac, kmer1..kmer3, random-student[:preset]; default: the newest registered "
-        "'mtdp-student' in MLflow (what `python jobs/distill.py` registers), if any, next to "
-        "aac and kmer2"))
+        "'mtdp-student' in MLflow (what `python jobs/distill.py` registers), else the shipped "
+        "mtdp-unirep, next to aac and kmer2"))
     tasks: list[str] = option(factory=lambda: ["all"], help=(
         "tasks, comma-separated (membrane, localization, go, meltome, esol, deepsol, go_pdb, "
         "go_pdb_bp, go_pdb_cc) or 'all' (the five paper tasks + deepsol; absent data is "

@@ -96,10 +96,11 @@ def load_embedder(spec: str | ModelSpec, device: str | torch.device | None = Non
     """Resolve ``spec`` (see :func:`resolve`) and load it on ``device`` (default: best).
     ``kwargs`` go to a teacher's factory; ``name=`` names a student; ``pooling=`` sets a
     student's pooling (``masked`` or ``reference``; default: its own, the released MTDP
-    model's is ``reference``) or a teacher's (``masked``/``mean``, ``max``, ``bos``:
-    :data:`~.pooling.TEACHER_POOLINGS`); ``repr_layer`` a transformer teacher's layer
-    (esm-extract's numbering, negative from the end), or several (concatenated); ``precision`` (``auto``, ``fp32``,
-    ``bf16``) its CPU arithmetic (:meth:`Embedder.set_precision`)."""
+    model's is ``reference``) or a teacher's (``masked``/``mean``, ``max``, ``mean+max``,
+    ``bos``: :data:`~.pooling.TEACHER_POOLINGS`); ``repr_layer`` a transformer teacher's
+    layer (esm-extract's numbering, negative from the end), or several (concatenated);
+    ``precision`` (``auto``, ``fp32``, ``bf16``) its CPU arithmetic
+    (:meth:`Embedder.set_precision`)."""
     from .pooling import TEACHER_POOLINGS
 
     ms = resolve(spec)

@@ -13,6 +13,8 @@ from pathlib import Path
 ONTOLOGIES = {"biological_process": "bpo", "molecular_function": "mfo",
               "cellular_component": "cco", "p": "bpo", "f": "mfo", "c": "cco",
               "bpo": "bpo", "mfo": "mfo", "cco": "cco", "bp": "bpo", "mf": "mfo", "cc": "cco"}
+#: The per-ontology output files, always written (``unknown`` only when needed).
+ONTOLOGY_FILES = ("bpo", "mfo", "cco")
 TERM_COLUMNS = ("term", "go", "go_id", "id", "GO")
 NAMESPACE_COLUMNS = ("namespace", "aspect", "ontology")
 
@@ -64,9 +66,9 @@ def _read_table(path: Path) -> dict[str, str]:
         term = next((c for c in TERM_COLUMNS if c in cols), None)
         space = next((c for c in NAMESPACE_COLUMNS if c in cols), None)
         if term is None or space is None:
-            raise ValueError(f"{path}: a GO term table needs a term column ({', '.join(TERM_COLUMNS)})"
-                             f" and a namespace column ({', '.join(NAMESPACE_COLUMNS)}); "
-                             f"columns: {cols}")
+            raise ValueError(f"{path}: a GO term table needs a term column "
+                             f"({', '.join(TERM_COLUMNS)}) and a namespace column "
+                             f"({', '.join(NAMESPACE_COLUMNS)}); columns: {cols}")
         return {r[term].strip(): _ontology(r[space] or "", f"{path}:{n + 2}")
                 for n, r in enumerate(rows) if (r.get(term) or "").strip()}
 
