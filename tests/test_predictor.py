@@ -129,6 +129,23 @@ def test_map_draws_every_protein_and_keeps_groups_apart(tmp_path, capsys, method
     gap = np.linalg.norm(xy[:60].mean(0) - xy[60:].mean(0))
     assert gap > 2 * xy[:60].std(0).max()  # the two groups land apart
     assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "map.html").read_text()
+    data = json.loads(page.split('id="data">')[1].split("</script>")[0])
+    assert data["ids"] == ids and data["classes"] == ["a", "b"]
+    assert data["c"] == [0] * 60 + [1] * 60 and "http" not in page.replace(
+        "http://www.w3.org/2000/svg", "")  # self-contained: nothing fetched
+
+
+def test_map_subsamples_large_inputs_with_a_stated_seed(tmp_path, capsys) -> None:
+    ids, x = _data(50)
+    emb = _npy(tmp_path / "e.npy", ids, x)
+    assert main(["map", str(emb), "-o", str(tmp_path / "m.html"), "--max-points", "20",
+                 "--seed", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["proteins"] == 20 and out["of"] == 50 and out["html"].endswith("m.html")
+    rows = (tmp_path / "m.tsv").read_text().splitlines()[1:]
+    assert len(rows) == 20 and len({r.split("\t")[0] for r in rows}) == 20
+    assert "20 of 50 proteins (random subsample, seed 3)" in (tmp_path / "m.html").read_text()
 
 
 def test_map_umap_without_umap_learn_says_what_to_install(tmp_path, capsys) -> None:

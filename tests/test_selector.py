@@ -229,9 +229,12 @@ def _hetero_rates(data_dir: Path, steps: int, **overrides) -> np.ndarray:
             **{teacher_column(n): x.astype(np.float32) for n, x in feats.items()}}
     take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
     d.reward_batch = make_batch(take(np.arange(32)), stats, mlm_prob=0.15, seed=7)
+    # Proteins 200-299: the contrast credit's held-out proteins; training from 300 on.
+    d.credit_batches = [make_batch(take(np.arange(i, i + 16)), stats, mlm_prob=0.15, seed=7)
+                        for i in range(200, 300, 16)]
     rng = np.random.default_rng(0)
     for step in range(steps):
-        idx = rng.choice(np.arange(200, len(ids)), 32, replace=False)
+        idx = rng.choice(np.arange(300, len(ids)), 32, replace=False)
         d.train_step(make_batch(take(idx), stats, mlm_prob=0.15, seed=step))
     b = make_batch(take(np.arange(32, 200)), stats, mlm_prob=0.15, seed=1)
     with torch.no_grad():
@@ -279,3 +282,39 @@ def test_state_variants_leave_out_their_part():
     assert torch.all(emb[:, 8:10] == 0) and torch.allclose(emb[:, :8], full[:, :8])
     with pytest.raises(ValueError, match="reward"):
         TeacherSelector(["a"], 8, reward="oracle")
+
+
+def test_heldout_credit_needs_heldout_proteins_and_learns_from_them(data_dir: Path):
+    ids, seqs = deeploc_sample(data_dir, 80, 48)
+    feats = informative_and_noise(seqs)
+    man = Manifest(teachers=[TeacherEntry(n, x.shape[1], "synthetic", mean=x.mean(0).tolist(),
+                                          std=x.std(0).tolist()) for n, x in feats.items()],
+                   max_len=48, rows=len(ids))
+    stats = TeacherStats.from_manifest(man)
+    rows = {"id": np.array(ids), "sequence": np.array(seqs),
+            **{teacher_column(n): x.astype(np.float32) for n, x in feats.items()}}
+    take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
+    cfg = DistillConfig(data="-", batch_size=8, selector="rl", selector_reward="contrast",
+                        selector_warmup_steps=0, dropout=0.0)
+    assert cfg.selector_credit == "heldout"
+    d = new_distiller(cfg, stats, 48, total_steps=10)
+    train = make_batch(take(np.arange(40, 48)), stats, mlm_prob=0.15, seed=0)
+    with pytest.raises(ValueError, match="held-out proteins"):
+        d.train_step(train)
+    d.credit_batches = [make_batch(take(np.arange(i, i + 8)), stats, mlm_prob=0.15, seed=7)
+                        for i in (0, 8)]
+    before = [p.detach().clone() for p in d.selector.policy.parameters()]
+    seen = []
+    original = d.selector.add_credit
+    d.selector.add_credit = lambda c, state=None: (seen.append((c.shape, state is not None)),
+                                                    original(c, state))[1]
+    for _ in range(3):
+        d.train_step(train)
+    # One held-out batch per step, in turn, with its states; none from the training batch.
+    assert seen == [((8, 2), True)] * 3 and d._credit_turn == 3
+    assert any(not torch.equal(a, b) for a, b in zip(before, d.selector.policy.parameters()))
+    batch_cfg = DistillConfig(data="-", batch_size=8, selector="rl", selector_reward="contrast",
+                              selector_warmup_steps=0, dropout=0.0, selector_credit="batch")
+    d2 = new_distiller(batch_cfg, stats, 48, total_steps=10)
+    d2.train_step(train)  # the training batch's own credit: no held-out proteins needed
+    assert d2._credit_turn == 0

@@ -1,6 +1,6 @@
-"""The selector study's table (:mod:`.selector_study`): per teacher set every mode's scores,
-paired differences against ``uniform`` and ``oracle``, selection rates per protein group, and
-the default selector chosen on the pool's validation part."""
+"""The selector study's tables (:mod:`.selector_study`): references; per teacher set every
+run's scores and gain capture, paired gain-capture differences (jackknife SE over the shared
+folds) and what they say about the issue's questions, R² per group, selection rates."""
 from __future__ import annotations
 
 import os
@@ -10,94 +10,106 @@ from typing import Any
 import numpy as np
 
 from mtdp.io import write_text
-from .preset_report import format_paired
 
 #: Paired comparisons shown per set: (a, b).
-PAIRS = [("rl", "uniform"), ("rl", "oracle"), ("rl+contrast", "uniform"),
-         ("rl+contrast", "oracle"), ("rl+contrast", "rl")]
+PAIRS = [("oracle", "uniform"), ("rl+contrast", "uniform"), ("rl+contrast", "oracle"),
+         ("rl", "uniform"), ("rl", "oracle"), ("rl+contrast", "rl"),
+         ("rl+contrast/batch", "rl+contrast"), ("random", "uniform")]
 
 
-def _row(label: str, res: dict[str, Any], tasks: list[str], groups: list[str]) -> str:
-    cells = [f"{np.mean(res['tasks'][t]):.3f}" for t in tasks] + [f"{res['val']:.3f}"]
-    cells += [f"{res.get('r2', {}).get(g, float('nan')):.3f}" for g in groups]
-    return f"| {label} | " + " | ".join(cells) + " |"
+def difference(a: dict, b: dict, refs: dict, task: str) -> tuple[float, float]:
+    """Gain capture of run ``a`` minus run ``b`` on ``task`` and its paired SE (``refs``: the
+    teacher first, then ``aac``)."""
+    from mtdp.evaluate.transfer import gain_capture_difference
+
+    teacher = next(k for k in refs if k != "aac")
+    return gain_capture_difference(a["tasks"][task], b["tasks"][task],
+                                   refs[teacher]["tasks"][task], refs["aac"]["tasks"][task])
 
 
-def _set_section(name: str, runs: dict[str, dict], ts, tasks: list) -> list[str]:
-    tnames = [t.name for t in tasks]
+def _score_cell(res: dict, task: str) -> str:
+    gc, se = res["gain_capture"][task]
+    return f"{np.mean(res['tasks'][task]):.3f} · {gc:.2f} ± {se:.2f}"
+
+
+def _set_section(name: str, runs: dict[str, dict], ts, tasks: list[str], refs: dict
+                 ) -> list[str]:
     groups = list(ts.groups)
-    head = ["", f"## `{name}`: " + ", ".join(f"`{k}`" for k in ts.targets), "",
-            "| run | " + " | ".join(f"{t} ({tk.primary_metric})" for t, tk in
-                                   zip(tnames, tasks))
-            + " | val | " + " | ".join(f"UniRep R² {g}" for g in groups) + " |",
-            "|---|" + "---:|" * (len(tnames) + 1 + len(groups))]
-    rows = [_row(label, res, tnames, groups) for label, res in runs.items()]
+    out = ["", f"## `{name}`: " + ", ".join(f"`{k}`" for k in ts.protein), "",
+           "Score · gain capture ± SE per task; UniRep-1900 R² (ridge, held-out pool) per "
+           "group.", "",
+           "| run | " + " | ".join(tasks) + " | " + " | ".join(f"R² {g}" for g in groups) + " |",
+           "|---|" + "---:|" * (len(tasks) + len(groups))]
+    for label, res in runs.items():
+        out.append(f"| {label} | " + " | ".join(_score_cell(res, t) for t in tasks) + " | "
+                   + " | ".join(f"{res['r2'][g]:.3f}" for g in groups) + " |")
     pairs = [(a, b) for a, b in PAIRS if a in runs and b in runs]
-    out = head + rows
     if pairs:
-        out += ["", "Paired differences per fold (mean ± SE, folds won):", "",
-                "| pair | " + " | ".join(tnames) + " | val |",
-                "|---|" + "---|" * len(tnames) + "---:|"]
+        out += ["", "Paired gain-capture differences (± jackknife SE of the difference):", "",
+                "| pair | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
         for a, b in pairs:
-            cells = [format_paired(np.subtract(runs[a]["tasks"][t], runs[b]["tasks"][t]))
-                     for t in tnames]
-            out.append(f"| {a} − {b} | " + " | ".join(cells)
-                       + f" | {runs[a]['val'] - runs[b]['val']:+.3f} |")
-    out += ["", "Selection rates (training proteins; rl: final policy) per teacher, by group:",
-            "", "| run | " + " | ".join(f"{k} [{g}]" for k in ts.targets for g in groups) + " |",
-            "|---|" + "---:|" * (len(ts.targets) * len(groups))]
+            cells = []
+            for t in tasks:
+                d, se = difference(runs[a], runs[b], refs, t)
+                cells.append(f"{d:+.3f} ± {se:.3f}" + (" **" if abs(d) > 2 * se else ""))
+            out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    out += ["", "Selection rates per teacher and group (held-out pool proteins; rl: the final "
+            "policy's probabilities):", "",
+            "| run | " + " | ".join(f"{k} [{g}]" for k in ts.protein for g in groups) + " |",
+            "|---|" + "---:|" * (len(ts.protein) * len(groups))]
     for label, res in runs.items():
         if label.startswith("rl") or label in ("oracle", "random"):
             r = res["rates"]
-            out.append(f"| {label} | " + " | ".join(f"{r[k][g]:.2f}" for k in ts.targets
+            out.append(f"| {label} | " + " | ".join(f"{r[k][g]:.2f}" for k in ts.protein
                                                    for g in groups) + " |")
     return out
 
 
-def default_selector(results: dict[str, dict]) -> tuple[str, str]:
-    """The mode with the best validation score on the ``real`` set, and the line saying so."""
-    real = {k: v for k, v in results.get("real", {}).items()
-            if k in ("rl", "uniform", "rl+contrast", "random")}
-    if not real:
-        return "", "the `real` set was not run: no default chosen"
-    best = max(real, key=lambda k: real[k]["val"])
-    ranked = ", ".join(f"{k} {v['val']:.3f}" for k, v in
-                       sorted(real.items(), key=lambda kv: -kv[1]["val"]))
-    return best, f"validation score on the `real` set (held-out pool part): {ranked}"
+def verdicts(results: dict, tasks: list[str]) -> list[str]:
+    """The issue's questions answered per heterogeneous set from the paired differences."""
+    refs, out = results["reference"], []
+    for name in ("hetero-membrane", "hetero-kingdom"):
+        runs = results.get(name, {})
+        if "oracle" not in runs or "uniform" not in runs:
+            continue
+        for t in tasks:
+            d, se = difference(runs["oracle"], runs["uniform"], refs, t)
+            line = f"- `{name}` {t}: oracle − uniform {d:+.3f} ± {se:.3f}"
+            line += " (> 2 SE)" if d > 2 * se else " (not > 2 SE)"
+            for mode in ("rl+contrast", "rl"):
+                if mode in runs:
+                    a, sa = difference(runs[mode], runs["oracle"], refs, t)
+                    b, sb = difference(runs[mode], runs["uniform"], refs, t)
+                    line += (f"; {mode} − oracle {a:+.3f} ± {sa:.3f}, − uniform "
+                             f"{b:+.3f} ± {sb:.3f}")
+            out.append(line)
+    return out
 
 
-def write_report(cfg, results: dict[str, dict], sets: dict, tasks: list, seconds: float
+def write_report(cfg, results: dict[str, Any], sets: dict, tasks: list, seconds: float
                  ) -> Path:
-    """Write ``selector_study.md`` under ``cfg.results``; returns its path."""
+    """Write the tables to ``cfg.results``; returns its path."""
     tnames = [t.name for t in tasks]
-    floors = {f"ref: {k}": v for k, v in results["reference"].items()}
-    floors["ref: random-init student"] = results["random-init"]["random-init"]
-    for set_runs in results.values():
-        if "none" in set_runs:
-            floors["ref: MLM-only student"] = set_runs["none"]
-    best, line = default_selector(results)
+    refs = results["reference"]
     students = [r for k, v in results.items() if k != "reference" for r in v.values()]
-    n_students = len(students)
     trained = sum(r.get("seconds", 0.0) for r in students)
-    lines = ["# Teacher selection study", "",
-             f"Command: `python research/selector_study.py` (pool {cfg.pool}, max_len "
-             f"{cfg.max_len}, `{cfg.preset}` student, {cfg.epochs} epochs × batch "
-             f"{cfg.batch_size}, seed {cfg.seed}; tasks {', '.join(tnames)}: {cfg.task_proteins}"
-             f" proteins each, {cfg.folds} homology folds, linear probes). {n_students} students,"
-             f" training + scoring {trained / 60:.1f} min summed over the runs that computed "
-             f"them; this invocation {seconds / 60:.1f} min on {os.cpu_count()} CPUs (teacher "
-             "embeddings of the pool and the references, ~5 min on first use, are cached).", "",
-             "Every run: same student architecture, seed, data order and step count; only the "
-             "teachers' selection differs. `val`: localization + membrane probes on the pool's "
-             "held-out proteins (chooses the default). UniRep R²: UniRep-1900 recovered from "
-             "the student's embedding of held-out pool proteins, per protein group.", "",
-             f"**Default selector: `{best or 'n/a'}`** — {line}.", "",
-             "| reference | " + " | ".join(tnames) + " | val | UniRep R² |",
-             "|---|" + "---:|" * (len(tnames) + 2)]
-    lines += [_row(k, v, tnames, ["all"]) for k, v in floors.items()]
+    lines = ["# Selector study — tables", "",
+             f"`python research/selector_study.py` (train {cfg.train} proteins incl. held-out "
+             f"{cfg.heldout}, crop {cfg.crop}, {cfg.steps} steps × {cfg.batch_size}, seed "
+             f"{cfg.seed}; tasks {', '.join(tnames)}: {cfg.task_proteins} proteins, "
+             f"{cfg.folds} homology folds (eSOL: random folds, no partitions), linear probes, "
+             f"students embed up to {cfg.task_max_len} residues, references full length). "
+             f"{len(students)} students, {trained / 60:.1f} min of training + scoring summed; "
+             f"this invocation {seconds / 60:.1f} min on {os.cpu_count()} CPUs.", "",
+             "Answers (gain-capture differences, paired over folds):", ""]
+    lines += verdicts(results, tnames) or ["- no heterogeneous set has both oracle and uniform"]
+    lines += ["", "| reference | " + " | ".join(tnames) + " | UniRep R² |",
+              "|---|" + "---:|" * (len(tnames) + 1)]
+    floors = {**refs, "random-init student": results["random-init"]["random-init"]}
+    for k, v in floors.items():
+        lines.append(f"| {k} | " + " | ".join(f"{np.mean(v['tasks'][t]):.3f}" for t in tnames)
+                     + f" | {v['r2']['all']:.3f} |")
     for name, ts in sets.items():
-        if name in results:
-            runs = {k: v for k, v in results[name].items() if k != "none"}
-            lines += _set_section(name, runs, ts, tasks)
-    out = Path(cfg.results)
-    return write_text(out / "selector_study.md", "\n".join(lines) + "\n")
+        if results.get(name):
+            lines += _set_section(name, results[name], ts, tnames, refs)
+    return write_text(Path(cfg.results), "\n".join(lines) + "\n")

@@ -73,14 +73,22 @@ def load_rows(n: int, variant: str = "crop", split: str | None = None):
     """The labelled set as in-memory columns (and its manifest). ``trunc256``: the proteins
     whose crop starts at residue 1, cut to their first 256 (windows and h_avg recomputed);
     ``multi``: UniRep-256 beside UniRep-1900; ``multi-trunc256``: both."""
+    if variant not in VARIANTS:
+        raise ValueError(f"data_variant must be one of {VARIANTS}, not {variant!r}")
+    rows, man = read_rows(dataset_dir(n, variant.startswith("multi")), split)
+    if variant.endswith("trunc256"):
+        rows = _truncated(rows, man.teachers, n, 256)
+    return rows, man
+
+
+def read_rows(run: Path, split: str | None = None):
+    """A labelled teacher dataset as in-memory columns (and its manifest): id, sequence,
+    split, length, per teacher h_avg ``[N, d]`` and its window means (object array)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from mtdp.teacher_data import Manifest, data_files
 
-    if variant not in VARIANTS:
-        raise ValueError(f"data_variant must be one of {VARIANTS}, not {variant!r}")
-    run = dataset_dir(n, variant.startswith("multi"))
     man = Manifest.load(run)
     table = pa.concat_tables([pq.read_table(f) for f in data_files(run)])
     if split:
@@ -92,8 +100,6 @@ def load_rows(n: int, variant: str = "crop", split: str | None = None):
         rows[t.column] = table[t.column].combine_chunks().flatten().to_numpy(
             zero_copy_only=False).reshape(-1, t.dim)
         rows[t.residue_column] = _residue_arrays(table[t.residue_column], t.dim)
-    if variant.endswith("trunc256"):
-        rows = _truncated(rows, man.teachers, n, 256)
     return rows, man
 
 

@@ -70,15 +70,20 @@ def _run_apply(args: argparse.Namespace) -> int:
 
 def add_map(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("map", help="draw embeddings in 2-D (PCA, t-SNE, UMAP) coloured by a label",
-                       description="A map of the protein space: OUT.tsv (id, x, y[, label]) "
-                                   "and OUT.png.")
+                       description="A map of the protein space: OUT.tsv (id, x, y[, label]), "
+                                   "OUT.png and OUT.html (interactive: hover shows id and "
+                                   "label), all three beside each other.")
     p.add_argument("embeddings", help="embeddings file from `mtdp embed`")
-    p.add_argument("-o", "--output", required=True, help="coordinates .tsv (+ .png beside it)")
+    p.add_argument("-o", "--output", required=True,
+                   help="OUT.html, OUT.tsv or OUT.png: the three are written by that stem")
     p.add_argument("--method", choices=["pca", "tsne", "umap"], default="pca",
                    help="umap needs umap-learn installed")
     p.add_argument("--labels", default=None, help="TSV/CSV with id and label columns (colours)")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--label-column", "--color", dest="label_column", default="label",
+                   help="the column of --labels the points are coloured by")
     p.add_argument("--id-column", default="id")
+    p.add_argument("--max-points", type=bounded(int, ge=3), default=20_000,
+                   help="larger inputs are subsampled to this many proteins (seeded)")
     p.add_argument("--seed", type=bounded(int, ge=0), default=0)
     p.set_defaults(func=_run_map)
 
@@ -91,8 +96,6 @@ def _run_map(args: argparse.Namespace) -> int:
     if args.labels:
         lab = read_labels(args.labels, args.label_column, args.id_column, min_rows=1)
         labels = dict(zip(lab.ids, lab.values))
-    n = write_map(args.embeddings, args.output, method=args.method, labels=labels,
-                  seed=args.seed)
-    print(json.dumps({"output": args.output, "plot": str(args.output).rsplit(".", 1)[0]
-                      + ".png", "proteins": n, "method": args.method}))
+    print(json.dumps(write_map(args.embeddings, args.output, method=args.method,
+                               labels=labels, seed=args.seed, max_points=args.max_points)))
     return 0

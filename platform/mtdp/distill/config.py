@@ -98,6 +98,10 @@ class DistillConfig(Config):
         "teacher per step), contrast (per sample and teacher: own target predicted better "
         "than another protein's) or align (per sample: head-gradient agreement with the "
         "held-out batch); see mtdp.selector and benchmarks/results/selector_study.md"))
+    selector_credit: str = option("heldout", choices=("heldout", "batch"), help=(
+        "where the contrast reward measures its per-protein credit: heldout (validation "
+        "proteins, reward_batch_size at a time in turn; the policy learns from their states, "
+        "so targets the student has memorised earn nothing) or batch (the training batch)"))
     selector_state: str = option("full", choices=("full", "loss", "embedding"), help=(
         "rl policy input: full (pooled embedding, KD losses, length), loss or embedding "
         "(the other part left out)"))

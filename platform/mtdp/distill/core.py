@@ -54,6 +54,9 @@ class Distiller:
             self.optimizer, lr_lambda(total_steps, cfg.warmup_ratio, cfg.schedule))
         self.step = 0
         self.reward_batch: dict[str, Any] | None = None
+        #: Held-out batches the contrast credit is measured on in turn (selector_credit heldout).
+        self.credit_batches: list[dict[str, Any]] = []
+        self._credit_turn = 0
         self._reward_before: torch.Tensor | None = None
 
     def _autocast(self):
@@ -198,6 +201,36 @@ class Distiller:
             out.append(other - own)
         return torch.stack(out, 1)
 
+    def _heldout_credit(self) -> None:
+        """Contrast credit of the next held-out batch (eval mode) with its policy states: the
+        policy learns from proteins the student never trains on, so a target it could only
+        memorise (another protein's features) earns nothing however often it is seen."""
+        if not self.credit_batches:
+            raise ValueError("selector_credit 'heldout' needs held-out proteins: give the "
+                             "teacher dataset a validation split, or use selector_credit batch")
+        batch = self.credit_batches[self._credit_turn % len(self.credit_batches)]
+        self._credit_turn += 1
+        was = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            res = self.forward(batch, model=self.student)
+        self.student.train(was)
+        self.selector.add_credit(self.contrast_credit(res, batch),
+                                 state=self.selector.state(res["pooled"], res["kd"],
+                                                           batch["lengths"]))
+
+    def _credit_sources(self, credit: bool) -> tuple[Any, bool]:
+        """The align credit's held-out gradients (or None), and whether the contrast credit
+        comes from held-out proteins (then measured here, before the step)."""
+        if not credit:
+            return None, False
+        if self.selector.reward_kind == "align":
+            return self.reward_head_grads(), False
+        if self.cfg.selector_credit == "heldout":
+            self._heldout_credit()
+            return None, True
+        return None, False
+
     def align_credit(self, res: dict[str, Any], batch: dict[str, Any], held) -> torch.Tensor:
         """``s_ik = mean_j (δ_ik·δ_jk)(e_i·e_j)`` ``[B, K]``, δ and e centred on the reward
         batch: the inner product of sample i's and the reward batch's (centred) gradients of
@@ -226,8 +259,7 @@ class Distiller:
             self._reward_before = self.reward_losses()
         credit = self.selector.wants_credit and (
             self.reward_batch is not None or self.selector.reward_kind == "contrast")
-        held = self.reward_head_grads() if credit and self.selector.reward_kind == "align" \
-            else None
+        held, on_heldout = self._credit_sources(credit)
         micro = split_batch(batch, cfg.batch_tokens)
         n = len(batch["ids"])
         self.optimizer.zero_grad(set_to_none=True)
@@ -236,7 +268,7 @@ class Distiller:
         for j, mb in enumerate(micro):
             res = self.forward(mb)
             sel = self.selector.select(res["pooled"], res["kd"], mb["lengths"], mb.get("oracle"))
-            if credit:
+            if credit and not on_heldout:
                 self.selector.add_credit(self.align_credit(res, mb, held) if held is not None
                                          else self.contrast_credit(res, mb))
             kd_sample = combine(res["kd"], sel)

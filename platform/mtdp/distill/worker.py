@@ -136,7 +136,8 @@ class _Worker:
               f"(epoch {self.start_epoch}, batch {self.skip})")
 
     def validation(self) -> list[dict[str, Any]]:
-        """Validation batches (and, for the RL selector, the fixed reward batch)."""
+        """Validation batches (and, for the RL selector, the fixed reward batch or the
+        held-out batches of the contrast credit)."""
         import ray.train
 
         cfg = self.cfg
@@ -146,6 +147,13 @@ class _Worker:
             first = {k: v[:cfg.reward_batch_size] for k, v in rows[0].items()}
             self.dist.reward_batch = make_batch(first, self.stats, mlm_prob=cfg.mlm_prob,
                                                 seed=cfg.seed + 7, device=self.device)
+        if cfg.selector == "rl" and cfg.selector_reward == "contrast" \
+                and cfg.selector_credit == "heldout":
+            size = cfg.reward_batch_size
+            self.dist.credit_batches = [
+                make_batch({k: v[i:i + size] for k, v in r.items()}, self.stats,
+                           mlm_prob=cfg.mlm_prob, seed=cfg.seed + 7, device=self.device)
+                for r in rows for i in range(0, len(r["id"]), size)]
         return [make_batch(r, self.stats, mlm_prob=cfg.mlm_prob, seed=cfg.seed,
                            device=self.device) for r in rows]
 
