@@ -38,6 +38,11 @@ def test_fit_and_apply_learn_a_real_signal(tmp_path, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "multiclass" and out["classes"] == 3
     assert out["cv"]["accuracy"]["mean"] > 0.75 and out["cv"]["accuracy"]["se"] > 0  # chance 0.33
+    import mlflow  # the fit is logged like the benchmark (conftest: a test-session SQLite)
+
+    run = mlflow.get_run(out["mlflow_run"])
+    assert run.data.tags["mtdp.kind"] == "predictor" and run.data.params["kind"] == "multiclass"
+    assert abs(run.data.metrics["cv_accuracy_mean"] - out["cv"]["accuracy"]["mean"]) < 1e-9
     new_ids, new_x = _data(100, seed=1)
     new = _npy(tmp_path / "new.npy", new_ids, new_x)
     assert main(["predict", "apply", str(tmp_path / "p"), str(new), "-o",
@@ -48,6 +53,9 @@ def test_fit_and_apply_learn_a_real_signal(tmp_path, capsys) -> None:
     truth = np.array(["cytoplasm", "membrane", "nucleus"])[np.argmax(new_x[:, :3], axis=1)]
     got = np.array([line.split("\t")[1] for line in lines[1:]])
     assert (got == truth).mean() > 0.75
+    proba = np.array([[float(v) for v in line.split("\t")[2:]] for line in lines[1:]])
+    assert np.allclose(proba.sum(1), 1.0, atol=2e-3)  # softmax over the classes
+    assert np.array_equal(np.array(["cytoplasm", "membrane", "nucleus"])[proba.argmax(1)], got)
 
 
 def test_regression_and_multilabel_are_inferred(tmp_path, capsys) -> None:

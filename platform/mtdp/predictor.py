@@ -1,7 +1,10 @@
 """Predictors on your own labels: a small MLP from per-protein embeddings (any file
 ``mtdp embed`` writes) to binary, multi-class, multi-label or numeric labels, scored by
 cross-validation before it is fitted on everything, saved, and applied to new embeddings —
-the paper's workflow after embedding (its Fig. 1B and the released fine-tuning scripts).
+the paper's workflow after embedding (its Fig. 1B and the released fine-tuning scripts). The
+MLP is the benchmark's probe (:mod:`mtdp.mlp_probe`: same architecture, standardisation, inner
+validation split and early stopping), so a predictor's CV score is what tune/benchmark.py
+reports on the same folds (``research/predictor_parity.py``).
 
 Folds are grouped when the labels file has a group column (e.g. sequence clusters or
 homology partitions): a protein and its relatives never sit on both sides, as in the
@@ -21,7 +24,7 @@ from .io import atomic_open, atomic_path
 from .outputs import embedding_model, read_embeddings
 
 KINDS = ("binary", "multiclass", "multilabel", "regression")
-MODEL_FILE, CARD_FILE = "model.joblib", "predictor.json"
+MODEL_FILE, CARD_FILE = "model.pt", "predictor.json"
 #: Separators of several labels in one multi-label cell.
 LABEL_SEPARATORS = ";|,"
 
@@ -130,25 +133,42 @@ def _targets(kind: str, values: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[v] for v in values], dtype=np.int64), classes
 
 
-def _model(kind: str, hidden: int, seed: int):
-    from sklearn.neural_network import MLPClassifier, MLPRegressor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def _train(kind: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, hidden: int, seed: int):
+    """The benchmark's MLP probe (:mod:`mtdp.mlp_probe`) fitted on rows ``idx``, stopped early
+    on a seeded inner validation split of them: ``(model, data)``."""
+    from .mlp_probe import MLPSettings, inner_split, train_mlp
 
-    cls = MLPRegressor if kind == "regression" else MLPClassifier
-    net = cls(hidden_layer_sizes=(hidden,), alpha=1e-2, early_stopping=True,
-              validation_fraction=0.1, max_iter=300, n_iter_no_change=10, random_state=seed)
-    return make_pipeline(StandardScaler(), net)
+    settings = MLPSettings(hidden=hidden)
+    fit_idx, val_idx = inner_split(idx, y, kind, settings.val_fraction, seed)
+    model, data, _ = train_mlp(x, y, kind, fit_idx, val_idx, settings, seed)
+    return model, data
 
 
-def _scores(kind: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+def _outputs(kind: str, model, data, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (class indices, 0/1 terms at 0.5, or values) and probabilities of rows
+    ``idx`` (None for regression)."""
+    from .mlp_probe import probabilities
+
+    out = data.outputs(model, data.feats(idx))
+    if kind == "regression":
+        return out, None
+    proba = probabilities(kind, out)
+    return ((proba >= 0.5).astype(np.int64) if kind == "multilabel" else proba.argmax(1)), proba
+
+
+def _scores(kind: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None
+            ) -> dict[str, float]:
+    """A fold's scores (the benchmark's primary metric among them: accuracy, Fmax, ρ)."""
     from scipy.stats import spearmanr
     from sklearn.metrics import accuracy_score, f1_score, r2_score
+
+    from .fmax import fmax
 
     if kind == "regression":
         return {"spearman": float(spearmanr(y, pred).statistic), "r2": float(r2_score(y, pred))}
     if kind == "multilabel":
-        return {"f1_micro": float(f1_score(y, pred, average="micro", zero_division=0))}
+        return {"fmax": fmax(y, proba)[0],
+                "f1_micro": float(f1_score(y, pred, average="micro", zero_division=0))}
     return {"accuracy": float(accuracy_score(y, pred)),
             "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0))}
 
@@ -171,13 +191,13 @@ def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *
                   group_column: str | None = None, folds: int = 5, hidden: int = 256,
                   seed: int = 0) -> PredictorCard:
     """Cross-validate, then fit on every labelled protein and save to ``out`` (a new folder):
-    ``model.joblib`` and ``predictor.json`` (this card, with the CV scores ± SE).
+    ``model.pt`` (the probe's weights and standardisation) and ``predictor.json`` (this card, with the CV scores ± SE).
 
     Raises:
         ValueError: labelled ids missing from the embeddings (named), too few proteins or
             groups, an existing non-empty ``out``.
     """
-    import joblib
+    import torch
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -197,20 +217,24 @@ def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *
         raise ValueError(f"kind must be auto or one of {KINDS}, not {kind!r}")
     y, classes = _targets(kind, lab.values)
     per_fold: list[dict[str, float]] = []
-    for train, test in _folds(len(y), kind, y, lab.groups, folds, seed):
-        model = _model(kind, hidden, seed).fit(x[train], y[train])
-        per_fold.append(_scores(kind, y[test], model.predict(x[test])))
+    for k, (train, test) in enumerate(_folds(len(y), kind, y, lab.groups, folds, seed)):
+        model, data = _train(kind, x, y, np.sort(train), hidden, seed + k)
+        per_fold.append(_scores(kind, y[test], *_outputs(kind, model, data, test)))
     cv = {"folds": folds, "grouped_by": group_column or None, "per_fold": per_fold}
     for metric in per_fold[0]:
         vals = np.array([f[metric] for f in per_fold])
         cv[metric] = {"mean": float(vals.mean()),
                       "se": float(vals.std(ddof=1) / np.sqrt(len(vals)))}
-    model = _model(kind, hidden, seed).fit(x, y)
+    model, data = _train(kind, x, y, np.arange(len(y)), hidden, seed)
     card = PredictorCard(kind, classes, int(x.shape[1]), embedding_model(embeddings) or "",
                          len(y), hidden, cv)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / MODEL_FILE) as tmp:
-        joblib.dump(model, tmp)
+        torch.save({"state": model.state_dict(), "mean": torch.from_numpy(data.mean),
+                    "std": torch.from_numpy(data.std),
+                    "target": torch.tensor([data.y_mean, data.y_std]),
+                    "out": int(model.net[-1].out_features),
+                    "dropout": float(model.net[2].p)}, tmp)
     with atomic_open(out / CARD_FILE) as fh:
         fh.write(json.dumps(asdict(card), indent=2))
     return card
@@ -224,8 +248,6 @@ def apply_predictor(predictor: str | Path, embeddings: str | Path, output: str |
     Raises:
         ValueError: the embeddings' dimension or model differ from the predictor's.
     """
-    import joblib
-
     d = Path(predictor)
     if not (d / CARD_FILE).is_file():
         raise ValueError(f"{d} is not a predictor folder (no {CARD_FILE}; made by "
@@ -239,9 +261,11 @@ def apply_predictor(predictor: str | Path, embeddings: str | Path, output: str |
     if card.embedding_model and model_name and model_name != card.embedding_model:
         raise ValueError(f"{embeddings} holds {model_name} embeddings; the predictor was "
                          f"fitted on {card.embedding_model} ones: embed with that model")
-    model = joblib.load(d / MODEL_FILE)
-    pred = model.predict(x.astype(np.float32))
-    proba = model.predict_proba(x.astype(np.float32)) if card.kind != "regression" else None
+    if not (d / MODEL_FILE).is_file():
+        raise ValueError(f"{d} has no {MODEL_FILE} (a predictor from an older mtdp, or an "
+                         "incomplete folder): fit it again with `mtdp predict fit`")
+    model, data = _load(d / MODEL_FILE, card, x)
+    pred, proba = _outputs(card.kind, model, data, np.arange(len(x)))
     with atomic_open(output) as fh:
         head = ["id", "prediction"] + ([f"p_{c}" for c in card.classes] if proba is not None
                                        else [])
@@ -256,3 +280,47 @@ def apply_predictor(predictor: str | Path, embeddings: str | Path, output: str |
             cells = [pid, label] + ([f"{p:.4f}" for p in proba[i]] if proba is not None else [])
             fh.write("\t".join(cells) + "\n")
     return len(ids)
+
+
+def _load(path: Path, card: PredictorCard, x: np.ndarray):
+    """The saved probe and a :class:`mtdp.mlp_probe.ProbeData` standardising ``x`` as in
+    training."""
+    import torch
+
+    from .mlp_probe import MLPProbe, ProbeData
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = MLPProbe(card.dim, card.hidden, int(saved["out"]), float(saved["dropout"]))
+    model.load_state_dict(saved["state"])
+    y_mean, y_std = (float(v) for v in saved["target"])
+    data = ProbeData(card.kind, np.zeros(len(x)), np.asarray(x, dtype=np.float32),
+                     saved["mean"].numpy(), saved["std"].numpy(), y_mean, y_std)
+    return model.eval(), data
+
+
+def log_predictor(card: PredictorCard, folder: str | Path, *, embeddings: str | Path,
+                  labels: str | Path, seed: int, experiment: str = "mtdp") -> str:
+    """One MLflow run for a fitted predictor, as the benchmark logs its probes: parameters,
+    CV means ± SE and per-fold scores, the card as an artifact. Returns the run id."""
+    import mlflow
+
+    from .tracking import setup_mlflow
+
+    setup_mlflow(experiment)
+    with mlflow.start_run(run_name=f"predictor-{Path(folder).name}") as run:
+        mlflow.set_tags({"mtdp.kind": "predictor", "embedding_model": card.embedding_model})
+        mlflow.log_params({"kind": card.kind, "classes": len(card.classes), "dim": card.dim,
+                           "proteins": card.proteins, "hidden": card.hidden, "seed": seed,
+                           "folds": card.cv.get("folds"), "grouped_by": card.cv.get("grouped_by"),
+                           "embeddings": str(embeddings), "labels": str(labels),
+                           "output": str(Path(folder).resolve())})
+        metrics = {}
+        for name, value in card.cv.items():
+            if isinstance(value, dict):
+                metrics[f"cv_{name}_mean"], metrics[f"cv_{name}_se"] = value["mean"], value["se"]
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if math.isfinite(v)})
+        for k, fold in enumerate(card.cv.get("per_fold", [])):
+            mlflow.log_metrics({f"fold_{m}": float(v) for m, v in fold.items()
+                                if math.isfinite(v)}, step=k)
+        mlflow.log_artifact(str(Path(folder) / CARD_FILE))
+        return run.info.run_id

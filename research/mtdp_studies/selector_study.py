@@ -68,7 +68,8 @@ class SelectorStudyConfig(Config):
         "the rest score R² and the selection rates"))
     crop: int = option(256, ge=32, help=(
         "pool proteins of at least this many residues, cut to it (a multiple of 8)"))
-    steps: int = option(400, ge=1, help="optimiser steps per student")
+    steps: int = option(1600, ge=1, help=(
+        "optimiser steps per student (1,600 × 8: four passes over the training proteins)"))
     batch_size: int = option(8, ge=2, help="proteins per step")
     lr: float = option(3e-3, gt=0.0, help="student learning rate")
     teachers: str = option(",".join(TEACHERS), help=(

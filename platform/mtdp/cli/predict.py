@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..config import bounded
 
@@ -39,6 +40,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--hidden", type=bounded(int, ge=1, le=65536), default=256,
                      help="hidden units of the MLP")
     fit.add_argument("--seed", type=bounded(int, ge=0), default=0)
+    fit.add_argument("--no-mlflow", dest="mlflow", action="store_false",
+                     help="do not log the fit to MLflow (default: logged, like the benchmark; "
+                          "$MLFLOW_TRACKING_URI or ./mlflow.db)")
+    fit.add_argument("--experiment", default="mtdp", help="MLflow experiment")
     fit.set_defaults(func=_run_fit)
     app = psub.add_parser("apply", help="predict proteins from their embeddings")
     app.add_argument("predictor", help="folder written by `mtdp predict fit`")
@@ -50,13 +55,22 @@ def add(sub: argparse._SubParsersAction) -> None:
 def _run_fit(args: argparse.Namespace) -> int:
     from ..predictor import fit_predictor
 
+    if args.group_column is None:
+        print("[predict] no --group-column: random folds, so relatives of a test protein may "
+              "sit in training and the CV score may flatter; give clusters (e.g. `mmseqs "
+              "easy-cluster in.fasta clu tmp --min-seq-id 0.3`, its first column) or homology "
+              "partitions", file=sys.stderr)
     card = fit_predictor(args.embeddings, args.labels, args.output, kind=args.kind,
                          label_column=args.label_column, id_column=args.id_column,
                          group_column=args.group_column, folds=args.folds,
                          hidden=args.hidden, seed=args.seed)
+    from ..predictor import log_predictor
+
     cv = {k: v for k, v in card.cv.items() if isinstance(v, dict)}
+    run = log_predictor(card, args.output, embeddings=args.embeddings, labels=args.labels,
+                        seed=args.seed, experiment=args.experiment) if args.mlflow else None
     print(json.dumps({"output": args.output, "kind": card.kind, "proteins": card.proteins,
-                      "classes": len(card.classes), "cv": cv}))
+                      "classes": len(card.classes), "cv": cv, "mlflow_run": run}))
     return 0
 
 

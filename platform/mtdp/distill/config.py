@@ -90,14 +90,14 @@ class DistillConfig(Config):
         "both losses) or the clean sequence the teacher saw (a second pass for MLM when "
         "mlm_weight > 0)"))
     selector: str = option("uniform", help=(
-        "teacher selection: uniform (default: every teacher for every protein; it matched or "
-        "beat rl on every teacher set of benchmarks/results/selector_study.md), rl, "
+        "teacher selection: uniform (default: every teacher for every protein; no selector "
+        "beat it in the selector study, docs/results/selector-study.md), rl, "
         "single:<teacher>, random or none"))
     selector_reward: str = option("heldout", choices=("heldout", "contrast", "align"), help=(
         "rl reward: heldout (relative drop of each teacher's held-out KD loss: one credit per "
         "teacher per step), contrast (per sample and teacher: own target predicted better "
         "than another protein's) or align (per sample: head-gradient agreement with the "
-        "held-out batch); see mtdp.selector and benchmarks/results/selector_study.md"))
+        "held-out batch); see mtdp.selector and docs/results/selector-study.md"))
     selector_credit: str = option("heldout", choices=("heldout", "batch"), help=(
         "where the contrast reward measures its per-protein credit: heldout (validation "
         "proteins, reward_batch_size at a time in turn; the policy learns from their states, "

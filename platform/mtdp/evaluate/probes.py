@@ -14,7 +14,6 @@ evaluated on exactly the same test proteins.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from dataclasses import asdict, dataclass
@@ -22,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..config import Config, option
+from ..config import option
+from ..mlp_probe import MLPSettings, inner_split, train_mlp
 from .metrics import compute_metrics
 from .tasks import PRIMARY_METRIC
 
@@ -33,20 +32,11 @@ PROBES = ("mlp", "knn")
 
 
 @dataclass
-class ProbeConfig(Config):
+class ProbeConfig(MLPSettings):
     """Probe hyper-parameters (the fixed default; ``--search`` samples lr, hidden size and
-    weight decay around it)."""
+    weight decay around it): the MLP's (:class:`mtdp.mlp_probe.MLPSettings`, shared with
+    ``mtdp predict``) and the benchmark's own."""
 
-    hidden: int = option(256, ge=1, help="probe hidden layer width")
-    lr: float = option(1e-3, gt=0.0, help="AdamW learning rate")
-    weight_decay: float = option(1e-2, ge=0.0, help="AdamW weight decay")
-    dropout: float = option(0.1, ge=0.0, lt=1.0, help="dropout after the hidden layer")
-    batch_size: int = option(128, ge=1, help="probe mini-batch size")
-    max_epochs: int = option(40, ge=1, help="maximum probe epochs per fold")
-    patience: int = option(5, ge=1, help=(
-        "early stopping: epochs without improvement of the selection score"))
-    val_fraction: float = option(0.1, gt=0.0, lt=1.0, help=(
-        "inner validation share of the training folds (protocol inner-val)"))
     min_term_count: int = option(50, ge=1, help=(
         "multi-label tasks (GO): terms predicted and scored in a fold are those with at least "
         "this many proteins in its training folds (chosen from the training side only)"))
@@ -57,18 +47,6 @@ class ProbeConfig(Config):
     knn_k: int = option(1, ge=1, help="--probe knn: neighbours per test protein")
     knn_metric: str = option("cosine", choices=("cosine", "euclidean"), help=(
         "--probe knn: embedding distance"))
-
-
-class MLPProbe(nn.Module):
-    """Linear → GELU → dropout → linear."""
-
-    def __init__(self, dim: int, hidden: int, out: int, dropout: float) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def make_folds(kind: str, labels: np.ndarray, n_folds: int = 10, seed: int = 42
@@ -134,88 +112,6 @@ def fold_hash(ids: list[str], test_idx: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def inner_split(train_idx: np.ndarray, labels: np.ndarray, kind: str, fraction: float,
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split training-fold indices into (inner train, inner validation), stratified for
-    classification when every class has at least 2 members."""
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
-    strat = None
-    if kind in ("binary", "multiclass"):
-        _, counts = np.unique(labels[train_idx], return_counts=True)
-        # Stratifying needs 2+ members per class and room for every class in the split.
-        if counts.min() >= 2 and int(fraction * len(train_idx)) >= len(counts):
-            strat = labels[train_idx]
-    tr, va = train_test_split(train_idx, test_size=fraction, random_state=seed, stratify=strat)
-    return np.sort(tr), np.sort(va)
-
-
-def _loss_fn(kind: str):
-    if kind in ("binary", "multiclass"):
-        return nn.CrossEntropyLoss()
-    if kind == "multilabel":
-        return nn.BCEWithLogitsLoss()
-    return nn.MSELoss()
-
-
-def _out_dim(kind: str, labels: np.ndarray) -> int:
-    if kind in ("binary", "multiclass"):
-        return int(labels.max()) + 1
-    if kind == "multilabel":
-        return labels.shape[1]
-    return 1
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
-@dataclass
-class _ProbeData:
-    """Standardised features and targets of one fold (statistics from the fitted rows only)."""
-
-    kind: str
-    labels: np.ndarray
-    x: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    y_mean: float = 0.0
-    y_std: float = 1.0
-
-    @classmethod
-    def fit(cls, X: np.ndarray, labels: np.ndarray, kind: str, fit_idx: np.ndarray
-            ) -> "_ProbeData":
-        x_all = np.asarray(X, dtype=np.float32)
-        mean = x_all[fit_idx].mean(axis=0)
-        std = x_all[fit_idx].std(axis=0)
-        std[std < 1e-6] = 1.0  # constant features (e.g. absent k-mers) stay 0 instead of NaN
-        data = cls(kind, labels, x_all, mean, std)
-        if kind == "regression":
-            data.y_mean = float(labels[fit_idx].mean())
-            data.y_std = float(labels[fit_idx].std()) or 1.0
-        return data
-
-    def feats(self, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy((self.x[idx] - self.mean) / self.std)
-
-    def targets(self, idx: np.ndarray) -> torch.Tensor:
-        y = self.labels[idx]
-        if self.kind in ("binary", "multiclass"):
-            return torch.from_numpy(y.astype(np.int64))
-        if self.kind == "regression":
-            return torch.from_numpy(((y - self.y_mean) / self.y_std).astype(np.float32)
-                                    ).unsqueeze(1)
-        return torch.from_numpy(y.astype(np.float32))
-
-    def outputs(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
-        out = _predict(model, x).numpy()
-        return out.reshape(-1) * self.y_std + self.y_mean if self.kind == "regression" else out
-
-
 def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndarray,
                 test_idx: np.ndarray, config: ProbeConfig, *, protocol: str = "inner-val",
                 seed: int = 42) -> dict[str, Any]:
@@ -236,11 +132,13 @@ def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndar
         fit_idx, val_idx = inner_split(train_idx, labels, kind, config.val_fraction, seed)
     else:
         fit_idx, val_idx = train_idx, np.array([], dtype=np.int64)
-    data = _ProbeData.fit(X, labels, kind, fit_idx)
-    torch.manual_seed(seed)
-    model = MLPProbe(X.shape[1], config.hidden, _out_dim(kind, labels), config.dropout)
-    best_epoch, epoch, best_val_loss = _fit(model, data, fit_idx, val_idx, test_idx, config,
-                                            protocol, seed)
+    score = None
+    if protocol == "paper":  # optimistic reference protocol: the test fold picks the epoch
+        def score(model, data) -> float:
+            return compute_metrics(kind, labels[test_idx], data.outputs(
+                model, data.feats(test_idx)))[PRIMARY_METRIC[kind]]
+    model, data, (best_epoch, epoch, best_val_loss) = train_mlp(
+        X, labels, kind, fit_idx, val_idx, config, seed, score)
     x_test = data.feats(test_idx)
     result: dict[str, Any] = {f"test_{k}": v for k, v in compute_metrics(
         kind, labels[test_idx], data.outputs(model, x_test)).items()}
@@ -292,52 +190,6 @@ def _fold_terms(labels: np.ndarray, train_idx: np.ndarray, min_count: int
                          f"{int(labels[train_idx].sum(axis=0).max())}): lower "
                          "--min-term-count or use more proteins")
     return labels[:, keep], len(keep)
-
-
-def _fit(model: nn.Module, data: _ProbeData, fit_idx: np.ndarray, val_idx: np.ndarray,
-         test_idx: np.ndarray, config: ProbeConfig, protocol: str, seed: int
-         ) -> tuple[int, int, float]:
-    """Train with early stopping; leaves the best epoch's weights in ``model``. Returns
-    ``(best_epoch, epochs_run, best_val_loss)``."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = _loss_fn(data.kind)
-    primary = PRIMARY_METRIC[data.kind]
-    x_fit, y_fit, x_test = data.feats(fit_idx), data.targets(fit_idx), data.feats(test_idx)
-    x_val = data.feats(val_idx) if len(val_idx) else None
-    y_val = data.targets(val_idx) if len(val_idx) else None
-    best_score, best_epoch, best_state, stale, epoch = -np.inf, 0, None, 0, 0
-    best_val_loss = float("nan")
-    for epoch in range(1, config.max_epochs + 1):
-        model.train()
-        perm = torch.randperm(len(x_fit), generator=gen)
-        for i in range(0, len(perm), config.batch_size):
-            b = perm[i:i + config.batch_size]
-            if len(b) < 2 and len(perm) > 1:
-                continue  # a batch of one gives no useful gradient
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x_fit[b]), y_fit[b]).backward()
-            opt.step()
-        if protocol == "inner-val":
-            assert x_val is not None and y_val is not None
-            val_loss = float(loss_fn(_predict(model, x_val), y_val))
-            score = -val_loss
-        else:
-            # Optimistic reference protocol: the test fold picks the epoch.
-            score = compute_metrics(data.kind, data.labels[test_idx],
-                                    data.outputs(model, x_test))[primary]
-            score = -np.inf if np.isnan(score) else score
-            val_loss = float("nan")
-        if score > best_score:
-            best_score, best_epoch, stale, best_val_loss = score, epoch, 0, val_loss
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return best_epoch, epoch, best_val_loss
 
 
 def unit(config: dict[str, Any]) -> dict[str, Any]:
