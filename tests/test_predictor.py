@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mtdp.cli import main
+from mtdp.clusters import mmseqs_binary
 
 
 def _npy(path, ids, x, model="m1"):
@@ -94,6 +95,49 @@ def test_grouped_folds_do_not_reward_memorised_relatives(tmp_path, capsys) -> No
                      str(tmp_path / name), *extra]) == 0
         scores[name] = json.loads(capsys.readouterr().out)["cv"]["accuracy"]["mean"]
     assert scores["random"] > 0.9 and scores["grouped"] < 0.75
+
+
+def _family_data(tmp_path):
+    """30 families of 10 near-identical sequences whose label follows the family (a label that
+    only memorised relatives can predict), embeddings that separate the families."""
+    rng = np.random.default_rng(0)
+    aa = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    seqs, ids = [], [f"p{i}" for i in range(300)]
+    for f in range(30):
+        root = rng.choice(aa, 120)
+        for _ in range(10):
+            s = root.copy()
+            s[rng.choice(120, 6, replace=False)] = rng.choice(aa, 6)
+            seqs.append("".join(s))
+    fam = np.repeat(np.arange(30), 10)
+    x = rng.normal(size=(30, 16))[fam] * 3 + rng.normal(size=(300, 16)) * 0.3
+    (tmp_path / "s.fasta").write_text("".join(f">{i}\n{s}\n" for i, s in zip(ids, seqs)))
+    _tsv(tmp_path / "l.tsv", ["id", "label"], zip(ids, rng.integers(0, 2, 30)[fam]))
+    return _npy(tmp_path / "e.npy", ids, x)
+
+
+@pytest.mark.skipif(mmseqs_binary() is None, reason="no mmseqs here (apt install mmseqs2)")
+def test_sequences_give_folds_by_mmseqs2_cluster(tmp_path, capsys) -> None:
+    emb = _family_data(tmp_path)
+    assert main(["predict", "fit", str(emb), str(tmp_path / "l.tsv"), "-o", str(tmp_path / "p"),
+                 "--sequences", str(tmp_path / "s.fasta"), "--no-mlflow"]) == 0
+    got = capsys.readouterr()
+    out = json.loads(got.out)
+    assert "folds follow 30 MMseqs2 clusters of 300 proteins" in got.err
+    assert out["cv"]["accuracy"]["mean"] < 0.75  # families never on both sides: chance
+    card = json.loads((tmp_path / "p" / "predictor.json").read_text())
+    assert card["cv"]["grouped_by"].startswith("mmseqs2 clusters")
+
+
+def test_random_folds_are_said(tmp_path, capsys, monkeypatch) -> None:
+    emb = _family_data(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mmseqs on PATH
+    monkeypatch.delenv("MTDP_MMSEQS", raising=False)
+    assert main(["predict", "fit", str(emb), str(tmp_path / "l.tsv"), "-o", str(tmp_path / "p"),
+                 "--sequences", str(tmp_path / "s.fasta"), "--no-mlflow"]) == 0
+    err = capsys.readouterr().err
+    assert "random folds (no `mmseqs` binary to cluster --sequences" in err
+    assert "apt install mmseqs2" in err
 
 
 def test_mistakes_are_named(tmp_path, capsys) -> None:

@@ -320,7 +320,9 @@ def test_knn_probe_runs_side_by_side_with_the_homology_baseline(ray_session, dat
               "test-knn"]
     installed = homology.mmseqs_binary()
     monkeypatch.delenv("MTDP_MMSEQS", raising=False)
-    monkeypatch.setattr(homology.shutil, "which", lambda name: None)
+    from mtdp import clusters
+
+    monkeypatch.setattr(clusters.shutil, "which", lambda name: None)
     assert cli.main([*common, "--output-dir", str(tmp_path / "a")]) == 0
     assert "mmseqs2-besthit baseline skipped: no `mmseqs` binary" in capsys.readouterr().out
     trials = pd.read_csv(tmp_path / "a" / "trials.csv")

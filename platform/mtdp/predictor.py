@@ -189,7 +189,8 @@ def _folds(n: int, kind: str, y: np.ndarray, groups: list[str] | None, k: int, s
 def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *,
                   kind: str = "auto", label_column: str = "label", id_column: str = "id",
                   group_column: str | None = None, folds: int = 5, hidden: int = 256,
-                  seed: int = 0) -> PredictorCard:
+                  seed: int = 0, groups: dict[str, str] | None = None,
+                  grouped_by: str | None = None) -> PredictorCard:
     """Cross-validate, then fit on every labelled protein and save to ``out`` (a new folder):
     ``model.pt`` (the probe's weights and standardisation) and ``predictor.json`` (this card, with the CV scores ± SE).
 
@@ -205,6 +206,12 @@ def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *
     if folds < 2:
         raise ValueError(f"--folds must be >= 2, got {folds}")
     lab = read_labels(labels, label_column, id_column, group_column)
+    if groups is not None and group_column is None:  # e.g. MMseqs2 clusters (mtdp.clusters)
+        lost = [pid for pid in lab.ids if pid not in groups]
+        if lost:
+            raise ValueError(f"{len(lost)} labelled id(s) of {labels} have no sequence to "
+                             f"cluster, e.g. {lost[:3]}")
+        lab.groups = [groups[pid] for pid in lab.ids]
     ids, x = read_embeddings(embeddings)
     row = {pid: i for i, pid in enumerate(ids)}
     missing = [pid for pid in lab.ids if pid not in row]
@@ -220,7 +227,7 @@ def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *
     for k, (train, test) in enumerate(_folds(len(y), kind, y, lab.groups, folds, seed)):
         model, data = _train(kind, x, y, np.sort(train), hidden, seed + k)
         per_fold.append(_scores(kind, y[test], *_outputs(kind, model, data, test)))
-    cv = {"folds": folds, "grouped_by": group_column or None, "per_fold": per_fold}
+    cv = {"folds": folds, "grouped_by": group_column or grouped_by, "per_fold": per_fold}
     for metric in per_fold[0]:
         vals = np.array([f[metric] for f in per_fold])
         cv[metric] = {"mean": float(vals.mean()),

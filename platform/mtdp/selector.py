@@ -49,9 +49,11 @@ embedding, so a dropped teacher's credit stays measurable and it can come back
   real target is not mistaken for noise. A target carrying nothing about its protein scores
   ≈ 0, however predictable its average is.
   Measured on held-out proteins by default (``selector_credit heldout``: the validation split
-  in turn, the policy fitted on *their* states): on the training batch, a student that has
-  seen a protein's shuffled target a few times has memorised it and credits it (the
-  ``batch`` variant kept the shuffled teacher at 0.35 over 8 epochs).
+  in turn, the policy fitted on *their* states), so a target the student could only memorise
+  earns nothing; ``batch`` measures it on the training batch. (In the selector study a
+  shuffled teacher kept 0.34 with held-out credit as with batch credit: what fails there is a
+  student that predicts its real teacher barely better than another protein's, not
+  memorisation; ``docs/results/selector-study.md``.)
 * ``align``: ``s_ik = mean_j (δ_ik·δ_jk)(e_i·e_j)`` over the reward batch (δ: the KD loss's
   gradient at the head output, e: the embedding the head reads, both centred on the reward
   batch): the inner product of sample i's and the held-out gradient of teacher k's linear

@@ -11,7 +11,6 @@ mean). Needs the ``mmseqs`` binary (Debian/Ubuntu: ``apt install mmseqs2``; cond
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -20,20 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from ..clusters import install_hint, mmseqs_binary
 from .metrics import compute_metrics
 from .probes import _fold_terms
 
 NAME = "mmseqs2-besthit"
 
 
-def mmseqs_binary() -> str | None:
-    """Path of ``mmseqs`` (``$MTDP_MMSEQS`` or on PATH), or None."""
-    return os.environ.get("MTDP_MMSEQS") or shutil.which("mmseqs")
-
-
 def missing_message() -> str:
-    return (f"{NAME} baseline skipped: no `mmseqs` binary on PATH (install it: `apt install "
-            "mmseqs2` or `conda install -c bioconda mmseqs2`; or set MTDP_MMSEQS)")
+    return f"{NAME} baseline skipped: no `mmseqs` binary on PATH ({install_hint()})"
 
 
 def all_hits(sequences: list[str], threads: int = 2, sensitivity: float = 7.5,
