@@ -155,21 +155,24 @@ def _train(mode: str, data_dir: Path, steps: int) -> tuple[dict[str, float], dic
         torch.set_num_threads(threads)
 
 
+def _synthetic(ids: list[str], seqs: list[str], feats: dict[str, np.ndarray], max_len: int):
+    """Teacher statistics of synthetic features and ``take(idx)`` → their dataset rows."""
+    man = Manifest(teachers=[TeacherEntry(n, x.shape[1], "synthetic", mean=x.mean(0).tolist(),
+                                          std=x.std(0).tolist()) for n, x in feats.items()],
+                   max_len=max_len, rows=len(ids))
+    rows = {"id": np.array(ids), "sequence": np.array(seqs),
+            **{teacher_column(n): x.astype(np.float32) for n, x in feats.items()}}
+    return TeacherStats.from_manifest(man), lambda idx: {k: v[idx] for k, v in rows.items()}
+
+
 def _train_steps(mode: str, data_dir: Path, steps: int
                  ) -> tuple[dict[str, float], dict[str, float]]:
     torch.manual_seed(0)
     ids, seqs = deeploc_sample(data_dir, 700, 64)
-    feats = informative_and_noise(seqs)
-    man = Manifest(teachers=[TeacherEntry(n, x.shape[1], "synthetic", mean=x.mean(0).tolist(),
-                                          std=x.std(0).tolist()) for n, x in feats.items()],
-                   max_len=64, rows=len(ids))
-    stats = TeacherStats.from_manifest(man)
+    stats, take = _synthetic(ids, seqs, informative_and_noise(seqs), 64)
     cfg = DistillConfig(data="-", selector=mode, batch_size=32, lr=1e-3, warmup_ratio=0.05,
                         selector_lr=3e-3, selector_warmup_steps=10, dropout=0.0)
     distiller = new_distiller(cfg, stats, 64, total_steps=steps)
-    rows = {"id": np.array(ids), "sequence": np.array(seqs),
-            **{teacher_column(n): x for n, x in feats.items()}}
-    take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
     distiller.reward_batch = make_batch(take(np.arange(32)), stats, mlm_prob=0.15, seed=7)
     rng = np.random.default_rng(0)
     late: list[dict[str, float]] = []
@@ -286,14 +289,7 @@ def test_state_variants_leave_out_their_part():
 
 def test_heldout_credit_needs_heldout_proteins_and_learns_from_them(data_dir: Path):
     ids, seqs = deeploc_sample(data_dir, 80, 48)
-    feats = informative_and_noise(seqs)
-    man = Manifest(teachers=[TeacherEntry(n, x.shape[1], "synthetic", mean=x.mean(0).tolist(),
-                                          std=x.std(0).tolist()) for n, x in feats.items()],
-                   max_len=48, rows=len(ids))
-    stats = TeacherStats.from_manifest(man)
-    rows = {"id": np.array(ids), "sequence": np.array(seqs),
-            **{teacher_column(n): x.astype(np.float32) for n, x in feats.items()}}
-    take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
+    stats, take = _synthetic(ids, seqs, informative_and_noise(seqs), 48)
     cfg = DistillConfig(data="-", batch_size=8, selector="rl", selector_reward="contrast",
                         selector_warmup_steps=0, dropout=0.0)
     assert cfg.selector_credit == "heldout"
