@@ -192,7 +192,8 @@ def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *
                   seed: int = 0, groups: dict[str, str] | None = None,
                   grouped_by: str | None = None) -> PredictorCard:
     """Cross-validate, then fit on every labelled protein and save to ``out`` (a new folder):
-    ``model.pt`` (the probe's weights and standardisation) and ``predictor.json`` (this card, with the CV scores ± SE).
+    ``model.pt`` (the probe's weights and standardisation) and ``predictor.json`` (this
+    card, with the CV scores ± SE).
 
     Raises:
         ValueError: labelled ids missing from the embeddings (named), too few proteins or

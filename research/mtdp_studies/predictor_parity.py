@@ -9,11 +9,16 @@ from pathlib import Path
 import numpy as np
 
 
-def _files(task, X: np.ndarray, folds: list[np.ndarray], model: str, work: Path) -> tuple:
-    """The embeddings (.npy + ids + model) and a labels TSV with the fold as group column."""
-    fold_of = np.zeros(len(task.ids), dtype=int)
+def _fold_names(folds: list[np.ndarray]) -> list[str]:
+    """Each protein's fold as a group name (``f0``, ``f1``, ...)."""
+    out = np.empty(sum(len(f) for f in folds), dtype=object)
     for k, f in enumerate(folds):
-        fold_of[f] = k
+        out[f] = f"f{k}"
+    return list(out)
+
+
+def _files(task, X: np.ndarray, groups: list[str], model: str, work: Path) -> tuple:
+    """The embeddings (.npy + ids + model) and a labels TSV with ``groups`` as group column."""
     np.save(work / "e.npy", X.astype(np.float32))
     (work / "e.ids.txt").write_text("".join(f"{i}\n" for i in task.ids))
     (work / "e.meta.json").write_text(json.dumps({"model": model}))
@@ -23,19 +28,20 @@ def _files(task, X: np.ndarray, folds: list[np.ndarray], model: str, work: Path)
         values = [f"{v:.6g}" for v in task.labels]
     else:
         values = [task.classes[v] for v in task.labels]
-    lines = ["id\tlabel\tfold"] + [f"{i}\t{v}\tf{k}" for i, v, k in zip(task.ids, values, fold_of)]
+    lines = ["id\tlabel\tfold"] + [f"{i}\t{v}\t{g}" for i, v, g in zip(task.ids, values, groups)]
     (work / "labels.tsv").write_text("\n".join(lines) + "\n")
     return work / "e.npy", work / "labels.tsv"
 
 
 def _frequent_terms(task, min_count: int = 50):
-    """The task with only the GO terms of >= ``min_count`` proteins (and proteins keeping one)."""
+    """The task with only the GO terms of >= ``min_count`` proteins (and proteins keeping one),
+    and the rows kept."""
     import dataclasses
 
     keep = np.flatnonzero(task.labels.sum(0) >= min_count)
     lab = task.labels[:, keep]
     rows = np.flatnonzero(lab.any(1))
-    return dataclasses.replace(task, ids=[task.ids[i] for i in rows],
+    return rows, dataclasses.replace(task, ids=[task.ids[i] for i in rows],
                                sequences=[task.sequences[i] for i in rows], labels=lab[rows],
                                classes=[task.classes[j] for j in keep],
                                partitions=None if task.partitions is None
@@ -47,14 +53,13 @@ def parity(model: str, name: str, proteins: int, store: Path) -> dict:
     from mtdp.evaluate.probes import ProbeConfig, task_folds, train_probe
     from mtdp.evaluate.tasks import PRIMARY_METRIC, load_task
     from mtdp.models.registry import load_embedder
-    from mtdp.predictor import fit_predictor
+    from mtdp.predictor import _folds, fit_predictor
 
     task = load_task(name, max_proteins=proteins, seed=42, min_class_count=5)
     X = cached_embeddings(load_embedder(model, device="cpu"), task, store)[0]
     if task.kind == "multilabel":
-        keep = np.flatnonzero(task.labels.sum(0) >= 50)
-        rows = np.flatnonzero(task.labels[:, keep].any(1))
-        task, X = _frequent_terms(task), X[rows]
+        rows, task = _frequent_terms(task)
+        X = X[rows]
     folds = task_folds(task, "homology", 5, 42)[0]
     metric = PRIMARY_METRIC[task.kind]
     bench = []
@@ -64,27 +69,19 @@ def parity(model: str, name: str, proteins: int, store: Path) -> dict:
         # benchmark's own per-fold choice of frequent terms would score fewer, easier terms.
         bench.append(train_probe(X, task.labels, task.kind, train, test,
                                  ProbeConfig(min_term_count=1), seed=42 + k)[f"test_{metric}"])
+    groups = _fold_names(folds)
     with tempfile.TemporaryDirectory() as tmp:
-        emb, labels = _files(task, X, folds, model, Path(tmp))
+        emb, labels = _files(task, X, groups, model, Path(tmp))
         card = fit_predictor(emb, labels, Path(tmp) / "p", kind=task.kind,
                              group_column="fold", folds=len(folds), seed=42)
     pred = [f[metric] for f in card.cv["per_fold"]]
-    # GroupKFold orders folds by size, not by name: pair them through their test sets.
-    order = [int(np.argmax([len(set(f) & set(t)) for t in folds])) for f in _group_folds(
-        folds)]
+    # The predictor's grouped folds (GroupKFold) come in their own order: pair them with
+    # the homology folds through their test sets.
+    order = [int(np.argmax([len(set(t) & set(f)) for f in folds]))
+             for _, t in _folds(len(groups), task.kind, task.labels, groups, len(folds), 42)]
     bench_paired = np.array(bench)[order]
     d = np.array(pred) - bench_paired
     return {"task": name, "metric": metric, "proteins": len(task.ids), "folds": len(folds),
             "predictor": pred, "benchmark": bench_paired.tolist(),
             "difference": float(d.mean()), "difference_se": float(d.std(ddof=1) / np.sqrt(len(d)))}
 
-
-def _group_folds(folds: list[np.ndarray]) -> list[np.ndarray]:
-    """The test sets of GroupKFold over the fold labels, in its order (as fit_predictor)."""
-    from sklearn.model_selection import GroupKFold
-
-    groups = np.empty(sum(len(f) for f in folds), dtype=object)
-    for k, f in enumerate(folds):
-        groups[f] = f"f{k}"
-    return [t for _, t in GroupKFold(n_splits=len(folds)).split(np.zeros(len(groups)),
-                                                                 groups=groups)]

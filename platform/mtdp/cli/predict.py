@@ -58,7 +58,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from ..predictor import fit_predictor
+    from ..predictor import fit_predictor, log_predictor
 
     groups, grouped_by = _clusters(args)
     card = fit_predictor(args.embeddings, args.labels, args.output, kind=args.kind,
@@ -66,8 +66,6 @@ def _run_fit(args: argparse.Namespace) -> int:
                          group_column=args.group_column, folds=args.folds,
                          hidden=args.hidden, seed=args.seed, groups=groups,
                          grouped_by=grouped_by)
-    from ..predictor import log_predictor
-
     cv = {k: v for k, v in card.cv.items() if isinstance(v, dict)}
     run = log_predictor(card, args.output, embeddings=args.embeddings, labels=args.labels,
                         seed=args.seed, experiment=args.experiment) if args.mlflow else None

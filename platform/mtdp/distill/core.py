@@ -153,19 +153,21 @@ class Distiller:
         return deltas, res["embedding"].detach().float()
 
     @torch.no_grad()
-    def _reward_forward(self) -> dict[str, torch.Tensor]:
-        """:meth:`forward` of the fixed reward batch in eval mode (training mode restored)."""
-        assert self.reward_batch is not None
+    def _heldout_forward(self, batch: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`forward` of a held-out batch (default: the fixed reward batch) in eval mode
+        (training mode restored)."""
+        batch = self.reward_batch if batch is None else batch
+        assert batch is not None
         was = self.student.training
         self.student.eval()
-        res = self.forward(self.reward_batch, model=self.student)
+        res = self.forward(batch, model=self.student)
         self.student.train(was)
         return res
 
     def reward_head_grads(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """:meth:`_head_grads` of the fixed reward batch (eval mode): the ``align`` credit's
         held-out side."""
-        return self._head_grads(self._reward_forward(), self.reward_batch)
+        return self._head_grads(self._heldout_forward(), self.reward_batch)
 
     def _heads_only(self, res: dict[str, Any], batch: dict[str, Any], sel: torch.Tensor
                     ) -> torch.Tensor:
@@ -210,11 +212,7 @@ class Distiller:
                              "teacher dataset a validation split, or use selector_credit batch")
         batch = self.credit_batches[self._credit_turn % len(self.credit_batches)]
         self._credit_turn += 1
-        was = self.student.training
-        self.student.eval()
-        with torch.no_grad():
-            res = self.forward(batch, model=self.student)
-        self.student.train(was)
+        res = self._heldout_forward(batch)
         self.selector.add_credit(self.contrast_credit(res, batch),
                                  state=self.selector.state(res["pooled"], res["kd"],
                                                            batch["lengths"]))
@@ -247,7 +245,7 @@ class Distiller:
 
     def reward_losses(self) -> torch.Tensor:
         """Held-out KD loss per teacher on the fixed reward batch ``[K]`` (eval mode)."""
-        return self._reward_forward()["kd"].float().mean(0)
+        return self._heldout_forward()["kd"].float().mean(0)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimiser step (micro-batched by ``batch_tokens``); returns metrics."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..fmax import FMAX_THRESHOLDS, fmax  # noqa: F401  (the benchmark's GO metric)
 
+
 def _check_same_length(y_true: np.ndarray, y_pred: np.ndarray) -> None:
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} rows but y_pred has {len(y_pred)}")

@@ -132,14 +132,17 @@ def train_probe(X: np.ndarray, labels: np.ndarray, kind: str, train_idx: np.ndar
         fit_idx, val_idx = inner_split(train_idx, labels, kind, config.val_fraction, seed)
     else:
         fit_idx, val_idx = train_idx, np.array([], dtype=np.int64)
-    score = None
+    score, x_test = None, None
     if protocol == "paper":  # optimistic reference protocol: the test fold picks the epoch
         def score(model, data) -> float:
-            return compute_metrics(kind, labels[test_idx], data.outputs(
-                model, data.feats(test_idx)))[PRIMARY_METRIC[kind]]
+            nonlocal x_test
+            if x_test is None:  # standardised once, not every epoch
+                x_test = data.feats(test_idx)
+            return compute_metrics(kind, labels[test_idx], data.outputs(model, x_test)
+                                   )[PRIMARY_METRIC[kind]]
     model, data, (best_epoch, epoch, best_val_loss) = train_mlp(
         X, labels, kind, fit_idx, val_idx, config, seed, score)
-    x_test = data.feats(test_idx)
+    x_test = data.feats(test_idx) if x_test is None else x_test
     result: dict[str, Any] = {f"test_{k}": v for k, v in compute_metrics(
         kind, labels[test_idx], data.outputs(model, x_test)).items()}
     if len(val_idx):
