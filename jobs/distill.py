@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from mtdp.config import add_dataclass_arguments, load_config
 from mtdp.distill import DistillConfig, run_distill
@@ -66,7 +67,9 @@ def run_recipe_file(path: str):
     cfg = load_recipe(path)
     result, timings = run_recipe(cfg)
     if cfg.probe_proteins:
+        t0 = time.perf_counter()
         print("\n" + format_probe(probe_recipe(cfg, result), cfg.probe_proteins))
+        timings["probe"] = time.perf_counter() - t0
     print("[recipe] stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return result
 

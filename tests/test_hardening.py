@@ -472,6 +472,20 @@ def test_demo_config_uses_real_teachers_and_ends_with_a_probe() -> None:
     assert cfg.pool == "swissprot" and cfg.per_residue
 
 
+def test_closing_probe_localization_is_the_benchmark_task() -> None:
+    """One location per protein, as the benchmark's localization task (10 classes): proteins
+    in several locations are left out, not made classes of their own."""
+    from mtdp.evaluate.closing_probe import probe_labels
+    from mtdp.evaluate.tasks import load_task
+
+    seqs, labels = probe_labels(800)
+    loc = labels["localization"]
+    kept = set(loc[loc != ""])
+    assert len(seqs) == len(loc) == 800 and not any("|" in c for c in kept)
+    assert 5 <= len(kept) <= 10 and kept <= set(load_task("localization").classes)
+    assert (loc == "").sum() > 0  # partition 4 has multi-location proteins: left out
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_scale(ray_session, tmp_path, capsys) -> None:
     """The recipe's whole path (pool, labels, distil, probe against the untrained student,
@@ -500,6 +514,18 @@ def test_demo_runs_end_to_end_on_a_tiny_scale(ray_session, tmp_path, capsys) -> 
         assert ("gain_capture" in row["membrane"]) == (name in ("distilled", "untrained"))
     print(format_probe(scores, 60))
     assert "proteins the student never saw" in capsys.readouterr().out
+    from mtdp.distill.recipe import store_uri
+    from mtdp.embed import model_table
+    from mtdp.models.registry import load_embedder
+    from mtdp.store import EmbeddingStore
+
+    teacher = model_table(EmbeddingStore(store_uri(cfg)), load_embedder("tiny-random-t5"),
+                          max_len=1000, create=False)
+    assert teacher.count() == 60  # the probe's teacher vectors, kept for a rerun
     print(f"tiny recipe in {time.time() - t0:.0f} s")
     again, _ = run_recipe(cfg)  # labels kept, the finished run resumed: no new steps
     assert again.steps == result.steps
+    other = load_recipe(CONFIGS / "demo.yaml", **{**cfg.__dict__,
+                                                   "distill": {**cfg.distill, "lr": 0.01}})
+    with pytest.raises(ValueError, match=r"another recipe \(distill\.lr: None -> 0\.01\)"):
+        run_recipe(other)  # not the finished student of other settings

@@ -88,6 +88,11 @@ def labels_dir(cfg: RecipeConfig) -> Path:
     return Path(cfg.workdir).resolve() / f"labels-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
+def store_uri(cfg: RecipeConfig) -> str:
+    """The recipe's embedding store: ``store``, else ``WORKDIR/store``."""
+    return cfg.store or str(Path(cfg.workdir).resolve() / "store")
+
+
 def label_pool(cfg: RecipeConfig, timings: dict[str, float]) -> str:
     """The pool written (``pool.fasta``) and labelled once (``data/``, the teacher dataset):
     returns the dataset's folder."""
@@ -108,7 +113,7 @@ def label_pool(cfg: RecipeConfig, timings: dict[str, float]) -> str:
         inputs=[str(fasta)], teachers=cfg.teachers, output=str(out / "data"),
         per_residue=cfg.per_residue, residue_window=cfg.residue_window, max_len=cfg.max_len,
         length_rule=cfg.length_rule, validation_fraction=cfg.validation_fraction,
-        store=cfg.store or str(Path(cfg.workdir).resolve() / "store"),
+        store=store_uri(cfg),
         cpus_per_actor=cfg.cpus_per_actor))
     timings["label"] = time.perf_counter() - t0
     return str(out / "data")
@@ -137,12 +142,41 @@ def start_point(cfg: DistillConfig, out: Path) -> Path:
     return out
 
 
+#: Recipe fields a rerun may change and still continue the run in its workdir (how long and
+#: how visibly it trains, on what); any other change needs a new workdir.
+RERUN_MAY_CHANGE = frozenset({
+    "workdir", "store", "cpus_per_actor", "probe_proteins", "distill.epochs",
+    "distill.max_steps", "distill.log_every", "distill.eval_every", "distill.checkpoint_every",
+    "distill.num_workers", "distill.cpus_per_worker", "distill.use_gpu", "distill.mlflow",
+    "distill.experiment", "distill.register_as"})
+
+
+def check_workdir(cfg: RecipeConfig, work: Path) -> None:
+    """Refuse to continue another recipe's training in ``work`` (it would resume that run's
+    checkpoints, or return its finished student, for the new settings), naming the changed
+    fields; the recipe is kept in ``WORKDIR/recipe.json``."""
+    flat = {k: v for k, v in cfg.__dict__.items() if k != "distill"}
+    flat.update({f"distill.{k}": v for k, v in cfg.distill.items()})
+    saved, trained = work / "recipe.json", (work / "ray" / STUDENT_RUN).is_dir()
+    if saved.is_file() and trained:
+        old = json.loads(saved.read_text())
+        changed = sorted(k for k in set(flat) | set(old)
+                         if k not in RERUN_MAY_CHANGE and flat.get(k) != old.get(k))
+        if changed:
+            raise ValueError(
+                f"{work} holds a run of another recipe (" + "; ".join(
+                    f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
+                + "): give another workdir, or remove that one to start over")
+    write_json(saved, flat)
+
+
 def run_recipe(cfg: RecipeConfig) -> tuple[DistillResult, dict[str, float]]:
     """Label (once), distil (resumed when interrupted); returns the result and stage seconds
     (also in ``WORKDIR/timings.json``, each stage as first computed)."""
     cfg.validate()
     work = Path(cfg.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    check_workdir(cfg, work)
     tfile = work / "timings.json"
     timings = json.loads(tfile.read_text()) if tfile.is_file() else {}
     data = label_pool(cfg, timings)

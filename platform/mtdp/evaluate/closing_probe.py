@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .pools import sample_proteins
+from .sources import single_location
 from .transfer import gain_capture
 
 FOLDS = 5
@@ -29,11 +30,12 @@ def fold_scores(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> list[float]
 
 
 def probe_labels(n: int) -> tuple[list[str], dict[str, np.ndarray]]:
-    """``n`` partition-4 proteins (seed 0) and their labels; localization classes with fewer
-    than :data:`FOLDS` members are left out of that task (stratified folds need one each)."""
+    """``n`` partition-4 proteins (seed 0) and their labels. Localization as the benchmark's
+    task defines it (one location: proteins in several are left out of that task), and
+    without classes of fewer than :data:`FOLDS` members (stratified folds need one each)."""
     df = sample_proteins(n, seed=0)
-    loc = np.asarray(df.label.astype(str))
-    names, counts = np.unique(loc, return_counts=True)
+    loc = np.asarray([lab if single_location(lab) else "" for lab in df.label.astype(str)])
+    names, counts = np.unique(loc[loc != ""], return_counts=True)
     loc = np.where(np.isin(loc, names[counts >= FOLDS]), loc, "")
     return list(df.sequence), {"localization": loc,
                                "membrane": np.asarray(df.membrane.astype(float).astype(int))}
@@ -41,17 +43,20 @@ def probe_labels(n: int) -> tuple[list[str], dict[str, np.ndarray]]:
 
 def closing_probe(embedders: dict[str, Any], n: int, max_len: int,
                   student: str = "distilled", teacher: str | None = None,
-                  base: str = "aac") -> dict[str, dict[str, Any]]:
+                  base: str = "aac", store: Any = None,
+                  stored: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """Per model and task the mean accuracy and per-fold scores; with ``teacher`` and
-    ``base`` named, each other model's gain capture (± SE) per task."""
-    from ..embed import embed_sequences
+    ``base`` named, each other model's gain capture (± SE) per task. The models named in
+    ``stored`` are read through the embedding store ``store`` (a rerun embeds nothing)."""
+    from ..embed import embed_cached, model_table
     from ..sequences import prepare
 
     seqs, labels = probe_labels(n)
     seqs = [prepare(s, max_len=max_len) for s in seqs]
     out: dict[str, dict[str, Any]] = {}
     for name, emb in embedders.items():
-        x = embed_sequences(emb, seqs, max_len=max_len)
+        table = model_table(store, emb, max_len=max_len) if name in stored and store else None
+        x = embed_cached(emb, seqs, table, max_len=max_len)
         out[name] = {}
         for task, y in labels.items():
             keep = y != "" if y.dtype.kind == "U" else np.ones(len(y), dtype=bool)
@@ -88,12 +93,14 @@ def format_probe(scores: dict[str, dict[str, Any]], n: int) -> str:
 def probe_recipe(cfg, result) -> dict[str, dict[str, Any]]:
     """The closing probe of a recipe run (:mod:`mtdp.distill.recipe`): the distilled student,
     its untrained start point, the recipe's main teacher (its first per-residue one, else its
-    first) and composition, at the student's length limit."""
+    first) and composition, at the student's length limit; the teacher's vectors are kept in
+    the recipe's store."""
     from ..distill.batches import TeacherStats
     from ..distill.core import build_student
-    from ..distill.recipe import distill_config, labels_dir
+    from ..distill.recipe import distill_config, labels_dir, store_uri
     from ..models.registry import load_embedder
     from ..models.student import StudentEmbedder, load_student
+    from ..store import EmbeddingStore
     from ..teacher_data import Manifest
 
     dcfg = distill_config(cfg, str(labels_dir(cfg) / "data"))
@@ -106,4 +113,5 @@ def probe_recipe(cfg, result) -> dict[str, dict[str, Any]]:
                  f"teacher {teacher}": load_embedder(teacher, device="cpu"),
                  "aac": load_embedder("aac")}
     return closing_probe(embedders, cfg.probe_proteins, student.config.max_len,
-                         teacher=f"teacher {teacher}")
+                         teacher=f"teacher {teacher}", store=EmbeddingStore(store_uri(cfg)),
+                         stored=(f"teacher {teacher}", "aac"))

@@ -78,6 +78,12 @@ DEEPLOC2_SOURCE = DataSource(
     caveat="")
 
 
+def single_location(label: str) -> bool:
+    """True for a DeepLoc 2.0 label naming one location: the localization task keeps only
+    those (10 classes); ``Cytoplasm|Nucleus`` and the like are left out."""
+    return "|" not in label
+
+
 def read_deeploc2(data_dir: Path, which: str):
     (path,) = _require(data_dir, which, DEEPLOC2_SOURCE, DEEPLOC2_SOURCE.files)
     rows = _read_csv(path)
@@ -86,7 +92,7 @@ def read_deeploc2(data_dir: Path, which: str):
     if which == "membrane":
         labels = [int(float(v)) for v in _column(rows, "membrane", path)]
         return ids, seqs, labels, ["soluble", "membrane"], parts
-    keep = [i for i, lab in enumerate(_column(rows, "label", path)) if "|" not in lab]
+    keep = [i for i, lab in enumerate(_column(rows, "label", path)) if single_location(lab)]
     labels = [rows[i]["label"] for i in keep]
     return ([ids[i] for i in keep], [seqs[i] for i in keep], labels, sorted(set(labels)),
             [parts[i] for i in keep])
