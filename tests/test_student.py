@@ -85,3 +85,16 @@ def test_load_errors(tmp_path):
         StudentConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown student config field"):
         StudentConfig.from_dict({"d_modle": 3})
+
+
+def test_shipped_student_is_named_after_itself(tmp_path):
+    """``mtdp-unirep`` writes its own name into embedding metadata (a predictor's wrong-model
+    check tells it from another student); a copy elsewhere is a plain "student"."""
+    import shutil
+
+    from mtdp.pretrained import shipped_path
+
+    e = load_embedder("mtdp-unirep", device="cpu")
+    assert e.name == e.describe()["name"] == "mtdp-unirep"
+    copy = shutil.copytree(shipped_path("mtdp-unirep"), tmp_path / "mtdp-unirep")
+    assert load_embedder(str(copy), device="cpu").name == "student"

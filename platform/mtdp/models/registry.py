@@ -159,8 +159,10 @@ def _load(ms: ModelSpec, dev: torch.device, **kwargs: Any) -> Embedder:
         local = download_student(ms.value)
         return StudentEmbedder(load_student(local), name=kwargs.get("name", "student"),
                                source=ms.value).to(dev)
-    if ms.kind == "student":
-        return StudentEmbedder(load_student(ms.value), name=kwargs.get("name", "student"),
+    if ms.kind == "student":  # a shipped student is named after itself, not "student"
+        shipped = next((n for n in SHIPPED if Path(ms.value).name == n
+                        and Path(ms.value).parent == shipped_path(n).parent), "student")
+        return StudentEmbedder(load_student(ms.value), name=kwargs.get("name", shipped),
                                source=ms.value).to(dev)
     if ms.kind in ("teacher", "checkpoint"):
         return teachers.load_teacher(ms.value, **kwargs).to(dev)
