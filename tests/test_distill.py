@@ -106,8 +106,10 @@ def test_two_worker_ddp_matches_one_worker(killed_run, tmp_path):
     cfg, res = killed_run
     # No cpus_per_worker: the workers are sized from the cluster (2 CPUs), leaving one for
     # Ray Data's read tasks; 1 CPU each would wait forever for them.
+    # Streamed from Ray Data each epoch (train_memory_mb 0), where the one-worker run held its
+    # rows in memory: in file order both give the same batches.
     res2 = run_distill(_cfg(Path(cfg.data), tmp_path, run_name="ddp", num_workers=2,
-                            register_as=""))
+                            register_as="", train_memory_mb=0))
     one = {h["step"]: h["eval/total"] for h in res.history}
     two = {h["step"]: h["eval/total"] for h in res2.history}
     print("eval/total 1 worker:", one, "2 workers:", two)

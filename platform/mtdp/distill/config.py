@@ -122,7 +122,12 @@ class DistillConfig(Config):
         "checkpoint every N steps (0: at each epoch end only)"))
     log_every: int = option(10, ge=1, help="log training metrics every N steps")
     shuffle_buffer: int = option(256, ge=0, help=(
-        "rows in the local shuffle buffer of the train stream (0: file order)"))
+        "rows in the local shuffle buffer of the train stream (0: file order); rows held in "
+        "memory (train_memory_mb) are shuffled whole each epoch unless it is 0"))
+    train_memory_mb: int = option(4096, ge=0, le=1_000_000, help=(
+        "hold a worker's train rows in memory, read once and reshuffled each epoch, when its "
+        "share is at most this many MB (estimated from the manifest); else (and with 0) "
+        "stream them from Ray Data every epoch"))
     seed: int = option(0, ge=0, help="random seed")
     max_failures: int = option(3, ge=-1, help=(
         "worker-group restarts from the last checkpoint before the run fails (-1: no limit)"))

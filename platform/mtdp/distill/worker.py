@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
+from ..residue_windows import window_count
 from ..runtime import apply_env_defaults
 from ..teacher_data import Manifest
 from .batches import TeacherStats, make_batch
@@ -78,6 +80,16 @@ def progress_line(step: int, total: int, metrics: dict[str, float], steps_now: i
     return line
 
 
+def train_megabytes(manifest: Manifest, stats: TeacherStats, world: int) -> float:
+    """A rank's share of the train rows in memory, bounded above: every protein at the
+    dataset's length limit, vectors and per-residue targets as float16."""
+    per = sum(stats.dims) + sum(window_count(manifest.max_len, r.window) * d for r, d in
+                                ((stats.residues[n], stats.dims[i])
+                                 for i, n in enumerate(stats.names) if n in stats.residues))
+    rows = int(manifest.split_counts.get("train", 0)) / world
+    return rows * (2 * per + manifest.max_len + 64) / 2 ** 20
+
+
 def load_state(path: Path, device) -> dict[str, Any]:
     """A checkpoint's training state, loaded with ``weights_only=True``: tensors and plain
     values only — a file that would need to unpickle anything else (and so could run code) is
@@ -114,6 +126,7 @@ class _Worker:
         self.mlflow = MlflowLogger(plan.mlflow_uri, plan.mlflow_run_id) \
             if self.rank == 0 and plan.mlflow_run_id else None
         self.seen = self.tokens = 0
+        self.rows: dict[str, np.ndarray] | None = None  # the train shard, when held in memory
         self.t0 = time.time()
 
     def restore(self) -> None:
@@ -179,16 +192,40 @@ class _Worker:
                              if self.rank == 0 else None)
 
     def epoch_rows(self, epoch: int) -> Iterator[dict[str, Any]]:
+        """This rank's batches of rows for ``epoch``: from memory in a seeded order of the
+        epoch (a resumed epoch skips exactly the batches it trained on), else streamed."""
         import ray.train
 
-        cfg = self.cfg
+        cfg, size = self.cfg, self.cfg.batch_size // self.world
+        if self.rows is not None:  # shuffled whole, or in file order (shuffle_buffer 0)
+            n = len(self.rows["id"])
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(n) \
+                if cfg.shuffle_buffer else np.arange(n)
+            return ({k: v[order[i:i + size]] for k, v in self.rows.items()}
+                    for i in range(0, n - size + 1, size))
         return ray.train.get_dataset_shard("train").iter_batches(
-            batch_size=cfg.batch_size // self.world, batch_format="numpy", drop_last=True,
+            batch_size=size, batch_format="numpy", drop_last=True,
             local_shuffle_buffer_size=cfg.shuffle_buffer or None,
             local_shuffle_seed=cfg.seed + epoch if cfg.shuffle_buffer else None)
 
+    def load_rows(self, manifest: Manifest) -> dict[str, np.ndarray] | None:
+        """The rank's whole train shard in memory when :func:`train_megabytes` says it fits
+        ``train_memory_mb`` (one Ray Data pass; streaming it every epoch cost small runs
+        about as much CPU as training did), else None."""
+        import ray.train
+
+        cfg = self.cfg
+        if train_megabytes(manifest, self.stats, self.world) > cfg.train_memory_mb:
+            return None
+        parts = list(ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=1024, batch_format="numpy"))
+        if not parts:
+            return None
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     def run(self) -> None:
         self.restore()
+        self.rows = self.load_rows(Manifest.load(self.cfg.data))
         val_batches = self.validation()
         epoch = self.start_epoch
         while self.dist.step < self.plan.total_steps:  # epochs × steps_per_epoch, or max_steps
