@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtdp_studies.transfer_arms import (WORK, arm_config, compare_arms, evaluate_arm, label,
-                                        load_rows, measure_speed, print_table, train_arm)
+from mtdp_studies.transfer_arms import (WORK, arm_config, compare_arms, evaluate_arm, first_train,
+                                        label, load_rows, measure_speed, print_table, train_arm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("name")
     a.add_argument("--minutes", type=float, default=15.0)
     a.add_argument("--proteins", type=int, default=10000, help="labelled set to train on")
+    a.add_argument("--train-proteins", type=int, default=0,
+                   help="train on the first N of its training proteins only (0: all)")
     a.add_argument("--set", nargs="*", default=[], help="DistillConfig / arm fields key=value")
     a.add_argument("--eval-only", action="store_true")
     a = sub.add_parser("compare", help="two arms' paired gain-capture difference")
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = arm_config(args.set)
         if not args.eval_only:
             rows, man = load_rows(args.proteins, cfg.pop("data_variant", "crop"))
+            if args.train_proteins:
+                rows = first_train(rows, args.train_proteins)
             train_arm(out, cfg, rows, man, args.minutes * 60)
         res = evaluate_arm(out, args.proteins)
         print(json.dumps(res, indent=1))

@@ -18,7 +18,7 @@ TEACHER = "unirep1900"
 CROP, WINDOW, SEED = 512, 8, 0
 TASKS, TASK_PROTEINS, FOLDS = ("localization", "membrane"), 3000, 5
 #: Training data of an arm (``--set data_variant=...``).
-VARIANTS = ("crop", "trunc256", "multi", "multi-trunc256")
+VARIANTS = ("crop", "trunc256", "trunc128", "multi", "multi-trunc256")
 
 #: The new recipe's settings; an arm overrides some (``--set key=value``).
 BASE = dict(preset="tiny", d_model=128, num_layers=4, num_heads=4, d_ff=512, embed_dim=128,
@@ -71,13 +71,14 @@ def _residue_arrays(col, dim: int) -> np.ndarray:
 
 def load_rows(n: int, variant: str = "crop", split: str | None = None):
     """The labelled set as in-memory columns (and its manifest). ``trunc256``: the proteins
-    whose crop starts at residue 1, cut to their first 256 (windows and h_avg recomputed);
+    whose crop starts at residue 1, cut to their first 256 (windows and h_avg recomputed;
+    ``trunc128``: 128);
     ``multi``: UniRep-256 beside UniRep-1900; ``multi-trunc256``: both."""
     if variant not in VARIANTS:
         raise ValueError(f"data_variant must be one of {VARIANTS}, not {variant!r}")
     rows, man = read_rows(dataset_dir(n, variant.startswith("multi")), split)
-    if variant.endswith("trunc256"):
-        rows = _truncated(rows, man.teachers, n, 256)
+    if "trunc" in variant:
+        rows = _truncated(rows, man.teachers, n, int(variant.rpartition("trunc")[2]))
     return rows, man
 
 
@@ -151,6 +152,14 @@ def arm_config(sets: list[str]) -> dict[str, Any]:
             raise SystemExit(f"unknown field {key!r}")
         cfg[key] = parse_value(types[key], text)
     return cfg
+
+
+def first_train(rows: dict, n: int) -> dict:
+    """The rows with only the first ``n`` training proteins (validation kept): a smaller
+    labelled set, as a shorter labelling run would give."""
+    train = np.flatnonzero(rows["split"] == "train")
+    keep = np.sort(np.concatenate([train[:n], np.flatnonzero(rows["split"] != "train")]))
+    return _take(rows, keep)
 
 
 def _take(rows: dict, idx: np.ndarray) -> dict:
