@@ -60,7 +60,7 @@ def recipe_path(argv: list[str]) -> str | None:
 
 
 def run_recipe_file(path: str):
-    from mtdp.evaluate.closing_probe import format_probe, probe_recipe
+    from mtdp.evaluate.closing_probe import format_probe, probe_recipe, recipe_head_r2
     from mtdp.distill.recipe import load_recipe, run_recipe
 
     init_ray()
@@ -69,6 +69,9 @@ def run_recipe_file(path: str):
     if cfg.probe_proteins:
         t0 = time.perf_counter()
         print("\n" + format_probe(probe_recipe(cfg, result), cfg.probe_proteins))
+        teacher, r2, n = recipe_head_r2(cfg, result)
+        print(f"[probe] R² of {teacher}'s vector by the student's own head (no refit; 0 = the "
+              f"mean vector) on {n} held-out pool proteins: {r2:.3f}")
         timings["probe"] = time.perf_counter() - t0
     print("[recipe] stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return result

@@ -514,6 +514,12 @@ def test_demo_runs_end_to_end_on_a_tiny_scale(ray_session, tmp_path, capsys) -> 
         assert ("gain_capture" in row["membrane"]) == (name in ("distilled", "untrained"))
     print(format_probe(scores, 60))
     assert "proteins the student never saw" in capsys.readouterr().out
+    from mtdp.evaluate.closing_probe import recipe_head_r2
+    from mtdp.teacher_data import Manifest
+
+    teacher, r2, n = recipe_head_r2(cfg, result)  # the student's own head, held-out proteins
+    assert teacher == "tiny-random-t5" and np.isfinite(r2) and r2 < 1.0
+    assert n == Manifest.load(labels_dir(cfg) / "data").split_counts["validation"] >= 2
     from mtdp.distill.recipe import store_uri
     from mtdp.embed import model_table
     from mtdp.models.registry import load_embedder

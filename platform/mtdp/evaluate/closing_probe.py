@@ -115,3 +115,31 @@ def probe_recipe(cfg, result) -> dict[str, dict[str, Any]]:
     return closing_probe(embedders, cfg.probe_proteins, student.config.max_len,
                          teacher=f"teacher {teacher}", store=EmbeddingStore(store_uri(cfg)),
                          stored=(f"teacher {teacher}", "aac"))
+
+
+def recipe_head_r2(cfg, result) -> tuple[str, float, int]:
+    """``(teacher, R², proteins)``: the recipe's main teacher's per-protein vector predicted
+    by the distilled student's own head (no refit, teacher units; 0 = the mean vector) on the
+    labelled pool's validation proteins, as they were labelled."""
+    import torch
+
+    from ..distill.recipe import labels_dir
+    from ..embed import embed_sequences
+    from ..models.student import StudentEmbedder, load_student
+    from ..teacher_data import Manifest, read_teacher_table, teacher_matrix
+    from .transfer import r2_of_predictions
+
+    data = labels_dir(cfg) / "data"
+    teacher = (cfg.per_residue or cfg.teachers)[0]
+    table = read_teacher_table(data, [teacher], split="validation")
+    student = load_student(result.student_dir).eval()
+    if table.num_rows < 2:
+        return teacher, float("nan"), table.num_rows
+    emb = embed_sequences(StudentEmbedder(student), table["sequence"].to_pylist())
+    with torch.no_grad():
+        pred = student.teacher_vectors(torch.from_numpy(emb)).get(teacher)
+    if pred is None:  # a student saved without its heads' units
+        return teacher, float("nan"), table.num_rows
+    target = teacher_matrix(table, Manifest.load(data), teacher)
+    return teacher, r2_of_predictions(target, pred.numpy()), table.num_rows
+
