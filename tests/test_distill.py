@@ -46,11 +46,12 @@ def _cfg(dataset: Path, out: Path, **kw) -> DistillConfig:
 @pytest.fixture(scope="module")
 def killed_run(ray_session, dataset: Path, tmp_path_factory):
     """One worker, killed (SIGKILL) at step 14 on its first attempt; the last checkpoint was
-    at step 12, so Ray Train restarts the worker group from it."""
+    at step 12, so Ray Train restarts the worker group from it. Its rows are streamed."""
     out = tmp_path_factory.mktemp("run1")
     # max_failures leaves room for one spurious restart: under heavy CPU load Ray 2.60's
     # PlacementGroupCleaner can misread the controller as dead and remove the placement group.
-    cfg = _cfg(dataset, out, run_name="r1", fail_at_step=14, max_failures=3)
+    cfg = _cfg(dataset, out, run_name="r1", fail_at_step=14, max_failures=3,
+               train_memory_mb=0)  # streamed: the DDP test below holds its rows in memory
     return cfg, run_distill(cfg)
 
 
@@ -106,10 +107,10 @@ def test_two_worker_ddp_matches_one_worker(killed_run, tmp_path):
     cfg, res = killed_run
     # No cpus_per_worker: the workers are sized from the cluster (2 CPUs), leaving one for
     # Ray Data's read tasks; 1 CPU each would wait forever for them.
-    # Streamed from Ray Data each epoch (train_memory_mb 0), where the one-worker run held its
-    # rows in memory: in file order both give the same batches.
+    # Each rank holds its rows in memory (the default), where the one-worker run streamed
+    # them from Ray Data every epoch (train_memory_mb 0): both reach the same held-out losses.
     res2 = run_distill(_cfg(Path(cfg.data), tmp_path, run_name="ddp", num_workers=2,
-                            register_as="", train_memory_mb=0))
+                            register_as=""))
     one = {h["step"]: h["eval/total"] for h in res.history}
     two = {h["step"]: h["eval/total"] for h in res2.history}
     print("eval/total 1 worker:", one, "2 workers:", two)
@@ -161,3 +162,22 @@ def test_job_command_line(tmp_path: Path):
     bad.write_text("distill: {learning_rate: 1}\n")
     with pytest.raises(ValueError, match="learning_rate"):
         load_recipe(bad).validate()
+
+
+def test_rows_in_memory_give_each_epoch_a_fixed_order():
+    """A worker's in-memory rows: every epoch a seeded order of all of them (the same again
+    for a resumed epoch, so skipping its first batches skips what it trained on), another
+    order next epoch; id order with shuffle_buffer 0. No Ray needed."""
+    from mtdp.distill.worker import _Worker
+
+    w = object.__new__(_Worker)
+    w.cfg, w.world = DistillConfig(data="-", batch_size=4, seed=3, shuffle_buffer=256), 1
+    w.rows = {"id": np.array([f"P{i:02d}" for i in range(10)], dtype=object),
+              "x": np.arange(10)}
+    first = [list(b["x"]) for b in w.epoch_rows(0)]
+    assert len(first) == 2 and all(len(b) == 4 for b in first)  # 10 rows: 2 full batches
+    assert len(set(sum(first, []))) == 8
+    assert [list(b["x"]) for b in w.epoch_rows(0)] == first  # a resumed epoch: same order
+    assert [list(b["x"]) for b in w.epoch_rows(1)] != first
+    w.cfg = DistillConfig(data="-", batch_size=4, seed=3, shuffle_buffer=0)
+    assert [list(b["x"]) for b in w.epoch_rows(5)] == [[0, 1, 2, 3], [4, 5, 6, 7]]

@@ -533,5 +533,5 @@ def test_demo_runs_end_to_end_on_a_tiny_scale(ray_session, tmp_path, capsys) -> 
     assert again.steps == result.steps
     other = load_recipe(CONFIGS / "demo.yaml", **{**cfg.__dict__,
                                                    "distill": {**cfg.distill, "lr": 0.01}})
-    with pytest.raises(ValueError, match=r"another recipe \(distill\.lr: None -> 0\.01\)"):
+    with pytest.raises(ValueError, match=r"another recipe \(distill\.lr: 0\.0003 -> 0\.01\)"):
         run_recipe(other)  # not the finished student of other settings

@@ -148,26 +148,42 @@ RERUN_MAY_CHANGE = frozenset({
     "workdir", "store", "cpus_per_actor", "probe_proteins", "distill.epochs",
     "distill.max_steps", "distill.log_every", "distill.eval_every", "distill.checkpoint_every",
     "distill.num_workers", "distill.cpus_per_worker", "distill.use_gpu", "distill.mlflow",
-    "distill.experiment", "distill.register_as"})
+    "distill.experiment", "distill.register_as", "distill.train_memory_mb",
+    "distill.max_failures"})
+#: DistillConfig fields the recipe sets itself (they follow the workdir).
+_SET_BY_RECIPE = ("data", "output", "run_name", "resume")
+
+
+def recipe_record(cfg: RecipeConfig) -> dict[str, Any]:
+    """The recipe as it runs, flat and as JSON reads it back: its own fields and the resolved
+    training config (defaults filled in, so writing a default out changes nothing)."""
+    import dataclasses
+
+    flat: dict[str, Any] = {k: v for k, v in cfg.__dict__.items() if k != "distill"}
+    dcfg = dataclasses.asdict(distill_config(cfg, ""))
+    flat.update({f"distill.{k}": v for k, v in dcfg.items() if k not in _SET_BY_RECIPE})
+    return json.loads(json.dumps(flat, default=str))
 
 
 def check_workdir(cfg: RecipeConfig, work: Path) -> None:
     """Refuse to continue another recipe's training in ``work`` (it would resume that run's
     checkpoints, or return its finished student, for the new settings), naming the changed
     fields; the recipe is kept in ``WORKDIR/recipe.json``."""
-    flat = {k: v for k, v in cfg.__dict__.items() if k != "distill"}
-    flat.update({f"distill.{k}": v for k, v in cfg.distill.items()})
-    saved, trained = work / "recipe.json", (work / "ray" / STUDENT_RUN).is_dir()
-    if saved.is_file() and trained:
+    now, saved = recipe_record(cfg), work / "recipe.json"
+    trained = (work / "ray" / STUDENT_RUN).is_dir() or (work / STUDENT_RUN).is_dir()
+    if trained and not saved.is_file():
+        print(f"[recipe] {work} has a run but no record of its recipe (made before recipes "
+              "were recorded): taken to be this one", flush=True)
+    elif trained:
         old = json.loads(saved.read_text())
-        changed = sorted(k for k in set(flat) | set(old)
-                         if k not in RERUN_MAY_CHANGE and flat.get(k) != old.get(k))
+        changed = sorted(k for k in set(now) | set(old)
+                         if k not in RERUN_MAY_CHANGE and now.get(k) != old.get(k))
         if changed:
             raise ValueError(
                 f"{work} holds a run of another recipe (" + "; ".join(
-                    f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
+                    f"{k}: {old.get(k)!r} -> {now.get(k)!r}" for k in changed)
                 + "): give another workdir, or remove that one to start over")
-    write_json(saved, flat)
+    write_json(saved, now)
 
 
 def run_recipe(cfg: RecipeConfig) -> tuple[DistillResult, dict[str, float]]:
