@@ -11,15 +11,13 @@ mean). Needs the ``mmseqs`` binary (Debian/Ubuntu: ``apt install mmseqs2``; cond
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..clusters import install_hint, mmseqs_binary
+from ..clusters import install_hint, mmseqs_binary, mmseqs_run  # noqa: F401
 from .metrics import compute_metrics
 from .probes import _fold_terms
 
@@ -34,26 +32,19 @@ def all_hits(sequences: list[str], threads: int = 2, sensitivity: float = 7.5,
              binary: str | None = None) -> list[list[tuple[int, float]]]:
     """For each sequence: ``(other index, identity)`` of its MMseqs2 hits, best bit score
     first (itself excluded); E-value ≤ 10 as MMseqs2 reports them."""
-    from ..sequences import write_fasta
+    def args(tmp: Path) -> list[str]:
+        fasta = str(tmp / "in.fasta")
+        return ["easy-search", fasta, fasta, str(tmp / "hits.m8"), str(tmp / "work"),
+                "--format-output", "query,target,fident,bits", "-s", str(sensitivity),
+                "--max-seqs", "300", "--threads", str(threads), "-v", "1"]
 
-    exe = binary or mmseqs_binary()
-    if not exe:
-        raise RuntimeError(missing_message())
-    with tempfile.TemporaryDirectory(prefix="mtdp-mmseqs-") as tmp:
-        fasta, out = Path(tmp) / "all.fasta", Path(tmp) / "hits.m8"
-        write_fasta([(str(i), s) for i, s in enumerate(sequences)], fasta)
-        cmd = [exe, "easy-search", str(fasta), str(fasta), str(out), str(Path(tmp) / "work"),
-               "--format-output", "query,target,fident,bits", "-s", str(sensitivity),
-               "--max-seqs", "300", "--threads", str(threads), "-v", "1"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"mmseqs failed ({done.returncode}): {done.stderr[-2000:]}")
-        hits: list[list[tuple[int, float, float]]] = [[] for _ in sequences]
-        with open(out) as fh:
-            for line in fh:
-                q, t, ident, bits = line.split("\t")
-                if q != t:
-                    hits[int(q)].append((int(t), float(ident), float(bits)))
+    hits: list[list[tuple[int, float, float]]] = [[] for _ in sequences]
+    with mmseqs_run(sequences, args, missing_message(), binary) as tmp, \
+            open(tmp / "hits.m8") as fh:
+        for line in fh:
+            q, t, ident, bits = line.split("\t")
+            if q != t:
+                hits[int(q)].append((int(t), float(ident), float(bits)))
     return [[(t, ident) for t, ident, _ in sorted(h, key=lambda x: -x[2])] for h in hits]
 
 
