@@ -102,16 +102,22 @@ def _as_matrix(col: Any, dim: int, name: str) -> np.ndarray:
     return arr
 
 
+def residue_array(x: Any, dim: int) -> np.ndarray:
+    """One protein's per-residue (or per-window) states as one ``[n, dim]`` array: Ray Data
+    hands nested lists over as arrays of arrays."""
+    a = np.asarray(x)
+    if a.dtype == object:
+        a = np.stack(list(a)) if len(a) else np.zeros((0, dim), dtype=np.float32)
+    return a.reshape(-1, dim)
+
+
 def _residue_targets(col: Any, lengths: list[int], width: int, dim: int,
                      rs: ResidueStats) -> torch.Tensor:
     """Per-residue (or per-window) teacher states of a batch as standardised
     ``[B, ceil(width / w), dim]`` (zeros past each protein's residues)."""
     out = torch.zeros(len(lengths), window_count(width, rs.window), dim, device=rs.mean.device)
     for i, (x, n) in enumerate(zip(col, lengths)):
-        a = np.asarray(x)
-        if a.dtype == object:  # Ray Data hands nested lists over as arrays of arrays
-            a = np.stack(list(a)) if len(a) else np.zeros((0, dim))
-        a = a.astype(np.float32, copy=False).reshape(-1, dim)
+        a = residue_array(x, dim).astype(np.float32, copy=False)
         want = window_count(n, rs.window)
         if len(a) != want:
             unit = "per-residue states" if rs.window == 1 else \

@@ -24,7 +24,7 @@ import torch
 from ..residue_windows import window_count
 from ..runtime import apply_env_defaults
 from ..teacher_data import Manifest
-from .batches import TeacherStats, make_batch
+from .batches import TeacherStats, make_batch, residue_array
 from .config import DistillConfig
 from .core import Distiller, build_selector, build_student, lr_lambda
 
@@ -84,9 +84,9 @@ def train_megabytes(manifest: Manifest, stats: TeacherStats, world: int) -> floa
     """A rank's share of the train rows in memory, estimated: every protein at the dataset's
     length limit, vectors and per-residue targets as float16, plus half again for Python
     objects and the load's own copies."""
-    per = sum(stats.dims) + sum(window_count(manifest.max_len, r.window) * d for r, d in
-                                ((stats.residues[n], stats.dims[i])
-                                 for i, n in enumerate(stats.names) if n in stats.residues))
+    dims = dict(zip(stats.names, stats.dims))
+    per = sum(stats.dims) + sum(window_count(manifest.max_len, r.window) * dims[name]
+                                for name, r in stats.residues.items())
     rows = int(manifest.split_counts.get("train", 0)) / world
     return 1.5 * rows * (2 * per + manifest.max_len + 64) / 2 ** 20
 
@@ -220,14 +220,14 @@ class _Worker:
         cfg = self.cfg
         if train_megabytes(manifest, self.stats, self.world) > cfg.train_memory_mb:
             return None
-        columns = {r.column for r in self.stats.residues.values()}
+        dims = dict(zip(self.stats.names, self.stats.dims))
+        columns = {r.column: dims[name] for name, r in self.stats.residues.items()}
         rows: dict[str, list] = {}
         for part in ray.train.get_dataset_shard("train").iter_batches(
                 batch_size=1024, batch_format="numpy"):
             for k, v in part.items():
                 if k in columns:  # arrays of per-window arrays -> one [windows, dim] each
-                    v = [np.stack(list(x)) if np.asarray(x).dtype == object else np.asarray(x)
-                         for x in v]
+                    v = [residue_array(x, columns[k]) for x in v]
                 rows.setdefault(k, []).append(v)
         if not rows:
             return None
