@@ -90,11 +90,15 @@ def format_probe(scores: dict[str, dict[str, Any]], n: int) -> str:
     return "\n".join(lines)
 
 
+def main_teacher(cfg) -> str:
+    """A recipe's main teacher: its first per-residue one, else its first."""
+    return (cfg.per_residue or cfg.teachers)[0]
+
+
 def probe_recipe(cfg, result) -> dict[str, dict[str, Any]]:
     """The closing probe of a recipe run (:mod:`mtdp.distill.recipe`): the distilled student,
-    its untrained start point, the recipe's main teacher (its first per-residue one, else its
-    first) and composition, at the student's length limit; the teacher's vectors are kept in
-    the recipe's store."""
+    its untrained start point, the recipe's :func:`main_teacher` and composition, at the
+    student's length limit; the teacher's vectors are kept in the recipe's store."""
     from ..distill.batches import TeacherStats
     from ..distill.core import build_student
     from ..distill.recipe import distill_config, labels_dir, store_uri
@@ -108,7 +112,7 @@ def probe_recipe(cfg, result) -> dict[str, dict[str, Any]]:
     stats = TeacherStats.from_manifest(Manifest.load(dcfg.data), dcfg.teachers or None,
                                        dcfg.residue_teachers)
     untrained = build_student(dcfg, stats, Manifest.load(dcfg.data).max_len).eval()
-    teacher = (cfg.per_residue or cfg.teachers)[0]
+    teacher = main_teacher(cfg)
     embedders = {"distilled": StudentEmbedder(student), "untrained": StudentEmbedder(untrained),
                  f"teacher {teacher}": load_embedder(teacher, device="cpu"),
                  "aac": load_embedder("aac")}
@@ -130,7 +134,7 @@ def recipe_head_r2(cfg, result) -> tuple[str, float, int]:
     from .transfer import r2_of_predictions
 
     data = labels_dir(cfg) / "data"
-    teacher = (cfg.per_residue or cfg.teachers)[0]
+    teacher = main_teacher(cfg)
     table = read_teacher_table(data, [teacher], split="validation")
     student = load_student(result.student_dir).eval()
     if table.num_rows < 2:
@@ -142,4 +146,3 @@ def recipe_head_r2(cfg, result) -> tuple[str, float, int]:
         return teacher, float("nan"), table.num_rows
     target = teacher_matrix(table, Manifest.load(data), teacher)
     return teacher, r2_of_predictions(target, pred.numpy()), table.num_rows
-
