@@ -133,12 +133,11 @@ def _targets(kind: str, values: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[v] for v in values], dtype=np.int64), classes
 
 
-def _train(kind: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, hidden: int, seed: int):
+def _train(kind: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, settings, seed: int):
     """The benchmark's MLP probe (:mod:`mtdp.mlp_probe`) fitted on rows ``idx``, stopped early
     on a seeded inner validation split of them: ``(model, data)``."""
-    from .mlp_probe import MLPSettings, inner_split, train_mlp
+    from .mlp_probe import inner_split, train_mlp
 
-    settings = MLPSettings(hidden=hidden)
     fit_idx, val_idx = inner_split(idx, y, kind, settings.val_fraction, seed)
     model, data, _ = train_mlp(x, y, kind, fit_idx, val_idx, settings, seed)
     return model, data
@@ -199,7 +198,7 @@ def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *
         ValueError: labelled ids missing from the embeddings (named), too few proteins or
             groups, an existing non-empty ``out``.
     """
-    import torch
+    from .mlp_probe import MLPSettings
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -224,25 +223,21 @@ def fit_predictor(embeddings: str | Path, labels: str | Path, out: str | Path, *
     if kind not in KINDS:
         raise ValueError(f"kind must be auto or one of {KINDS}, not {kind!r}")
     y, classes = _targets(kind, lab.values)
+    settings = MLPSettings(hidden=hidden)
     per_fold: list[dict[str, float]] = []
     for k, (train, test) in enumerate(_folds(len(y), kind, y, lab.groups, folds, seed)):
-        model, data = _train(kind, x, y, np.sort(train), hidden, seed + k)
+        model, data = _train(kind, x, y, np.sort(train), settings, seed + k)
         per_fold.append(_scores(kind, y[test], *_outputs(kind, model, data, test)))
     cv = {"folds": folds, "grouped_by": group_column or grouped_by, "per_fold": per_fold}
     for metric in per_fold[0]:
         vals = np.array([f[metric] for f in per_fold])
         cv[metric] = {"mean": float(vals.mean()),
                       "se": float(vals.std(ddof=1) / np.sqrt(len(vals)))}
-    model, data = _train(kind, x, y, np.arange(len(y)), hidden, seed)
+    model, data = _train(kind, x, y, np.arange(len(y)), settings, seed)
     card = PredictorCard(kind, classes, int(x.shape[1]), embedding_model(embeddings) or "",
                          len(y), hidden, cv)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / MODEL_FILE) as tmp:
-        torch.save({"state": model.state_dict(), "mean": torch.from_numpy(data.mean),
-                    "std": torch.from_numpy(data.std),
-                    "target": torch.tensor([data.y_mean, data.y_std]),
-                    "out": int(model.net[-1].out_features),
-                    "dropout": float(model.net[2].p)}, tmp)
+    _save(out / MODEL_FILE, model, data, settings)
     with atomic_open(out / CARD_FILE) as fh:
         fh.write(json.dumps(asdict(card), indent=2))
     return card
@@ -288,6 +283,18 @@ def apply_predictor(predictor: str | Path, embeddings: str | Path, output: str |
             cells = [pid, label] + ([f"{p:.4f}" for p in proba[i]] if proba is not None else [])
             fh.write("\t".join(cells) + "\n")
     return len(ids)
+
+
+def _save(path: Path, model, data, settings) -> None:
+    """The fitted probe: weights, the features' (and targets') standardisation, its shape."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"state": model.state_dict(), "mean": torch.from_numpy(data.mean),
+                    "std": torch.from_numpy(data.std),
+                    "target": torch.tensor([data.y_mean, data.y_std]),
+                    "out": int(model.net[-1].out_features),
+                    "dropout": settings.dropout}, tmp)
 
 
 def _load(path: Path, card: PredictorCard, x: np.ndarray):
